@@ -1,0 +1,580 @@
+// Accounts and authentication: signup and token handlers, the requireAuth middleware, scrypt password
+// hashing (RFC 7914) and HS256 JSON Web Tokens (RFC 7515, RFC 7519).
+package main
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/pbkdf2"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/bits"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+)
+
+// Account bounds.
+const (
+	minUsernameLen  = 3
+	maxUsernameLen  = 32
+	minPasswordLen  = 8    // bytes
+	maxPasswordLen  = 1024 // bytes: bounds the work one request can ask of PBKDF2
+	minSecretBytes  = 32   // SECRET_KEY
+	maxTokenLen     = 4096 // a longer bearer token is refused before any parsing
+	tokenIssuerName = "imageapi"
+	// hashWaitLimit is how long a request waits for a free hashing slot before answering 503.
+	hashWaitLimit = 15 * time.Second
+)
+
+// credentials is the body of signup and token requests.
+type credentials struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// validate checks the username and password against the account rules.
+func (c credentials) validate() error {
+	if n := len(c.Username); n < minUsernameLen || n > maxUsernameLen {
+		return newError(http.StatusUnprocessableEntity, "username must be %d to %d characters", minUsernameLen, maxUsernameLen)
+	}
+	for _, r := range c.Username {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '.' || r == '-') {
+			return newError(http.StatusUnprocessableEntity, "username may contain only letters, digits, '_', '.' and '-'")
+		}
+	}
+	if n := len(c.Password); n < minPasswordLen || n > maxPasswordLen {
+		return newError(http.StatusUnprocessableEntity, "password must be %d to %d bytes", minPasswordLen, maxPasswordLen)
+	}
+	if !utf8.ValidString(c.Password) {
+		return newError(http.StatusUnprocessableEntity, "password must be valid UTF-8")
+	}
+	return nil
+}
+
+// signup creates an account: 200 {id, username, created_at}; 409 when the name is taken in any case.
+func (a *app) signup(w http.ResponseWriter, r *http.Request) {
+	var c credentials
+	if err := decodeJSON(w, r, &c); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := c.validate(); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	hash, err := a.hasher.hash(r.Context(), c.Password)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	u, err := a.store.createUser(r.Context(), c.Username, hash)
+	if errors.Is(err, errConflict) {
+		a.fail(w, r, newError(http.StatusConflict, "username %q is already taken", c.Username))
+		return
+	}
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	a.log.Info("user signed up", slog.Int64("user_id", u.ID))
+	writeJSON(w, http.StatusOK, u)
+}
+
+// tokenResponse is the OAuth2 access token response (RFC 6749 §5.1).
+type tokenResponse struct {
+	AccessToken string `json:"access_token"`
+	TokenType   string `json:"token_type"`
+	ExpiresIn   int64  `json:"expires_in"`
+}
+
+// errBadCredentials is the one answer to a wrong password and to an unknown user alike.
+var errBadCredentials = newError(http.StatusBadRequest, "incorrect username or password")
+
+// token exchanges a username and password for a JWT. It takes JSON or an OAuth2 password-grant form.
+// A wrong password and an unknown user get the same answer after the same work: a full scrypt run.
+func (a *app) token(w http.ResponseWriter, r *http.Request) {
+	c, err := readCredentials(w, r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if c.Username == "" || c.Password == "" {
+		a.fail(w, r, newError(http.StatusUnprocessableEntity, "username and password are required"))
+		return
+	}
+	if len(c.Password) > maxPasswordLen || len(c.Username) > maxUsernameLen {
+		// No account can have these: refuse before spending a hash on them.
+		a.fail(w, r, errBadCredentials)
+		return
+	}
+	u, err := a.store.userByName(r.Context(), c.Username)
+	switch {
+	case errors.Is(err, errNotFound):
+		// Spend what a real check spends, so timing does not tell which usernames exist.
+		if err := a.hasher.burn(r.Context(), c.Password); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		a.fail(w, r, errBadCredentials)
+		return
+	case err != nil:
+		a.fail(w, r, err)
+		return
+	}
+	ok, stale, err := a.hasher.verify(r.Context(), c.Password, u.PasswordHash)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if !ok {
+		a.fail(w, r, errBadCredentials)
+		return
+	}
+	if stale {
+		// The hash was made with other parameters: upgrade it now that we know the password.
+		if h, err := a.hasher.hash(r.Context(), c.Password); err == nil {
+			if err := a.store.setPasswordHash(r.Context(), u.ID, h); err != nil {
+				a.log.Warn("password hash upgrade failed", slog.Int64("user_id", u.ID), slog.Any("error", err))
+			}
+		}
+	}
+	tok, exp, err := a.tokens.issue(u.ID)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, tokenResponse{AccessToken: tok, TokenType: "bearer", ExpiresIn: exp.Unix() - a.tokens.now().Unix()})
+}
+
+// readCredentials reads a token request: JSON, or an application/x-www-form-urlencoded OAuth2
+// password grant (what Swagger UI's Authorize dialog sends).
+func readCredentials(w http.ResponseWriter, r *http.Request) (credentials, error) {
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if mt != "application/x-www-form-urlencoded" {
+		var c credentials
+		err := decodeJSON(w, r, &c)
+		return c, err
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxJSONBytes)
+	if err := r.ParseForm(); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return credentials{}, newError(http.StatusRequestEntityTooLarge, "form body is larger than the limit of %d bytes", mbe.Limit)
+		}
+		return credentials{}, newError(http.StatusUnprocessableEntity, "malformed form body")
+	}
+	if gt := r.PostForm.Get("grant_type"); gt != "" && gt != "password" {
+		return credentials{}, newError(http.StatusBadRequest, "unsupported grant_type %q: only password is supported", gt)
+	}
+	return credentials{Username: r.PostForm.Get("username"), Password: r.PostForm.Get("password")}, nil
+}
+
+// userIDKey is the context key under which requireAuth stores the caller's user id.
+type userIDKey struct{}
+
+// userID returns the authenticated caller's id set by requireAuth.
+func userID(ctx context.Context) int64 {
+	id, _ := ctx.Value(userIDKey{}).(int64)
+	return id
+}
+
+// requireAuth lets a request through only with a valid bearer token, and puts the caller's id in its
+// context. Anything else is 401 with WWW-Authenticate: Bearer.
+func (a *app) requireAuth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		if !strings.EqualFold(scheme, "Bearer") || tok == "" {
+			writeProblem(w, r, http.StatusUnauthorized, "not authenticated: send Authorization: Bearer <token>")
+			return
+		}
+		id, err := a.tokens.parse(strings.TrimSpace(tok))
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+			writeProblem(w, r, http.StatusUnauthorized, err.Error())
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userIDKey{}, id)))
+	})
+}
+
+// ---- JSON Web Tokens (HS256 only) ----
+
+// Token errors. Their text is what a client sees in the 401's detail.
+var (
+	errTokenMalformed = errors.New("invalid token: malformed")
+	errTokenAlg       = errors.New("invalid token: only HS256 is accepted")
+	errTokenSignature = errors.New("invalid token: bad signature")
+	errTokenExpired   = errors.New("invalid token: expired")
+	errTokenClaims    = errors.New("invalid token: bad claims")
+)
+
+// b64 is the JWS base64url encoding: no padding, and strict, so each token has one spelling.
+var b64 = base64.RawURLEncoding.Strict()
+
+// jwtHeaderHS256 is the header of every token we issue.
+var jwtHeaderHS256 = b64.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
+
+// tokenClaims are the registered claims we issue and require.
+type tokenClaims struct {
+	Sub string `json:"sub"`
+	Iss string `json:"iss"`
+	Iat int64  `json:"iat"`
+	Exp int64  `json:"exp"`
+	Nbf *int64 `json:"nbf,omitempty"`
+}
+
+// tokenIssuer issues and checks access tokens under one key.
+type tokenIssuer struct {
+	key    []byte
+	ttl    time.Duration
+	issuer string
+	now    func() time.Time
+}
+
+// issue returns a token for userID and its expiry time.
+func (t *tokenIssuer) issue(userID int64) (string, time.Time, error) {
+	now := t.now()
+	exp := now.Add(t.ttl)
+	payload, err := json.Marshal(tokenClaims{Sub: strconv.FormatInt(userID, 10), Iss: t.issuer, Iat: now.Unix(), Exp: exp.Unix()})
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	input := jwtHeaderHS256 + "." + b64.EncodeToString(payload)
+	return input + "." + b64.EncodeToString(hs256(t.key, input)), exp, nil
+}
+
+// parse checks token (structure, algorithm, signature, issuer, expiry) and returns its user id.
+func (t *tokenIssuer) parse(token string) (int64, error) {
+	payload, err := verifyHS256(token, t.key)
+	if err != nil {
+		return 0, err
+	}
+	var c tokenClaims
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return 0, errTokenMalformed
+	}
+	now := t.now().Unix()
+	const skew = 60 // seconds of clock difference tolerated between replicas
+	if c.Exp == 0 || c.Iat == 0 || c.Iss != t.issuer || c.Iat > now+skew || (c.Nbf != nil && *c.Nbf > now+skew) {
+		return 0, errTokenClaims
+	}
+	if now >= c.Exp {
+		return 0, errTokenExpired
+	}
+	id, err := strconv.ParseInt(c.Sub, 10, 64)
+	if err != nil || id <= 0 || strconv.FormatInt(id, 10) != c.Sub {
+		return 0, errTokenClaims
+	}
+	return id, nil
+}
+
+// verifyHS256 checks a compact JWS: three strict base64url parts, a header whose alg is exactly HS256
+// (never "none", never another algorithm) with no critical extensions, and an HMAC-SHA256 signature
+// compared in constant time. It returns the decoded payload.
+func verifyHS256(token string, key []byte) ([]byte, error) {
+	if len(token) > maxTokenLen || strings.Count(token, ".") != 2 {
+		return nil, errTokenMalformed
+	}
+	h, rest, _ := strings.Cut(token, ".")
+	p, s, _ := strings.Cut(rest, ".")
+	header, err := b64.DecodeString(h)
+	if err != nil {
+		return nil, errTokenMalformed
+	}
+	var hdr struct {
+		Alg  string          `json:"alg"`
+		Crit json.RawMessage `json:"crit"`
+	}
+	if err := json.Unmarshal(header, &hdr); err != nil {
+		return nil, errTokenMalformed
+	}
+	if hdr.Alg != "HS256" || hdr.Crit != nil {
+		return nil, errTokenAlg
+	}
+	sig, err := b64.DecodeString(s)
+	if err != nil {
+		return nil, errTokenMalformed
+	}
+	if !hmac.Equal(sig, hs256(key, token[:len(h)+1+len(p)])) {
+		return nil, errTokenSignature
+	}
+	payload, err := b64.DecodeString(p)
+	if err != nil {
+		return nil, errTokenMalformed
+	}
+	return payload, nil
+}
+
+// hs256 is HMAC-SHA256 of the JWS signing input.
+func hs256(key []byte, input string) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(input))
+	return m.Sum(nil)
+}
+
+// ---- Password hashing: scrypt (RFC 7914) ----
+
+// scryptParams are scrypt's cost parameters: N (CPU/memory, a power of two), r (block size) and p
+// (parallelization). One hash uses 128·r·N bytes of memory.
+type scryptParams struct{ N, R, P int }
+
+// Bounds on parameters read back from stored hashes, so a corrupt row cannot ask for unbounded work.
+const (
+	maxScryptN = 1 << 20
+	maxScryptR = 32
+	maxScryptP = 16
+)
+
+func (p scryptParams) valid() bool {
+	return p.N >= 2 && p.N <= maxScryptN && p.N&(p.N-1) == 0 && p.R >= 1 && p.R <= maxScryptR && p.P >= 1 && p.P <= maxScryptP
+}
+
+// memory is the size, in 32-bit words, of the V array one hash needs.
+func (p scryptParams) memory() int { return 32 * p.R * p.N }
+
+// passwordHasher computes scrypt hashes with a fixed number of slots. Each slot owns its V buffer, so
+// however many requests arrive, at most `slots` hashes run at once and hashing memory never exceeds
+// slots × 128·r·N bytes; the rest wait (up to hashWaitLimit, then 503).
+type passwordHasher struct {
+	params   scryptParams
+	slots    chan []uint32
+	wait     time.Duration // longest wait for a slot before 503
+	computed atomic.Int64  // hashes computed, for tests and metrics
+}
+
+// newPasswordHasher returns a hasher making new hashes with params, running at most slots at once.
+func newPasswordHasher(params scryptParams, slots int) (*passwordHasher, error) {
+	if !params.valid() || slots < 1 {
+		return nil, fmt.Errorf("scrypt: invalid parameters N=%d r=%d p=%d, slots=%d", params.N, params.R, params.P, slots)
+	}
+	h := &passwordHasher{params: params, slots: make(chan []uint32, slots), wait: hashWaitLimit}
+	for range slots {
+		h.slots <- nil // buffers are allocated on first use, then kept
+	}
+	return h, nil
+}
+
+// derive runs scrypt in a slot. It waits for a slot until ctx ends or hashWaitLimit passes.
+func (h *passwordHasher) derive(ctx context.Context, password string, salt []byte, p scryptParams, keyLen int) ([]byte, error) {
+	wait := time.NewTimer(h.wait)
+	defer wait.Stop()
+	var v []uint32
+	select {
+	case v = <-h.slots:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-wait.C:
+		return nil, newError(http.StatusServiceUnavailable, "server busy: too many sign-ins at once, retry shortly")
+	}
+	if len(v) < p.memory() {
+		v = make([]uint32, max(p.memory(), h.params.memory()))
+	}
+	defer func() { h.slots <- v }()
+	h.computed.Add(1)
+	return scryptKey([]byte(password), salt, p, keyLen, v)
+}
+
+// hash returns a new PHC-format hash of password: $scrypt$ln=…,r=…,p=…$salt$hash.
+func (h *passwordHasher) hash(ctx context.Context, password string) (string, error) {
+	salt := make([]byte, 16)
+	rand.Read(salt)
+	key, err := h.derive(ctx, password, salt, h.params, 32)
+	if err != nil {
+		return "", err
+	}
+	enc := base64.RawStdEncoding
+	return fmt.Sprintf("$scrypt$ln=%d,r=%d,p=%d$%s$%s", bits.TrailingZeros(uint(h.params.N)), h.params.R, h.params.P,
+		enc.EncodeToString(salt), enc.EncodeToString(key)), nil
+}
+
+// verify reports whether password matches encoded, compared in constant time, and whether encoded was
+// made with other parameters than the current ones (stale: worth rehashing).
+func (h *passwordHasher) verify(ctx context.Context, password, encoded string) (ok, stale bool, err error) {
+	p, salt, want, err := parsePHC(encoded)
+	if err != nil {
+		return false, false, err
+	}
+	got, err := h.derive(ctx, password, salt, p, len(want))
+	if err != nil {
+		return false, false, err
+	}
+	return subtle.ConstantTimeCompare(got, want) == 1, p != h.params, nil
+}
+
+// burn does the work of one verify and discards it: the answer for an unknown user.
+func (h *passwordHasher) burn(ctx context.Context, password string) error {
+	var salt [16]byte
+	_, err := h.derive(ctx, password, salt[:], h.params, 32)
+	return err
+}
+
+// parsePHC reads $scrypt$ln=L,r=R,p=P$salt$hash, rejecting parameters outside the bounds.
+func parsePHC(s string) (scryptParams, []byte, []byte, error) {
+	bad := fmt.Errorf("scrypt: malformed stored hash")
+	parts := strings.Split(s, "$")
+	if len(parts) != 5 || parts[0] != "" || parts[1] != "scrypt" {
+		return scryptParams{}, nil, nil, bad
+	}
+	var ln, r, p int
+	if n, err := fmt.Sscanf(parts[2], "ln=%d,r=%d,p=%d", &ln, &r, &p); err != nil || n != 3 || ln < 1 || ln > 20 {
+		return scryptParams{}, nil, nil, bad
+	}
+	params := scryptParams{N: 1 << ln, R: r, P: p}
+	salt, err1 := base64.RawStdEncoding.DecodeString(parts[3])
+	key, err2 := base64.RawStdEncoding.DecodeString(parts[4])
+	if !params.valid() || err1 != nil || err2 != nil || len(key) < 16 || len(key) > 64 {
+		return scryptParams{}, nil, nil, bad
+	}
+	return params, salt, key, nil
+}
+
+// scryptKey is scrypt (RFC 7914 §6): PBKDF2-HMAC-SHA256 spreads the password over p blocks of 128·r
+// bytes, ROMix mixes each through the memory-hard V array, and PBKDF2 condenses the result to keyLen
+// bytes. v must hold at least 32·r·N words; it is scratch space.
+func scryptKey(password, salt []byte, p scryptParams, keyLen int, v []uint32) ([]byte, error) {
+	if !p.valid() {
+		return nil, fmt.Errorf("scrypt: invalid parameters N=%d r=%d p=%d", p.N, p.R, p.P)
+	}
+	blockLen := 128 * p.R
+	b, err := pbkdf2.Key(sha256.New, string(password), salt, 1, p.P*blockLen)
+	if err != nil {
+		return nil, err
+	}
+	xy := make([]uint32, 64*p.R)
+	for i := range p.P {
+		roMix(b[i*blockLen:(i+1)*blockLen], p.R, p.N, v, xy)
+	}
+	return pbkdf2.Key(sha256.New, string(password), b, 1, keyLen)
+}
+
+// roMix is scryptROMix (RFC 7914 §5): it rewrites the 128·r-byte block b in place. v (32·r·N words)
+// and xy (64·r words) are scratch.
+func roMix(b []byte, r, n int, v, xy []uint32) {
+	words := 32 * r
+	x, y := xy[:words], xy[words:2*words]
+	for i := range x {
+		x[i] = binary.LittleEndian.Uint32(b[4*i:])
+	}
+	var t [16]uint32
+	// n is a power of two ≥ 2, so the loops go two steps at a time and swap x and y without copying.
+	for i := 0; i < n; i += 2 {
+		copy(v[i*words:], x)
+		blockMix(&t, x, y, r)
+		copy(v[(i+1)*words:], y)
+		blockMix(&t, y, x, r)
+	}
+	mask := uint32(n - 1)
+	for i := 0; i < n; i += 2 {
+		// Integerify: the first word of the last 64-byte block, mod n (n ≤ 2^20 fits in 32 bits).
+		j := int(x[words-16] & mask)
+		xorWords(x, v[j*words:(j+1)*words])
+		blockMix(&t, x, y, r)
+		j = int(y[words-16] & mask)
+		xorWords(y, v[j*words:(j+1)*words])
+		blockMix(&t, y, x, r)
+	}
+	for i, w := range x {
+		binary.LittleEndian.PutUint32(b[4*i:], w)
+	}
+}
+
+// xorWords sets dst ^= src.
+func xorWords(dst, src []uint32) {
+	src = src[:len(dst)]
+	for i := range dst {
+		dst[i] ^= src[i]
+	}
+}
+
+// blockMix is scryptBlockMix (RFC 7914 §4) from in to out (32·r words each): X starts as the last
+// 64-byte block; each block is XORed into X and mixed by Salsa20/8; even results fill the first half of
+// out and odd ones the second. t is scratch.
+func blockMix(t *[16]uint32, in, out []uint32, r int) {
+	copy(t[:], in[(2*r-1)*16:])
+	for i := 0; i < 2*r; i += 2 {
+		salsaXOR(t, in[i*16:i*16+16], out[i*8:i*8+16])
+		salsaXOR(t, in[i*16+16:i*16+32], out[i*8+r*16:i*8+r*16+16])
+	}
+}
+
+// salsaXOR sets t = Salsa20/8(t ^ in) and copies the result to out.
+func salsaXOR(t *[16]uint32, in, out []uint32) {
+	in, out = in[:16], out[:16]
+	for i := range t {
+		t[i] ^= in[i]
+	}
+	salsa208(t)
+	copy(out, t[:])
+}
+
+// salsa20/8 core (RFC 7914 §3): eight rounds (four double rounds) of Salsa20, then the input added.
+func salsa208(b *[16]uint32) {
+	x0, x1, x2, x3, x4, x5, x6, x7 := b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]
+	x8, x9, x10, x11, x12, x13, x14, x15 := b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]
+	rotl := bits.RotateLeft32
+	for range 4 {
+		// Columns.
+		x4 ^= rotl(x0+x12, 7)
+		x8 ^= rotl(x4+x0, 9)
+		x12 ^= rotl(x8+x4, 13)
+		x0 ^= rotl(x12+x8, 18)
+		x9 ^= rotl(x5+x1, 7)
+		x13 ^= rotl(x9+x5, 9)
+		x1 ^= rotl(x13+x9, 13)
+		x5 ^= rotl(x1+x13, 18)
+		x14 ^= rotl(x10+x6, 7)
+		x2 ^= rotl(x14+x10, 9)
+		x6 ^= rotl(x2+x14, 13)
+		x10 ^= rotl(x6+x2, 18)
+		x3 ^= rotl(x15+x11, 7)
+		x7 ^= rotl(x3+x15, 9)
+		x11 ^= rotl(x7+x3, 13)
+		x15 ^= rotl(x11+x7, 18)
+		// Rows.
+		x1 ^= rotl(x0+x3, 7)
+		x2 ^= rotl(x1+x0, 9)
+		x3 ^= rotl(x2+x1, 13)
+		x0 ^= rotl(x3+x2, 18)
+		x6 ^= rotl(x5+x4, 7)
+		x7 ^= rotl(x6+x5, 9)
+		x4 ^= rotl(x7+x6, 13)
+		x5 ^= rotl(x4+x7, 18)
+		x11 ^= rotl(x10+x9, 7)
+		x8 ^= rotl(x11+x10, 9)
+		x9 ^= rotl(x8+x11, 13)
+		x10 ^= rotl(x9+x8, 18)
+		x12 ^= rotl(x15+x14, 7)
+		x13 ^= rotl(x12+x15, 9)
+		x14 ^= rotl(x13+x12, 13)
+		x15 ^= rotl(x14+x13, 18)
+	}
+	b[0] += x0
+	b[1] += x1
+	b[2] += x2
+	b[3] += x3
+	b[4] += x4
+	b[5] += x5
+	b[6] += x6
+	b[7] += x7
+	b[8] += x8
+	b[9] += x9
+	b[10] += x10
+	b[11] += x11
+	b[12] += x12
+	b[13] += x13
+	b[14] += x14
+	b[15] += x15
+}

@@ -1,0 +1,381 @@
+// Command imageapi is a self-hosted image service: users sign up, get a JWT, upload photos, and a
+// background worker makes thumbnails and a grayscale copy. One static binary runs the HTTP API, the
+// worker, or both (-mode), over PostgreSQL, with optional Redis (cache) and RabbitMQ (queue).
+//
+// This file holds main, run, configuration, wiring, the route table and shutdown.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "imageapi:", err)
+		os.Exit(1)
+	}
+}
+
+// Run modes, chosen with -mode.
+const (
+	modeAll     = "all"     // API and worker in one process
+	modeAPI     = "api"     // HTTP API only (publishes jobs)
+	modeWorker  = "worker"  // background worker only (serves /healthz, /readyz, /metrics)
+	modeMigrate = "migrate" // apply migrations and exit
+)
+
+// run is the whole program: it parses flags, loads configuration, connects to the services, serves
+// until ctx is cancelled, and shuts down gracefully. It returns instead of exiting so tests can drive it.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("imageapi", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	mode := fs.String("mode", modeAll, "what to run: all, api, worker or migrate")
+	envFile := fs.String("env-file", ".env", "file of KEY=VALUE lines read when present; the real environment wins; empty: none")
+	healthcheck := fs.Bool("healthcheck", false, "probe /readyz of the server at ADDR on this host and exit 0 when ready (for container health checks)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *envFile != "" {
+		dotenv, err := readDotenv(*envFile)
+		if err != nil {
+			return err
+		}
+		getenv = withFallback(getenv, dotenv)
+	}
+	cfg, err := loadConfig(getenv)
+	if err != nil {
+		return err
+	}
+	if *healthcheck {
+		return probeReady(ctx, cfg.Addr)
+	}
+	switch *mode {
+	case modeAll, modeAPI, modeWorker, modeMigrate:
+	default:
+		return fmt.Errorf("unknown -mode %q (want all, api, worker or migrate)", *mode)
+	}
+	cfg.Mode = *mode
+
+	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	pool, err := connectDB(ctx, cfg.DatabaseURL, log)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	if cfg.Mode == modeWorker {
+		if err := checkSchema(ctx, pool); err != nil {
+			return err
+		}
+	} else if err := migrate(ctx, pool, log); err != nil {
+		return err
+	}
+	if cfg.Mode == modeMigrate {
+		return nil
+	}
+
+	a, err := newApp(ctx, cfg, pool, log)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Addr, err)
+	}
+	srv := &http.Server{
+		Handler:           a.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       cfg.RequestTimeout,
+		WriteTimeout:      cfg.RequestTimeout,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("listening", slog.String("addr", ln.Addr().String()), slog.String("mode", cfg.Mode))
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", slog.Duration("timeout", cfg.ShutdownTimeout))
+	// A fresh context: the root one is already cancelled and would make Shutdown wait for nothing.
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// routes is the one route table. Collections answer with and without the trailing slash ({$}), so no
+// client is sent a redirect (a 307 on a multipart POST breaks clients).
+func (a *app) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", a.healthz)
+	mux.HandleFunc("GET /readyz", a.readyz)
+	if a.cfg.Mode != modeWorker {
+		mux.HandleFunc("POST /api/v1/auth/signup", a.signup)
+		mux.HandleFunc("POST /api/v1/auth/token", a.token)
+	}
+	return a.logRequests(recoverPanics(a.log, muxProblems(mux)))
+}
+
+// app holds what the handlers and the worker share; its methods are the HTTP handlers.
+type app struct {
+	cfg    config
+	log    *slog.Logger
+	pool   *pgxpool.Pool
+	store  *store
+	tokens *tokenIssuer
+	hasher *passwordHasher
+}
+
+// newApp wires the services for cfg.Mode over an open, migrated database.
+func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logger) (*app, error) {
+	st := &store{pool: pool}
+	key := cfg.SecretKey
+	if len(key) == 0 {
+		var err error
+		if key, err = st.sharedSecret(ctx, "jwt"); err != nil {
+			return nil, err
+		}
+		log.Info("SECRET_KEY unset: using the key kept in the database")
+	}
+	hasher, err := newPasswordHasher(scryptParams{N: cfg.ScryptN, R: 8, P: 1}, cfg.HashConcurrency)
+	if err != nil {
+		return nil, err
+	}
+	return &app{
+		cfg:    cfg,
+		log:    log,
+		pool:   pool,
+		store:  st,
+		tokens: &tokenIssuer{key: key, ttl: cfg.TokenTTL, issuer: tokenIssuerName, now: time.Now},
+		hasher: hasher,
+	}, nil
+}
+
+// close releases what newApp acquired (the database pool belongs to run).
+func (a *app) close() {}
+
+// config is the service's whole configuration, read once by loadConfig.
+type config struct {
+	Mode            string
+	DatabaseURL     string
+	BrokerURL       string
+	RedisURL        string
+	SecretKey       []byte // empty: generated once and kept in the database
+	Addr            string
+	UploadDir       string
+	MaxUploadBytes  int64
+	MaxPixels       int64
+	TokenTTL        time.Duration
+	Concurrency     int // WORKER_CONCURRENCY
+	JPEGQuality     int
+	JPEGDCT         bool
+	ScryptN         int // scrypt cost for new password hashes (power of two)
+	HashConcurrency int // password hashes computed at once
+	RequestTimeout  time.Duration
+	ShutdownTimeout time.Duration
+	LogLevel        slog.Level
+}
+
+// loadConfig reads the configuration from getenv, applies defaults and validates it. It is the only
+// place that reads configuration.
+func loadConfig(getenv func(string) string) (config, error) {
+	c := config{
+		DatabaseURL: getenv("DATABASE_URL"),
+		BrokerURL:   getenv("BROKER_URL"),
+		RedisURL:    getenv("REDIS_URL"),
+		SecretKey:   []byte(getenv("SECRET_KEY")),
+		Addr:        getenv("ADDR"),
+		UploadDir:   getenv("UPLOAD_DIR"),
+	}
+	if c.DatabaseURL == "" {
+		c.DatabaseURL = "postgres://postgres@localhost:5432/imageapi?sslmode=disable"
+	}
+	c.DatabaseURL = normalizeDatabaseURL(c.DatabaseURL)
+	if c.Addr == "" {
+		c.Addr = ":8000"
+	}
+	if c.UploadDir == "" {
+		c.UploadDir = "./uploads"
+	}
+	var errs []error
+	intVar := func(name string, def, lo, hi int64) int64 {
+		s := getenv(name)
+		if s == "" {
+			return def
+		}
+		v, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+		if err != nil || v < lo || v > hi {
+			errs = append(errs, fmt.Errorf("%s=%q: want an integer from %d to %d", name, s, lo, hi))
+			return def
+		}
+		return v
+	}
+	durVar := func(name string, def, lo, hi time.Duration) time.Duration {
+		s := getenv(name)
+		if s == "" {
+			return def
+		}
+		v, err := time.ParseDuration(strings.TrimSpace(s))
+		if err != nil || v < lo || v > hi {
+			errs = append(errs, fmt.Errorf("%s=%q: want a duration from %s to %s", name, s, lo, hi))
+			return def
+		}
+		return v
+	}
+	procs := int64(runtime.GOMAXPROCS(0))
+	c.MaxUploadBytes = intVar("MAX_UPLOAD_BYTES", 25<<20, 1, 1<<40)
+	c.MaxPixels = intVar("MAX_PIXELS", 50_000_000, 1, 1<<31)
+	c.TokenTTL = durVar("TOKEN_TTL", 24*time.Hour, time.Minute, 366*24*time.Hour)
+	c.Concurrency = int(intVar("WORKER_CONCURRENCY", procs, 1, 1024))
+	c.JPEGQuality = int(intVar("JPEG_QUALITY", 85, 1, 100))
+	c.ScryptN = int(intVar("SCRYPT_N", 1<<15, 2, 1<<20))
+	c.HashConcurrency = int(intVar("HASH_CONCURRENCY", procs, 1, 256))
+	c.RequestTimeout = durVar("REQUEST_TIMEOUT", 5*time.Minute, time.Second, time.Hour)
+	c.ShutdownTimeout = durVar("SHUTDOWN_TIMEOUT", 30*time.Second, 0, time.Hour)
+	if c.ScryptN&(c.ScryptN-1) != 0 {
+		errs = append(errs, fmt.Errorf("SCRYPT_N=%d: want a power of two", c.ScryptN))
+	}
+	switch strings.ToLower(strings.TrimSpace(getenv("JPEG_DCT"))) {
+	case "", "on", "true", "1", "yes":
+		c.JPEGDCT = true
+	case "off", "false", "0", "no":
+	default:
+		errs = append(errs, fmt.Errorf("JPEG_DCT=%q: want on or off", getenv("JPEG_DCT")))
+	}
+	if s := getenv("LOG_LEVEL"); s != "" {
+		if err := c.LogLevel.UnmarshalText([]byte(s)); err != nil {
+			errs = append(errs, fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", s))
+		}
+	}
+	if n := len(c.SecretKey); n > 0 && n < minSecretBytes {
+		// The value itself is never echoed: it is a secret.
+		errs = append(errs, fmt.Errorf("SECRET_KEY is %d bytes: want at least %d (or leave it unset to have one generated and kept in the database)", n, minSecretBytes))
+	}
+	for _, u := range []struct{ name, val, scheme string }{
+		{"BROKER_URL", c.BrokerURL, "amqp"},
+		{"REDIS_URL", c.RedisURL, "redis"},
+	} {
+		if u.val != "" && !strings.HasPrefix(u.val, u.scheme+"://") && !strings.HasPrefix(u.val, u.scheme+"s://") {
+			errs = append(errs, fmt.Errorf("%s: want a %s:// URL", u.name, u.scheme))
+		}
+	}
+	return c, errors.Join(errs...)
+}
+
+// normalizeDatabaseURL accepts the seed's SQLAlchemy-style URLs (postgresql+asyncpg://…) by dropping
+// the driver suffix, so an existing .env keeps working.
+func normalizeDatabaseURL(u string) string {
+	scheme, rest, ok := strings.Cut(u, "://")
+	if !ok {
+		return u
+	}
+	if base, _, hasDriver := strings.Cut(scheme, "+"); hasDriver {
+		return base + "://" + rest
+	}
+	return u
+}
+
+// readDotenv reads KEY=VALUE lines from path. A missing file is not an error. Blank lines and lines
+// starting with # are skipped; "export " before a key and matching quotes around a value are removed.
+func readDotenv(path string) (map[string]string, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("env file: %w", err)
+	}
+	defer f.Close()
+	vals := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		key, val, ok := strings.Cut(strings.TrimPrefix(line, "export "), "=")
+		key = strings.TrimSpace(key)
+		if !ok || key == "" {
+			return nil, fmt.Errorf("env file %s:%d: want KEY=VALUE", path, n)
+		}
+		val = strings.TrimSpace(val)
+		if len(val) >= 2 && (val[0] == '"' || val[0] == '\'') && val[len(val)-1] == val[0] {
+			val = val[1 : len(val)-1]
+		}
+		vals[key] = val
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("env file %s: %w", path, err)
+	}
+	return vals, nil
+}
+
+// withFallback returns a getenv that answers from primary and, where primary has nothing, from
+// fallback: the real environment wins over the .env file.
+func withFallback(primary func(string) string, fallback map[string]string) func(string) string {
+	return func(k string) string {
+		if v := primary(k); v != "" {
+			return v
+		}
+		return fallback[k]
+	}
+}
+
+// probeReady asks the server listening on addr (on this host) whether it is ready; nil means 200.
+func probeReady(ctx context.Context, addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("healthcheck: ADDR %q: %w", addr, err)
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(host, port)+"/readyz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("healthcheck: /readyz answered %s", resp.Status)
+	}
+	return nil
+}

@@ -1,0 +1,467 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// testDB is the database this test run owns: created in TestMain, dropped after.
+var testDB struct {
+	adminURL string // a database on the server that is not ours, for CREATE/DROP DATABASE
+	url      string // our database
+}
+
+// TestMain creates a database of this run's own on the PostgreSQL server (TEST_DATABASE_URL, default
+// the local server) and drops it afterwards. An unreachable server fails the run loudly: the tests
+// talk to real services and never skip.
+func TestMain(m *testing.M) {
+	admin := os.Getenv("TEST_DATABASE_URL")
+	if admin == "" {
+		admin = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+	}
+	testDB.adminURL = admin
+	name := "imageapi_test_" + randomHex(6)
+	url, err := createTestDatabase(admin, name)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: PostgreSQL is required for these tests and is not reachable at TEST_DATABASE_URL=%s: %v\n", admin, err)
+		os.Exit(1)
+	}
+	testDB.url = url
+	code := m.Run()
+	if err := dropTestDatabase(admin, name); err != nil {
+		fmt.Fprintf(os.Stderr, "dropping test database %s: %v\n", name, err)
+	}
+	os.Exit(code)
+}
+
+// createTestDatabase creates database name on the server adminURL points at and returns its URL.
+func createTestDatabase(adminURL, name string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return "", err
+	}
+	cfg := conn.Config()
+	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name), nil
+}
+
+// dropTestDatabase drops database name, disconnecting whoever is still on it.
+func dropTestDatabase(adminURL, name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+	return err
+}
+
+// freshDatabase creates an empty database for one test and drops it when the test ends.
+func freshDatabase(t *testing.T) string {
+	t.Helper()
+	name := "imageapi_test_" + randomHex(6)
+	url, err := createTestDatabase(testDB.adminURL, name)
+	if err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := dropTestDatabase(testDB.adminURL, name); err != nil {
+			t.Errorf("drop database %s: %v", name, err)
+		}
+	})
+	return url
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// testEnv is the environment every test server starts from: this run's database, cheap password
+// hashing (the RFC vectors prove the algorithm; cost only slows the suite), and a temp upload dir.
+func testEnv(t *testing.T, overrides map[string]string) func(string) string {
+	env := map[string]string{
+		"DATABASE_URL": testDB.url,
+		"SCRYPT_N":     "1024",
+		"UPLOAD_DIR":   t.TempDir(),
+		"ADDR":         "127.0.0.1:0",
+		"LOG_LEVEL":    "warn",
+	}
+	for k, v := range overrides {
+		env[k] = v
+	}
+	return func(k string) string { return env[k] }
+}
+
+// testServer is an app wired to the real services behind an httptest server.
+type testServer struct {
+	*app
+	srv *httptest.Server
+	t   *testing.T
+}
+
+// newTestServer starts the real handler, migrated, on the test database (or as overridden).
+func newTestServer(t *testing.T, overrides map[string]string) *testServer {
+	t.Helper()
+	s, err := openTestServer(t, overrides)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// openTestServer is newTestServer returning its error, for use from other goroutines.
+func openTestServer(t *testing.T, overrides map[string]string) (*testServer, error) {
+	cfg, err := loadConfig(testEnv(t, overrides))
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cfg.Mode = modeAll
+	if m := overrides["MODE"]; m != "" {
+		cfg.Mode = m
+	}
+	log := slog.New(slog.NewJSONHandler(testLogWriter{t}, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	ctx := context.Background()
+	pool, err := connectDB(ctx, cfg.DatabaseURL, log)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(pool.Close)
+	if err := migrate(ctx, pool, log); err != nil {
+		return nil, err
+	}
+	a, err := newApp(ctx, cfg, pool, log)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(a.close)
+	ts := &testServer{app: a, t: t, srv: httptest.NewServer(a.routes())}
+	t.Cleanup(ts.srv.Close)
+	return ts, nil
+}
+
+// httptestServer serves h for the rest of the test and returns its URL.
+func httptestServer(t *testing.T, h http.Handler) string {
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// testLogWriter sends the server's log lines to the test's log, shown when the test fails.
+type testLogWriter struct{ t *testing.T }
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// response is what a test request got back.
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// json decodes the body into v, failing the test when it is not JSON.
+func (r response) json(t *testing.T, v any) {
+	t.Helper()
+	if err := json.Unmarshal(r.body, v); err != nil {
+		t.Fatalf("body is not JSON (%v): %s", err, r.body)
+	}
+}
+
+// problem decodes a problem+json body and checks its shape: content type, status and a detail.
+func (r response) problem(t *testing.T, wantStatus int) problem {
+	t.Helper()
+	if r.status != wantStatus {
+		t.Fatalf("status = %d, want %d; body: %s", r.status, wantStatus, r.body)
+	}
+	if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("Content-Type = %q, want application/problem+json", ct)
+	}
+	var p problem
+	r.json(t, &p)
+	if p.Status != wantStatus || p.Detail == "" || p.Title == "" {
+		t.Fatalf("problem = %+v: want status %d, a title and a detail", p, wantStatus)
+	}
+	return p
+}
+
+// do sends a request to the test server. body may be nil, a []byte, a string, or any value to
+// send as JSON; header pairs follow.
+func (s *testServer) do(method, path string, body any, header ...string) response {
+	s.t.Helper()
+	return doRequest(s.t, s.srv.URL, method, path, body, header...)
+}
+
+func doRequest(t *testing.T, base, method, path string, body any, header ...string) response {
+	t.Helper()
+	var rd io.Reader
+	ct := ""
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		rd = bytes.NewReader(b)
+	case string:
+		rd = strings.NewReader(b)
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd, ct = bytes.NewReader(j), "application/json"
+	}
+	req, err := http.NewRequest(method, base+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ct != "" {
+		req.Header.Set("Content-Type", ct)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return response{status: resp.StatusCode, header: resp.Header, body: b}
+}
+
+// signupAndLogin creates a fresh user and returns its name and a bearer header value.
+func (s *testServer) signupAndLogin() (string, string) {
+	s.t.Helper()
+	name := "u_" + randomHex(5)
+	if r := s.do("POST", "/api/v1/auth/signup", credentials{name, "correct horse"}); r.status != 200 {
+		s.t.Fatalf("signup: %d %s", r.status, r.body)
+	}
+	r := s.do("POST", "/api/v1/auth/token", credentials{name, "correct horse"})
+	if r.status != 200 {
+		s.t.Fatalf("token: %d %s", r.status, r.body)
+	}
+	var tok tokenResponse
+	r.json(s.t, &tok)
+	return name, "Bearer " + tok.AccessToken
+}
+
+func TestLoadConfig(t *testing.T) {
+	env := func(kv ...string) func(string) string {
+		m := map[string]string{}
+		for i := 0; i+1 < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return func(k string) string { return m[k] }
+	}
+	c, err := loadConfig(env())
+	if err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	if c.Addr != ":8000" || c.UploadDir != "./uploads" || c.MaxUploadBytes != 25<<20 || c.MaxPixels != 50_000_000 ||
+		c.TokenTTL != 24*time.Hour || c.JPEGQuality != 85 || !c.JPEGDCT || c.Concurrency < 1 || len(c.SecretKey) != 0 {
+		t.Errorf("defaults = %+v", c)
+	}
+	c, err = loadConfig(env("DATABASE_URL", "postgresql+asyncpg://u:p@db:5432/image_db", "JPEG_DCT", "off", "TOKEN_TTL", "1h"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DatabaseURL != "postgresql://u:p@db:5432/image_db" || c.JPEGDCT || c.TokenTTL != time.Hour {
+		t.Errorf("got %q dct=%v ttl=%v", c.DatabaseURL, c.JPEGDCT, c.TokenTTL)
+	}
+	bad := []struct{ name, key, val string }{
+		{"short secret", "SECRET_KEY", "too-short-secret-value"},
+		{"upload bytes not a number", "MAX_UPLOAD_BYTES", "25MB"},
+		{"zero pixels", "MAX_PIXELS", "0"},
+		{"quality over 100", "JPEG_QUALITY", "101"},
+		{"bad ttl", "TOKEN_TTL", "forever"},
+		{"dct neither on nor off", "JPEG_DCT", "maybe"},
+		{"scrypt N not a power of two", "SCRYPT_N", "1000"},
+		{"broker not amqp", "BROKER_URL", "http://broker"},
+		{"redis not redis", "REDIS_URL", "cache:6379"},
+		{"zero concurrency", "WORKER_CONCURRENCY", "0"},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := loadConfig(env(tc.key, tc.val))
+			if err == nil || !strings.Contains(err.Error(), tc.key) {
+				t.Fatalf("err = %v, want one naming %s", err, tc.key)
+			}
+			if tc.key == "SECRET_KEY" && strings.Contains(err.Error(), tc.val) {
+				t.Fatalf("error message leaks the secret: %v", err)
+			}
+		})
+	}
+}
+
+func TestReadDotenv(t *testing.T) {
+	path := filepath.Join(t.TempDir(), ".env")
+	os.WriteFile(path, []byte("# comment\n\nexport ADDR=:9000\nREDIS_URL=\"redis://cache:6379/0\"\nSECRET_KEY='abc=def'\n"), 0o600)
+	vals, err := readDotenv(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vals["ADDR"] != ":9000" || vals["REDIS_URL"] != "redis://cache:6379/0" || vals["SECRET_KEY"] != "abc=def" {
+		t.Errorf("vals = %v", vals)
+	}
+	getenv := withFallback(func(k string) string {
+		if k == "ADDR" {
+			return ":7000"
+		}
+		return ""
+	}, vals)
+	if getenv("ADDR") != ":7000" || getenv("REDIS_URL") != "redis://cache:6379/0" {
+		t.Errorf("the real environment must win over .env")
+	}
+	if vals, err := readDotenv(filepath.Join(t.TempDir(), "missing")); err != nil || vals != nil {
+		t.Errorf("missing file: %v %v", vals, err)
+	}
+	os.WriteFile(path, []byte("NOT A PAIR\n"), 0o600)
+	if _, err := readDotenv(path); err == nil {
+		t.Error("a line without = must be an error")
+	}
+}
+
+// TestRun starts the real program the way main does, signs up through it, and stops it with its
+// context: run must return nil after a graceful shutdown.
+func TestRun(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-mode=api", "-env-file="}, testEnv(t, map[string]string{"ADDR": addr, "LOG_LEVEL": "info"}), &out, &out)
+	}()
+	base := "http://" + addr
+	waitReady(t, base, done)
+	name := "run_" + randomHex(4)
+	if r := doRequest(t, base, "POST", "/api/v1/auth/signup", credentials{name, "password123"}); r.status != 200 {
+		t.Fatalf("signup: %d %s", r.status, r.body)
+	}
+	if err := run(ctx, []string{"-healthcheck", "-env-file="}, testEnv(t, map[string]string{"ADDR": addr}), io.Discard, io.Discard); err != nil {
+		t.Errorf("-healthcheck against a ready server: %v", err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run returned %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("run did not return after its context was cancelled")
+	}
+	if !strings.Contains(out.String(), `"msg":"stopped"`) {
+		t.Errorf("log lacks the stop line:\n%s", out.String())
+	}
+	if strings.Contains(out.String(), "password123") {
+		t.Errorf("log contains a password:\n%s", out.String())
+	}
+	if err := run(context.Background(), []string{"-healthcheck", "-env-file="}, testEnv(t, map[string]string{"ADDR": addr}), io.Discard, io.Discard); err == nil {
+		t.Error("-healthcheck against a stopped server succeeded")
+	}
+}
+
+func TestRunRejectsBadMode(t *testing.T) {
+	err := run(context.Background(), []string{"-mode=everything", "-env-file="}, testEnv(t, nil), io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "everything") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// waitReady polls base/healthz until it answers 200, or fails when run returns first.
+func waitReady(t *testing.T, base string, done <-chan error) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-done:
+			t.Fatalf("run returned early: %v", err)
+		default:
+		}
+		resp, err := http.Get(base + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("server did not become healthy")
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's goroutines and the test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestReadyz(t *testing.T) {
+	s := newTestServer(t, nil)
+	if r := s.do("GET", "/readyz", nil); r.status != 200 {
+		t.Fatalf("readyz: %d %s", r.status, r.body)
+	}
+	if r := s.do("GET", "/healthz", nil); r.status != 200 {
+		t.Fatalf("healthz: %d %s", r.status, r.body)
+	}
+	s.pool.Close() // the database is now unreachable for this server
+	p := s.do("GET", "/readyz", nil).problem(t, http.StatusServiceUnavailable)
+	if !strings.Contains(p.Detail, "database") {
+		t.Errorf("detail %q does not name the database", p.Detail)
+	}
+	if r := s.do("GET", "/healthz", nil); r.status != 200 {
+		t.Fatalf("healthz must not depend on the database: %d", r.status)
+	}
+}
+
+func TestUnknownRouteIsProblem(t *testing.T) {
+	s := newTestServer(t, nil)
+	s.do("GET", "/nope", nil).problem(t, http.StatusNotFound)
+	s.do("GET", "/api/v1/auth/signup", nil).problem(t, http.StatusMethodNotAllowed)
+}
