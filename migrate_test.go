@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TestMigrateConcurrentlyAndTwice: four processes migrating one empty database at once apply each
+// file exactly once; migrating again changes nothing; a worker's schema check passes only after.
+func TestMigrateConcurrentlyAndTwice(t *testing.T) {
+	url := freshDatabase(t)
+	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
+	ctx := context.Background()
+	first, err := connectDB(ctx, url, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if err := checkSchema(ctx, first); err == nil || !strings.Contains(err.Error(), "0001_init.sql") {
+		t.Fatalf("checkSchema on an empty database = %v, want it to name the missing migration", err)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Go(func() {
+			pool, err := connectDB(ctx, url, log)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer pool.Close()
+			errs[i] = migrate(ctx, pool, log)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("concurrent migrate: %v", err)
+	}
+	if err := migrate(ctx, first, log); err != nil {
+		t.Fatalf("second migrate: %v", err)
+	}
+	names, _ := migrationNames()
+	var n int
+	if err := first.QueryRow(ctx, "SELECT count(*) FROM schema_migrations").Scan(&n); err != nil || n != len(names) {
+		t.Fatalf("schema_migrations has %d rows (%v), want %d", n, err, len(names))
+	}
+	if err := checkSchema(ctx, first); err != nil {
+		t.Fatalf("checkSchema after migrate: %v", err)
+	}
+	// The advisory lock was released: another session can take it at once.
+	var got bool
+	if err := first.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", migrationLockKey).Scan(&got); err != nil || !got {
+		t.Fatalf("advisory lock still held after migrate (%v)", err)
+	}
+	first.Exec(ctx, "SELECT pg_advisory_unlock_all()")
+}
+
+// TestMigrateModeAndWorkerCheck: -mode=migrate applies and exits; -mode=worker refuses a database
+// that was never migrated.
+func TestMigrateModeAndWorkerCheck(t *testing.T) {
+	empty := freshDatabase(t)
+	err := run(context.Background(), []string{"-mode=worker", "-env-file="}, testEnv(t, map[string]string{"DATABASE_URL": empty}), io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "schema is older") {
+		t.Fatalf("worker on an empty database: %v", err)
+	}
+	if err := run(context.Background(), []string{"-mode=migrate", "-env-file="}, testEnv(t, map[string]string{"DATABASE_URL": empty}), io.Discard, io.Discard); err != nil {
+		t.Fatalf("-mode=migrate: %v", err)
+	}
+	conn, err := pgx.Connect(context.Background(), empty)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var exists bool
+	conn.QueryRow(context.Background(), "SELECT to_regclass('images') IS NOT NULL").Scan(&exists)
+	if !exists {
+		t.Fatal("-mode=migrate did not create the images table")
+	}
+}
+
+// TestConnectCreatesDatabase: a DATABASE_URL naming a database that does not exist yet works; the
+// database is created.
+func TestConnectCreatesDatabase(t *testing.T) {
+	name := "imageapi_test_" + randomHex(6)
+	url := strings.Replace(testDB.url, testDB.url[strings.LastIndexByte(testDB.url, '/')+1:strings.IndexByte(testDB.url, '?')], name, 1)
+	t.Cleanup(func() { dropTestDatabase(testDB.adminURL, name) })
+	pool, err := connectDB(context.Background(), url, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("connectDB: %v", err)
+	}
+	defer pool.Close()
+	var got string
+	if err := pool.QueryRow(context.Background(), "SELECT current_database()").Scan(&got); err != nil || got != name {
+		t.Fatalf("current_database = %q, %v", got, err)
+	}
+	if _, err := connectDB(context.Background(), "postgres://postgres:secretpw@127.0.0.1:1/x", slog.New(slog.NewJSONHandler(io.Discard, nil))); err == nil || strings.Contains(err.Error(), "secretpw") {
+		t.Fatalf("unreachable database: %v (must fail without echoing the password)", err)
+	}
+}
