@@ -14,7 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"runtime"
-	"runtime/metrics"
+	rtmetrics "runtime/metrics"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -617,8 +617,8 @@ func TestLoginBurstMemory(t *testing.T) {
 
 // heapBytes is the live and not-yet-swept heap, read without stopping the world.
 func heapBytes() uint64 {
-	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
-	metrics.Read(s)
+	s := []rtmetrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	rtmetrics.Read(s)
 	return s[0].Value.Uint64()
 }
 

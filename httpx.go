@@ -12,6 +12,7 @@ import (
 	"mime"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 )
@@ -250,6 +251,7 @@ func (a *app) logRequests(next http.Handler) http.Handler {
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		rec := &statusRecorder{ResponseWriter: w}
 		next.ServeHTTP(rec, r)
+		a.metrics.countResponse(rec.status)
 		level := slog.LevelInfo
 		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics" {
 			level = slog.LevelDebug
@@ -294,6 +296,9 @@ func (a *app) readyz(w http.ResponseWriter, r *http.Request) {
 	checks := map[string]func(context.Context) error{
 		"database": a.pool.Ping,
 	}
+	if a.cache != nil {
+		checks["cache"] = a.cache.ping
+	}
 	results := make(map[string]string, len(checks))
 	var down []string
 	for name, check := range checks {
@@ -309,6 +314,7 @@ func (a *app) readyz(w http.ResponseWriter, r *http.Request) {
 		results[name] = "ok"
 	}
 	if len(down) > 0 {
+		slices.Sort(down)
 		writeProblem(w, r, http.StatusServiceUnavailable, "not ready: "+strings.Join(down, ", ")+" unreachable")
 		return
 	}

@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -113,6 +114,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	bgCtx, stopBackground := context.WithCancel(ctx)
+	bgDone := make(chan struct{})
+	go func() { a.background(bgCtx); close(bgDone) }()
+	defer func() { stopBackground(); <-bgDone }()
+
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("listening", slog.String("addr", ln.Addr().String()), slog.String("mode", cfg.Mode))
@@ -142,21 +148,34 @@ func (a *app) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", a.healthz)
 	mux.HandleFunc("GET /readyz", a.readyz)
+	mux.HandleFunc("GET /metrics", a.serveMetrics)
 	if a.cfg.Mode != modeWorker {
 		mux.HandleFunc("POST /api/v1/auth/signup", a.signup)
 		mux.HandleFunc("POST /api/v1/auth/token", a.token)
+		auth := func(h http.HandlerFunc) http.Handler { return a.requireAuth(h) }
+		for _, p := range []string{"/api/v1/images", "/api/v1/images/{$}"} {
+			mux.Handle("POST "+p, auth(a.uploadImage))
+			mux.Handle("GET "+p, auth(a.listImages))
+		}
+		mux.Handle("GET /api/v1/images/{id}", auth(a.getImage))
+		mux.Handle("PUT /api/v1/images/{id}", auth(a.updateImage))
+		mux.Handle("DELETE /api/v1/images/{id}", auth(a.deleteImage))
+		mux.Handle("GET /api/v1/images/{id}/file", auth(a.downloadImage))
 	}
 	return a.logRequests(recoverPanics(a.log, muxProblems(mux)))
 }
 
 // app holds what the handlers and the worker share; its methods are the HTTP handlers.
 type app struct {
-	cfg    config
-	log    *slog.Logger
-	pool   *pgxpool.Pool
-	store  *store
-	tokens *tokenIssuer
-	hasher *passwordHasher
+	cfg     config
+	log     *slog.Logger
+	pool    *pgxpool.Pool
+	store   *store
+	blobs   *blobStore
+	cache   *cache // nil: no cache
+	metrics *metrics
+	tokens  *tokenIssuer
+	hasher  *passwordHasher
 }
 
 // newApp wires the services for cfg.Mode over an open, migrated database.
@@ -174,18 +193,73 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
+	// Temp files younger than the longest request may be another replica's upload in flight.
+	blobs, err := newBlobStore(cfg.UploadDir, max(cfg.RequestTimeout, time.Hour), log)
+	if err != nil {
+		return nil, err
+	}
+	m := &metrics{}
+	c, err := newCache(cfg.RedisURL, cfg.RedisPrefix, m, log)
+	if err != nil {
+		return nil, err
+	}
 	return &app{
-		cfg:    cfg,
-		log:    log,
-		pool:   pool,
-		store:  st,
-		tokens: &tokenIssuer{key: key, ttl: cfg.TokenTTL, issuer: tokenIssuerName, now: time.Now},
-		hasher: hasher,
+		cfg:     cfg,
+		log:     log,
+		pool:    pool,
+		store:   st,
+		blobs:   blobs,
+		cache:   c,
+		metrics: m,
+		tokens:  &tokenIssuer{key: key, ttl: cfg.TokenTTL, issuer: tokenIssuerName, now: time.Now},
+		hasher:  hasher,
 	}, nil
 }
 
 // close releases what newApp acquired (the database pool belongs to run).
-func (a *app) close() {}
+func (a *app) close() { a.cache.close() }
+
+// background runs the app's housekeeping until ctx ends: retrying failed cache invalidations, and
+// sweeping orphaned files (one replica at a time).
+func (a *app) background(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { a.cache.repair(ctx, time.Second) })
+	wg.Go(func() {
+		for {
+			a.sweepOrphans(ctx)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(orphanGrace):
+			}
+		}
+	})
+	wg.Wait()
+}
+
+// sweepLockKey is the advisory lock that lets one replica at a time sweep orphaned files.
+const sweepLockKey int64 = 0x696d6761_73776570
+
+// sweepOrphans removes orphaned files once, unless another replica is already doing it.
+func (a *app) sweepOrphans(ctx context.Context) {
+	conn, err := a.pool.Acquire(ctx)
+	if err != nil {
+		return
+	}
+	defer conn.Release()
+	var got bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", sweepLockKey).Scan(&got); err != nil || !got {
+		return
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", sweepLockKey)
+	n, err := a.blobs.sweepOrphans(ctx, a.store.fileKeysExist)
+	if err != nil && ctx.Err() == nil {
+		a.log.Warn("orphan sweep failed", slog.Any("error", err))
+	}
+	if n > 0 {
+		a.log.Info("removed orphaned files", slog.Int("count", n))
+	}
+}
 
 // config is the service's whole configuration, read once by loadConfig.
 type config struct {
@@ -193,6 +267,7 @@ type config struct {
 	DatabaseURL     string
 	BrokerURL       string
 	RedisURL        string
+	RedisPrefix     string // prefix of every Redis key, so several deployments can share one Redis
 	SecretKey       []byte // empty: generated once and kept in the database
 	Addr            string
 	UploadDir       string
@@ -216,6 +291,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		DatabaseURL: getenv("DATABASE_URL"),
 		BrokerURL:   getenv("BROKER_URL"),
 		RedisURL:    getenv("REDIS_URL"),
+		RedisPrefix: getenv("REDIS_PREFIX"),
 		SecretKey:   []byte(getenv("SECRET_KEY")),
 		Addr:        getenv("ADDR"),
 		UploadDir:   getenv("UPLOAD_DIR"),
@@ -224,6 +300,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 		c.DatabaseURL = "postgres://postgres@localhost:5432/imageapi?sslmode=disable"
 	}
 	c.DatabaseURL = normalizeDatabaseURL(c.DatabaseURL)
+	if c.RedisPrefix == "" {
+		c.RedisPrefix = "imageapi:"
+	}
 	if c.Addr == "" {
 		c.Addr = ":8000"
 	}

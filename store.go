@@ -147,3 +147,162 @@ func (s *store) sharedSecret(ctx context.Context, name string) ([]byte, error) {
 	}
 	return secret, nil
 }
+
+// imageRecord is an image row. Its JSON form is the cache's, not the API's (see imageView).
+type imageRecord struct {
+	ID          int64                  `json:"id"`
+	OwnerID     int64                  `json:"owner_id"`
+	Name        string                 `json:"name"`
+	Tags        []string               `json:"tags"`
+	Status      string                 `json:"status"`
+	Error       string                 `json:"error"`
+	ContentType string                 `json:"content_type"`
+	Width       int                    `json:"width"`
+	Height      int                    `json:"height"`
+	Size        int64                  `json:"size"`
+	SHA256      string                 `json:"sha256"`
+	FileKey     string                 `json:"file_key"`
+	Variants    map[string]variantFile `json:"variants"`
+	CreatedAt   time.Time              `json:"created_at"`
+	UpdatedAt   time.Time              `json:"updated_at"`
+}
+
+// variantFile is a finished variant as recorded in images.variants.
+type variantFile struct {
+	Width       int    `json:"width"`
+	Height      int    `json:"height"`
+	Size        int64  `json:"size"`
+	ContentType string `json:"content_type"`
+	Key         string `json:"key"`
+}
+
+// Image statuses.
+const (
+	statusPending    = "pending"
+	statusProcessing = "processing"
+	statusReady      = "ready"
+	statusFailed     = "failed"
+)
+
+// imageColumns is the column list scanImage reads, in its order.
+const imageColumns = `id, owner_id, name, tags, status, error, content_type, width, height, size, sha256, file_key, variants, created_at, updated_at`
+
+// scanImage reads one row of imageColumns.
+func scanImage(row pgx.Row) (imageRecord, error) {
+	var im imageRecord
+	err := row.Scan(&im.ID, &im.OwnerID, &im.Name, &im.Tags, &im.Status, &im.Error, &im.ContentType, &im.Width, &im.Height,
+		&im.Size, &im.SHA256, &im.FileKey, &im.Variants, &im.CreatedAt, &im.UpdatedAt)
+	if im.Tags == nil {
+		im.Tags = []string{}
+	}
+	return im, err
+}
+
+// insertImage stores a new image row (status pending) and returns it as stored.
+func (s *store) insertImage(ctx context.Context, im imageRecord) (imageRecord, error) {
+	out, err := scanImage(s.pool.QueryRow(ctx, `
+		INSERT INTO images (owner_id, name, tags, content_type, width, height, size, sha256, file_key)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+		RETURNING `+imageColumns,
+		im.OwnerID, im.Name, im.Tags, im.ContentType, im.Width, im.Height, im.Size, im.SHA256, im.FileKey))
+	if err != nil {
+		return imageRecord{}, fmt.Errorf("store: insert image: %w", err)
+	}
+	return out, nil
+}
+
+// imageByID returns owner's image id, or errNotFound — also when it belongs to someone else.
+func (s *store) imageByID(ctx context.Context, owner, id int64) (imageRecord, error) {
+	im, err := scanImage(s.pool.QueryRow(ctx, `SELECT `+imageColumns+` FROM images WHERE id = $1 AND owner_id = $2`, id, owner))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return imageRecord{}, fmt.Errorf("store: image %d: %w", id, errNotFound)
+	}
+	if err != nil {
+		return imageRecord{}, fmt.Errorf("store: image %d: %w", id, err)
+	}
+	return im, nil
+}
+
+// imagePage is one page of a user's images and how many the query selects in all.
+type imagePage struct {
+	Total  int64         `json:"total"`
+	Images []imageRecord `json:"images"`
+}
+
+// listImages returns owner's images newest first, skipping skip and returning at most limit, with
+// tag (when not empty) as a filter; Total counts every image the filter selects.
+func (s *store) listImages(ctx context.Context, owner int64, tag string, skip, limit int) (imagePage, error) {
+	// One round trip: the page and the count as a batch.
+	filter := `owner_id = $1 AND ($2 = '' OR tags @> ARRAY[$2])`
+	b := &pgx.Batch{}
+	b.Queue(`SELECT `+imageColumns+` FROM images WHERE `+filter+` ORDER BY created_at DESC, id DESC OFFSET $3 LIMIT $4`, owner, tag, skip, limit)
+	b.Queue(`SELECT count(*) FROM images WHERE `+filter, owner, tag)
+	br := s.pool.SendBatch(ctx, b)
+	defer br.Close()
+	rows, err := br.Query()
+	if err != nil {
+		return imagePage{}, fmt.Errorf("store: list images: %w", err)
+	}
+	page := imagePage{Images: []imageRecord{}}
+	for rows.Next() {
+		im, err := scanImage(rows)
+		if err != nil {
+			rows.Close()
+			return imagePage{}, fmt.Errorf("store: list images: %w", err)
+		}
+		page.Images = append(page.Images, im)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return imagePage{}, fmt.Errorf("store: list images: %w", err)
+	}
+	if err := br.QueryRow().Scan(&page.Total); err != nil {
+		return imagePage{}, fmt.Errorf("store: count images: %w", err)
+	}
+	return page, nil
+}
+
+// updateImage sets the name and/or tags (nil: unchanged) of owner's image id, or returns errNotFound.
+func (s *store) updateImage(ctx context.Context, owner, id int64, name *string, tags []string) (imageRecord, error) {
+	im, err := scanImage(s.pool.QueryRow(ctx, `
+		UPDATE images SET name = COALESCE($3, name), tags = COALESCE($4, tags), updated_at = now()
+		WHERE id = $1 AND owner_id = $2
+		RETURNING `+imageColumns, id, owner, name, tags))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return imageRecord{}, fmt.Errorf("store: update image %d: %w", id, errNotFound)
+	}
+	if err != nil {
+		return imageRecord{}, fmt.Errorf("store: update image %d: %w", id, err)
+	}
+	return im, nil
+}
+
+// deleteImage removes owner's image id and returns the row it was, for its files to be removed; or
+// errNotFound.
+func (s *store) deleteImage(ctx context.Context, owner, id int64) (imageRecord, error) {
+	im, err := scanImage(s.pool.QueryRow(ctx, `DELETE FROM images WHERE id = $1 AND owner_id = $2 RETURNING `+imageColumns, id, owner))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return imageRecord{}, fmt.Errorf("store: delete image %d: %w", id, errNotFound)
+	}
+	if err != nil {
+		return imageRecord{}, fmt.Errorf("store: delete image %d: %w", id, err)
+	}
+	return im, nil
+}
+
+// fileKeysExist reports which of keys are the original of some image.
+func (s *store) fileKeysExist(ctx context.Context, keys []string) (map[string]bool, error) {
+	rows, err := s.pool.Query(ctx, `SELECT file_key FROM images WHERE file_key = ANY($1)`, keys)
+	if err != nil {
+		return nil, fmt.Errorf("store: file keys: %w", err)
+	}
+	found, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("store: file keys: %w", err)
+	}
+	m := make(map[string]bool, len(found))
+	for _, k := range found {
+		m[k] = true
+	}
+	return m, nil
+}

@@ -1,0 +1,306 @@
+// Blob storage under UPLOAD_DIR: streaming uploads into temp files, sniffing and sizing images, moving
+// them into place, and cleaning up temp and orphaned files.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"image"
+	"image/gif"
+	"image/jpeg"
+	"image/png"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/image/bmp"
+	"golang.org/x/image/tiff"
+	"golang.org/x/image/webp"
+)
+
+// Layout under UPLOAD_DIR:
+//
+//	tmp/                      uploads being received, and variants being written
+//	o/ab/abcdef…              originals, named by a random key (two-level fan-out)
+//	o/ab/abcdef….thumb_100.…  variants beside their original
+const (
+	tmpDir      = "tmp"
+	originalDir = "o"
+	// orphanGrace is how old an unreferenced file must be before the sweeper removes it: far longer
+	// than the moment between an original's rename and its row's insert.
+	orphanGrace = time.Hour
+)
+
+// blobStore keeps originals and variants as files under root.
+type blobStore struct {
+	root string
+}
+
+// newBlobStore creates the layout under root and removes temp files left by a crash: anything in
+// tmp/ older than olderThan (younger ones may belong to another replica's upload in flight).
+func newBlobStore(root string, olderThan time.Duration, log *slog.Logger) (*blobStore, error) {
+	b := &blobStore{root: root}
+	for _, d := range []string{tmpDir, originalDir} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o750); err != nil {
+			return nil, fmt.Errorf("upload dir: %w", err)
+		}
+	}
+	entries, err := os.ReadDir(filepath.Join(root, tmpDir))
+	if err != nil {
+		return nil, fmt.Errorf("upload dir: %w", err)
+	}
+	removed := 0
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || time.Since(info.ModTime()) < olderThan {
+			continue
+		}
+		if os.Remove(filepath.Join(root, tmpDir, e.Name())) == nil {
+			removed++
+		}
+	}
+	if removed > 0 {
+		log.Info("removed stale temp files", slog.Int("count", removed))
+	}
+	return b, nil
+}
+
+// path returns the file a key names. Keys are made by newKey and never contain "..".
+func (b *blobStore) path(key string) string { return filepath.Join(b.root, filepath.FromSlash(key)) }
+
+// newKey returns a fresh random key for an original.
+func newKey() string {
+	var r [16]byte
+	rand.Read(r[:])
+	h := hex.EncodeToString(r[:])
+	return originalDir + "/" + h[:2] + "/" + h
+}
+
+// createTemp returns a new temp file under tmp/.
+func (b *blobStore) createTemp(pattern string) (*os.File, error) {
+	return os.CreateTemp(filepath.Join(b.root, tmpDir), pattern)
+}
+
+// place moves the temp file at tmp into the place of key.
+func (b *blobStore) place(tmp, key string) error {
+	dst := b.path(key)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
+}
+
+// remove deletes the files of keys; missing files are not an error.
+func (b *blobStore) remove(keys ...string) error {
+	var errs []error
+	for _, k := range keys {
+		if k == "" {
+			continue
+		}
+		if err := os.Remove(b.path(k)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// imageFormat is an input format we accept: how to recognise it and read its dimensions.
+type imageFormat struct {
+	name         string
+	contentType  string
+	ext          string
+	magic        func([]byte) bool
+	decodeConfig func(io.Reader) (image.Config, error)
+}
+
+// formats are the inputs we accept, recognised by their first bytes, never by the client's header.
+var formats = []imageFormat{
+	{"jpeg", "image/jpeg", ".jpg", func(b []byte) bool { return bytes.HasPrefix(b, []byte{0xFF, 0xD8, 0xFF}) }, jpeg.DecodeConfig},
+	{"png", "image/png", ".png", func(b []byte) bool { return bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")) }, png.DecodeConfig},
+	{"gif", "image/gif", ".gif", func(b []byte) bool {
+		return bytes.HasPrefix(b, []byte("GIF87a")) || bytes.HasPrefix(b, []byte("GIF89a"))
+	}, gif.DecodeConfig},
+	{"webp", "image/webp", ".webp", func(b []byte) bool {
+		return len(b) >= 12 && bytes.HasPrefix(b, []byte("RIFF")) && bytes.Equal(b[8:12], []byte("WEBP"))
+	}, webp.DecodeConfig},
+	{"bmp", "image/bmp", ".bmp", func(b []byte) bool { return bytes.HasPrefix(b, []byte("BM")) }, bmp.DecodeConfig},
+	{"tiff", "image/tiff", ".tiff", func(b []byte) bool {
+		return bytes.HasPrefix(b, []byte("II*\x00")) || bytes.HasPrefix(b, []byte("MM\x00*"))
+	}, tiff.DecodeConfig},
+}
+
+// extensionFor returns the file extension for one of our content types.
+func extensionFor(contentType string) string {
+	for _, f := range formats {
+		if f.contentType == contentType {
+			return f.ext
+		}
+	}
+	return ""
+}
+
+// sniffFormat returns the format whose signature head starts with.
+func sniffFormat(head []byte) (imageFormat, bool) {
+	for _, f := range formats {
+		if f.magic(head) {
+			return f, true
+		}
+	}
+	return imageFormat{}, false
+}
+
+// upload is a received file, checked and waiting in tmp/ to be placed.
+type upload struct {
+	tmpPath     string
+	size        int64
+	sha256      string
+	contentType string
+	width       int // as displayed: after EXIF orientation
+	height      int
+}
+
+// countingHash counts and hashes what passes through it.
+type countingHash struct {
+	h hash.Hash
+	n int64
+}
+
+func (c *countingHash) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	return c.h.Write(p)
+}
+
+// receive streams r into a temp file while hashing it, then checks that it is an image we take,
+// within maxBytes and maxPixels. Memory use does not grow with the file. On any error the temp file
+// is gone; errors are apiErrors: 413 too large (bytes or pixels), 415 not an image we decode, 422 empty.
+func (b *blobStore) receive(r io.Reader, maxBytes, maxPixels int64) (_ *upload, err error) {
+	f, err := b.createTemp("upload-*")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	sum := &countingHash{h: sha256.New()}
+	// One byte past the limit tells "exactly at the limit" from "over it" without reading on.
+	n, err := io.Copy(f, io.TeeReader(io.LimitReader(r, maxBytes+1), sum))
+	if err != nil {
+		return nil, err
+	}
+	if n > maxBytes {
+		return nil, newError(http.StatusRequestEntityTooLarge, "file is larger than the limit of %d bytes", maxBytes)
+	}
+	if n == 0 {
+		return nil, newError(http.StatusUnprocessableEntity, "file is empty")
+	}
+	up := &upload{tmpPath: f.Name(), size: n, sha256: hex.EncodeToString(sum.h.Sum(nil))}
+	if err := inspectImage(f, up, maxPixels); err != nil {
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	return up, nil
+}
+
+// inspectImage sniffs f's format and reads its dimensions from the header alone (no pixel is
+// decoded), refusing what we cannot decode (415) and what is over maxPixels (413).
+func inspectImage(f *os.File, up *upload, maxPixels int64) error {
+	head := make([]byte, 16)
+	n, _ := f.ReadAt(head, 0)
+	format, ok := sniffFormat(head[:n])
+	if !ok {
+		return newError(http.StatusUnsupportedMediaType, "not an image this service accepts: send JPEG, PNG, GIF, WebP, BMP or TIFF")
+	}
+	var src io.Reader = bufio.NewReader(io.NewSectionReader(f, 0, up.size))
+	if format.name == "tiff" {
+		// The TIFF decoder reads everything into memory unless it gets an io.ReaderAt.
+		src = io.NewSectionReader(f, 0, up.size)
+	}
+	cfg, err := format.decodeConfig(src)
+	if err != nil {
+		return newError(http.StatusUnsupportedMediaType, "not a valid %s image: %v", strings.ToUpper(format.name), err)
+	}
+	if cfg.Width <= 0 || cfg.Height <= 0 {
+		return newError(http.StatusUnsupportedMediaType, "not a valid %s image: it declares %d×%d pixels", strings.ToUpper(format.name), cfg.Width, cfg.Height)
+	}
+	if px := int64(cfg.Width) * int64(cfg.Height); px > maxPixels {
+		return newError(http.StatusRequestEntityTooLarge, "image is %d×%d = %d pixels, over the limit of %d", cfg.Width, cfg.Height, px, maxPixels)
+	}
+	up.contentType, up.width, up.height = format.contentType, cfg.Width, cfg.Height
+	if format.name == "jpeg" && exifOrientation(io.NewSectionReader(f, 0, up.size)).swapsAxes() {
+		up.width, up.height = cfg.Height, cfg.Width
+	}
+	return nil
+}
+
+// sweepOrphans removes originals (and their variants) that no row refers to and that are older than
+// orphanGrace: what a crash between placing a file and inserting its row, or between deleting a row
+// and its files, leaves behind. exists reports which original keys have rows.
+func (b *blobStore) sweepOrphans(ctx context.Context, exists func(context.Context, []string) (map[string]bool, error)) (int, error) {
+	var batch []string
+	files := map[string][]string{} // original key → its files (original and variants)
+	removed := 0
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		found, err := exists(ctx, batch)
+		if err != nil {
+			return err
+		}
+		for _, k := range batch {
+			if !found[k] {
+				for _, p := range files[k] {
+					if os.Remove(p) == nil {
+						removed++
+					}
+				}
+			}
+		}
+		batch, files = batch[:0], map[string][]string{}
+		return nil
+	}
+	root := filepath.Join(b.root, originalDir)
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		info, err := d.Info()
+		if err != nil || time.Since(info.ModTime()) < orphanGrace {
+			return nil
+		}
+		rel, _ := filepath.Rel(b.root, p)
+		key, _, _ := strings.Cut(filepath.ToSlash(rel), ".") // variants are "<key>.<variant>…"
+		if _, seen := files[key]; !seen {
+			batch = append(batch, key)
+		}
+		files[key] = append(files[key], p)
+		if len(batch) >= 500 {
+			return flush()
+		}
+		return nil
+	})
+	if err != nil {
+		return removed, err
+	}
+	return removed, flush()
+}

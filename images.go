@@ -1,0 +1,469 @@
+// Image handlers: upload, list, read, edit, delete and download, each seeing only the caller's images.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"mime"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Image bounds.
+const (
+	maxNameLen     = 255 // characters
+	maxTags        = 32
+	maxTagLen      = 64 // characters
+	defaultLimit   = 10
+	maxLimit       = 100
+	maxSkip        = 1_000_000
+	multipartSlack = 64 << 10 // multipart framing and small fields allowed beyond MAX_UPLOAD_BYTES
+)
+
+// imageView is the API's Image. Width and height are as displayed (after EXIF orientation).
+type imageView struct {
+	ID          int64                  `json:"id"`
+	Name        string                 `json:"name"`
+	Tags        []string               `json:"tags"`
+	Status      string                 `json:"status"`
+	Error       *string                `json:"error"`
+	ContentType string                 `json:"content_type"`
+	Width       int                    `json:"width"`
+	Height      int                    `json:"height"`
+	Resolution  string                 `json:"resolution"`
+	Size        int64                  `json:"size"`
+	SHA256      string                 `json:"sha256"`
+	URL         string                 `json:"url"`
+	CreatedAt   string                 `json:"created_at"`
+	UpdatedAt   string                 `json:"updated_at"`
+	Variants    map[string]variantView `json:"variants"`
+}
+
+// variantView is a finished variant in an Image.
+type variantView struct {
+	Width       int    `json:"width"`
+	Height      int    `json:"height"`
+	Size        int64  `json:"size"`
+	ContentType string `json:"content_type"`
+	URL         string `json:"url"`
+}
+
+// view is im as the API shows it.
+func view(im imageRecord) imageView {
+	const rfc3339Micro = "2006-01-02T15:04:05.999999Z07:00"
+	fileURL := fmt.Sprintf("/api/v1/images/%d/file", im.ID)
+	v := imageView{
+		ID: im.ID, Name: im.Name, Tags: im.Tags, Status: im.Status, ContentType: im.ContentType,
+		Width: im.Width, Height: im.Height, Resolution: fmt.Sprintf("%dx%d", im.Width, im.Height),
+		Size: im.Size, SHA256: im.SHA256, URL: fileURL,
+		CreatedAt: im.CreatedAt.UTC().Format(rfc3339Micro), UpdatedAt: im.UpdatedAt.UTC().Format(rfc3339Micro),
+		Variants: make(map[string]variantView, len(im.Variants)),
+	}
+	if im.Error != "" {
+		v.Error = &im.Error
+	}
+	for name, f := range im.Variants {
+		v.Variants[name] = variantView{Width: f.Width, Height: f.Height, Size: f.Size, ContentType: f.ContentType, URL: fileURL + "?variant=" + name}
+	}
+	return v
+}
+
+// errImageNotFound answers a missing image and another user's image alike.
+var errImageNotFound = newError(http.StatusNotFound, "image not found")
+
+// imageID reads {id}: a positive integer in canonical form; anything else is a missing image.
+func imageID(r *http.Request) (int64, error) {
+	s := r.PathValue("id")
+	id, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || id <= 0 || strconv.FormatInt(id, 10) != s {
+		return 0, errImageNotFound
+	}
+	return id, nil
+}
+
+// cleanText trims s and checks it is valid UTF-8 without control characters, of 1 to max characters.
+func cleanText(what, s string, max int) (string, error) {
+	s = strings.TrimSpace(s)
+	if !utf8.ValidString(s) {
+		return "", newError(http.StatusUnprocessableEntity, "%s must be valid UTF-8", what)
+	}
+	if n := utf8.RuneCountInString(s); n < 1 || n > max {
+		return "", newError(http.StatusUnprocessableEntity, "%s must be 1 to %d characters", what, max)
+	}
+	if strings.IndexFunc(s, unicode.IsControl) >= 0 {
+		return "", newError(http.StatusUnprocessableEntity, "%s must not contain control characters", what)
+	}
+	return s, nil
+}
+
+// parseTags turns comma-separated lists into tags: trimmed, empties dropped, duplicates removed, at
+// most maxTags of at most maxTagLen characters.
+func parseTags(lists ...string) ([]string, error) {
+	tags := []string{}
+	seen := map[string]bool{}
+	for _, list := range lists {
+		for _, t := range strings.Split(list, ",") {
+			if strings.TrimSpace(t) == "" {
+				continue
+			}
+			t, err := cleanText("a tag", t, maxTagLen)
+			if err != nil {
+				return nil, err
+			}
+			if !seen[t] {
+				seen[t] = true
+				tags = append(tags, t)
+			}
+		}
+	}
+	if len(tags) > maxTags {
+		return nil, newError(http.StatusUnprocessableEntity, "at most %d tags", maxTags)
+	}
+	return tags, nil
+}
+
+// intParam reads query parameter name as an integer from lo to hi, def when absent.
+func intParam(q url.Values, name string, def, lo, hi int) (int, error) {
+	s := q.Get(name)
+	if s == "" {
+		return def, nil
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil || v < lo || v > hi {
+		return 0, newError(http.StatusUnprocessableEntity, "query parameter %s must be an integer from %d to %d", name, lo, hi)
+	}
+	return v, nil
+}
+
+// readError marks an error that came from reading the request, not from writing our files.
+type readError struct{ err error }
+
+func (e readError) Error() string { return e.err.Error() }
+func (e readError) Unwrap() error { return e.err }
+
+// requestReader tags its errors as readErrors.
+type requestReader struct{ r io.Reader }
+
+func (rr requestReader) Read(p []byte) (int, error) {
+	n, err := rr.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = readError{err}
+	}
+	return n, err
+}
+
+// uploadImage stores a new image: query name and tags, multipart field file. The file is streamed to
+// disk, checked from its bytes, and becomes visible with its row or not at all. 201 with the Image.
+func (a *app) uploadImage(w http.ResponseWriter, r *http.Request) {
+	im, err := a.receiveUpload(w, r)
+	if err != nil {
+		var ae *apiError
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			err = newError(http.StatusRequestEntityTooLarge, "upload is larger than the limit of %d bytes", a.cfg.MaxUploadBytes)
+		} else if re := (readError{}); errors.As(err, &re) {
+			err = newError(http.StatusBadRequest, "the upload ended early or is malformed: %v", re.err)
+		}
+		if errors.As(err, &ae) && ae.status < 500 {
+			a.metrics.uploadRefused.Add(1)
+			if ae.status == http.StatusRequestEntityTooLarge {
+				// Do not read the rest of a body we refused.
+				w.Header().Set("Connection", "close")
+			}
+		}
+		a.fail(w, r, err)
+		return
+	}
+	a.metrics.uploads.Add(1)
+	a.metrics.uploadBytes.Add(im.Size)
+	a.cache.invalidate(r.Context(), im.OwnerID)
+	w.Header().Set("Location", fmt.Sprintf("/api/v1/images/%d", im.ID))
+	writeJSON(w, http.StatusCreated, view(im))
+}
+
+// receiveUpload does the work of uploadImage and returns the stored row.
+func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord, error) {
+	q := r.URL.Query()
+	name, err := cleanText("query parameter name", q.Get("name"), maxNameLen)
+	if err != nil {
+		return imageRecord{}, err
+	}
+	tags, err := parseTags(q["tags"]...)
+	if err != nil {
+		return imageRecord{}, err
+	}
+	limit := a.cfg.MaxUploadBytes + multipartSlack
+	if r.ContentLength > limit {
+		return imageRecord{}, newError(http.StatusRequestEntityTooLarge, "upload is larger than the limit of %d bytes", a.cfg.MaxUploadBytes)
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, limit)
+	mr, err := r.MultipartReader()
+	if err != nil {
+		return imageRecord{}, newError(http.StatusUnsupportedMediaType, "want a multipart/form-data body with the image in field \"file\"")
+	}
+	var part io.Reader
+	for part == nil {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			return imageRecord{}, newError(http.StatusUnprocessableEntity, "multipart field \"file\" is required")
+		}
+		if err != nil {
+			return imageRecord{}, readError{err}
+		}
+		if p.FormName() == "file" {
+			part = p
+		}
+	}
+	up, err := a.blobs.receive(requestReader{part}, a.cfg.MaxUploadBytes, a.cfg.MaxPixels)
+	if err != nil {
+		return imageRecord{}, err
+	}
+	key := newKey()
+	if err := a.blobs.place(up.tmpPath, key); err != nil {
+		os.Remove(up.tmpPath)
+		return imageRecord{}, fmt.Errorf("place upload: %w", err)
+	}
+	im, err := a.store.insertImage(r.Context(), imageRecord{
+		OwnerID: userID(r.Context()), Name: name, Tags: tags, ContentType: up.contentType,
+		Width: up.width, Height: up.height, Size: up.size, SHA256: up.sha256, FileKey: key,
+	})
+	if err != nil {
+		// No row, so no file: the original must not outlive the failed insert.
+		if rerr := a.blobs.remove(key); rerr != nil {
+			a.log.Error("removing the file of a failed upload", slog.String("key", key), slog.Any("error", rerr))
+		}
+		return imageRecord{}, err
+	}
+	return im, nil
+}
+
+// listImages answers the caller's images, newest first, with X-Total-Count.
+func (a *app) listImages(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	skip, err := intParam(q, "skip", 0, 0, maxSkip)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	limit, err := intParam(q, "limit", defaultLimit, 1, maxLimit)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	tag := ""
+	if q.Has("tag") {
+		if tag, err = cleanText("query parameter tag", q.Get("tag"), maxTagLen); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+	}
+	uid := userID(r.Context())
+	sub := fmt.Sprintf("list:%d:%d:%s", skip, limit, tag)
+	page, err := fetch(r.Context(), a.cache, uid, sub, func(ctx context.Context) (imagePage, error) {
+		return a.store.listImages(ctx, uid, tag, skip, limit)
+	})
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	views := make([]imageView, len(page.Images))
+	for i, im := range page.Images {
+		views[i] = view(im)
+	}
+	w.Header().Set("X-Total-Count", strconv.FormatInt(page.Total, 10))
+	writeJSON(w, http.StatusOK, views)
+}
+
+// ownImage returns the caller's image {id}, through the cache; errImageNotFound for anything else.
+func (a *app) ownImage(r *http.Request) (imageRecord, error) {
+	id, err := imageID(r)
+	if err != nil {
+		return imageRecord{}, err
+	}
+	uid := userID(r.Context())
+	im, err := fetch(r.Context(), a.cache, uid, "img:"+strconv.FormatInt(id, 10), func(ctx context.Context) (imageRecord, error) {
+		return a.store.imageByID(ctx, uid, id)
+	})
+	if errors.Is(err, errNotFound) {
+		return imageRecord{}, errImageNotFound
+	}
+	return im, err
+}
+
+// getImage answers one of the caller's images.
+func (a *app) getImage(w http.ResponseWriter, r *http.Request) {
+	im, err := a.ownImage(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, view(im))
+}
+
+// imageUpdate is PUT's body. Tags may be a comma-separated string (as the seed sent) or an array.
+type imageUpdate struct {
+	Name *string         `json:"name"`
+	Tags json.RawMessage `json:"tags"`
+}
+
+// updateImage renames and/or retags one of the caller's images.
+func (a *app) updateImage(w http.ResponseWriter, r *http.Request) {
+	id, err := imageID(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var body imageUpdate
+	if err := decodeJSON(w, r, &body); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var name *string
+	if body.Name != nil {
+		n, err := cleanText("name", *body.Name, maxNameLen)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		name = &n
+	}
+	var tags []string // nil: unchanged
+	if raw := body.Tags; len(raw) > 0 && string(raw) != "null" {
+		var s string
+		var list []string
+		switch {
+		case json.Unmarshal(raw, &s) == nil:
+			tags, err = parseTags(s)
+		case json.Unmarshal(raw, &list) == nil:
+			for _, t := range list {
+				if strings.Contains(t, ",") {
+					err = newError(http.StatusUnprocessableEntity, "a tag must not contain a comma")
+					break
+				}
+			}
+			if err == nil {
+				tags, err = parseTags(list...)
+			}
+		default:
+			err = newError(http.StatusUnprocessableEntity, "field \"tags\": want a comma-separated string or an array of strings")
+		}
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+	}
+	uid := userID(r.Context())
+	im, err := a.store.updateImage(r.Context(), uid, id, name, tags)
+	if errors.Is(err, errNotFound) {
+		err = errImageNotFound
+	}
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	a.cache.invalidate(r.Context(), uid)
+	writeJSON(w, http.StatusOK, view(im))
+}
+
+// deleteImage removes one of the caller's images: its row, then its original and variants.
+func (a *app) deleteImage(w http.ResponseWriter, r *http.Request) {
+	id, err := imageID(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	uid := userID(r.Context())
+	im, err := a.store.deleteImage(r.Context(), uid, id)
+	if errors.Is(err, errNotFound) {
+		err = errImageNotFound
+	}
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	a.cache.invalidate(r.Context(), uid)
+	keys := []string{im.FileKey}
+	for _, v := range im.Variants {
+		keys = append(keys, v.Key)
+	}
+	// The row is gone, so the image is gone for the user; a file that fails to go now is an orphan
+	// the sweeper removes later.
+	if err := a.blobs.remove(keys...); err != nil {
+		a.log.Warn("removing a deleted image's files", slog.Int64("image_id", id), slog.Any("error", err))
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// downloadImage serves the original (byte for byte as uploaded) or a finished variant, with ETag,
+// conditional requests and ranges.
+func (a *app) downloadImage(w http.ResponseWriter, r *http.Request) {
+	im, err := a.ownImage(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	variant := r.URL.Query().Get("variant")
+	key, contentType, etag := im.FileKey, im.ContentType, `"`+im.SHA256+`"`
+	switch {
+	case variant == "" || variant == variantOriginal:
+		variant = variantOriginal
+	case !knownVariant(variant):
+		names := []string{variantOriginal}
+		for _, v := range variantSpecs {
+			names = append(names, v.name)
+		}
+		a.fail(w, r, newError(http.StatusUnprocessableEntity, "unknown variant %q: want one of %s", variant, strings.Join(names, ", ")))
+		return
+	default:
+		vf, ok := im.Variants[variant]
+		if !ok {
+			detail := fmt.Sprintf("variant %q is not ready: the image is %s", variant, im.Status)
+			if im.Status == statusFailed {
+				detail += ": " + im.Error
+			}
+			a.fail(w, r, newError(http.StatusConflict, "%s", detail))
+			return
+		}
+		// A variant's key is new each time it is written, so it names this content.
+		key, contentType, etag = vf.Key, vf.ContentType, `"`+strings.ReplaceAll(vf.Key[strings.LastIndexByte(vf.Key, '/')+1:], ".", "-")+`"`
+	}
+	f, err := os.Open(a.blobs.path(key))
+	if errors.Is(err, fs.ErrNotExist) {
+		// Deleted between reading the row and opening the file.
+		a.fail(w, r, errImageNotFound)
+		return
+	}
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", contentType)
+	h.Set("ETag", etag)
+	h.Set("Cache-Control", "private")
+	filename := im.Name
+	if variant != variantOriginal {
+		filename += "." + variant
+	}
+	if ext := extensionFor(contentType); !strings.HasSuffix(strings.ToLower(filename), ext) {
+		filename += ext
+	}
+	h.Set("Content-Disposition", mime.FormatMediaType("inline", map[string]string{"filename": filename}))
+	http.ServeContent(w, r, "", st.ModTime(), f)
+}
