@@ -22,6 +22,10 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
+// testRedisURL is the Redis the cache tests use (TEST_REDIS_URL, default the local server); each test
+// uses a key prefix of its own and deletes its keys after.
+var testRedisURL string
+
 // testDB is the database this test run owns: created in TestMain, dropped after.
 var testDB struct {
 	adminURL string // a database on the server that is not ours, for CREATE/DROP DATABASE
@@ -44,6 +48,15 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	testDB.url = url
+	testRedisURL = os.Getenv("TEST_REDIS_URL")
+	if testRedisURL == "" {
+		testRedisURL = "redis://127.0.0.1:6379/0"
+	}
+	if err := pingRedis(testRedisURL); err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: Redis is required for these tests and is not reachable at TEST_REDIS_URL=%s: %v\n", testRedisURL, err)
+		dropTestDatabase(admin, name)
+		os.Exit(1)
+	}
 	code := m.Run()
 	if err := dropTestDatabase(admin, name); err != nil {
 		fmt.Fprintf(os.Stderr, "dropping test database %s: %v\n", name, err)
@@ -229,6 +242,8 @@ func doRequest(t *testing.T, base, method, path string, body any, header ...stri
 		rd = bytes.NewReader(b)
 	case string:
 		rd = strings.NewReader(b)
+	case io.Reader:
+		rd = b
 	default:
 		j, err := json.Marshal(b)
 		if err != nil {

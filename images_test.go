@@ -1,0 +1,560 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	stdimage "image"
+	"image/color"
+	"image/gif"
+	"image/png"
+	"io"
+	"io/fs"
+	"mime/multipart"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/image/bmp"
+	"golang.org/x/image/tiff"
+)
+
+// readTestdata returns a file from testdata/.
+func readTestdata(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// multipartBody builds a multipart/form-data body with data in field "file".
+func multipartBody(t testing.TB, field, filename string, data []byte) ([]byte, string) {
+	t.Helper()
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	fw, err := mw.CreateFormFile(field, filename)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw.Write(data)
+	mw.Close()
+	return buf.Bytes(), mw.FormDataContentType()
+}
+
+// upload sends data as an image named name with tags (comma-separated, may be empty).
+func (s *testServer) upload(auth, name, tags, filename string, data []byte) response {
+	s.t.Helper()
+	body, ct := multipartBody(s.t, "file", filename, data)
+	q := url.Values{"name": {name}}
+	if tags != "" {
+		q.Set("tags", tags)
+	}
+	return s.do("POST", "/api/v1/images/?"+q.Encode(), body, "Authorization", auth, "Content-Type", ct)
+}
+
+// mustUpload uploads and returns the created image, failing the test on anything but 201.
+func (s *testServer) mustUpload(auth, name, tags, filename string, data []byte) imageView {
+	s.t.Helper()
+	r := s.upload(auth, name, tags, filename, data)
+	if r.status != http.StatusCreated {
+		s.t.Fatalf("upload %s: %d %s", filename, r.status, r.body)
+	}
+	var v imageView
+	r.json(s.t, &v)
+	return v
+}
+
+// tinyPNG is a small real PNG of w×h, for tests that need many uploads.
+func tinyPNG(t testing.TB, w, h int) []byte {
+	img := stdimage.NewNRGBA(stdimage.Rect(0, 0, w, h))
+	for i := range img.Pix {
+		img.Pix[i] = byte(i * 7)
+	}
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// manyTags returns n distinct tags, comma-separated.
+func manyTags(n int) string {
+	tags := make([]string, n)
+	for i := range tags {
+		tags[i] = fmt.Sprint("t", i)
+	}
+	return strings.Join(tags, ",")
+}
+
+// filesUnder lists the regular files below dir.
+func filesUnder(t *testing.T, dir string) []string {
+	t.Helper()
+	var files []string
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			files = append(files, p)
+		}
+		return nil
+	})
+	return files
+}
+
+func TestUploadAndDownload(t *testing.T) {
+	s := newTestServer(t, nil)
+	_, auth := s.signupAndLogin()
+	data := readTestdata(t, "mid.jpg")
+	r := s.upload(auth, "  Ladybird  ", "nature, bugs ,nature,, red", "ladybird.jpg", data)
+	if r.status != http.StatusCreated {
+		t.Fatalf("upload: %d %s", r.status, r.body)
+	}
+	var v imageView
+	r.json(t, &v)
+	sum := sha256.Sum256(data)
+	if v.ID <= 0 || v.Name != "Ladybird" || strings.Join(v.Tags, "|") != "nature|bugs|red" || v.Status != statusPending ||
+		v.Error != nil || v.ContentType != "image/jpeg" || v.Width != 2560 || v.Height != 1600 || v.Resolution != "2560x1600" ||
+		v.Size != int64(len(data)) || v.SHA256 != hex.EncodeToString(sum[:]) || len(v.Variants) != 0 {
+		t.Fatalf("image = %+v", v)
+	}
+	if loc := r.header.Get("Location"); loc != fmt.Sprintf("/api/v1/images/%d", v.ID) {
+		t.Errorf("Location = %q", loc)
+	}
+	var raw map[string]any
+	r.json(t, &raw)
+	for _, k := range []string{"id", "name", "tags", "status", "error", "content_type", "width", "height", "resolution", "size", "sha256", "created_at", "updated_at", "variants"} {
+		if _, ok := raw[k]; !ok {
+			t.Errorf("Image JSON lacks %q", k)
+		}
+	}
+
+	var got imageView
+	g := s.do("GET", fmt.Sprintf("/api/v1/images/%d", v.ID), nil, "Authorization", auth)
+	g.json(t, &got)
+	if g.status != 200 || got.ID != v.ID || got.SHA256 != v.SHA256 || got.CreatedAt != v.CreatedAt {
+		t.Fatalf("get: %d %+v", g.status, got)
+	}
+
+	file := fmt.Sprintf("/api/v1/images/%d/file", v.ID)
+	d := s.do("GET", file, nil, "Authorization", auth)
+	if d.status != 200 || !bytes.Equal(d.body, data) {
+		t.Fatalf("download: %d, %d bytes, equal=%v", d.status, len(d.body), bytes.Equal(d.body, data))
+	}
+	etag := d.header.Get("ETag")
+	for k, want := range map[string]string{
+		"Content-Type": "image/jpeg", "Cache-Control": "private", "X-Content-Type-Options": "nosniff",
+		"ETag": `"` + v.SHA256 + `"`, "Content-Disposition": `inline; filename=Ladybird.jpg`,
+	} {
+		if got := d.header.Get(k); got != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+	if r := s.do("GET", file+"?variant=original", nil, "Authorization", auth, "If-None-Match", etag); r.status != http.StatusNotModified {
+		t.Errorf("If-None-Match: %d", r.status)
+	}
+	if r := s.do("GET", file, nil, "Authorization", auth, "Range", "bytes=100-199"); r.status != http.StatusPartialContent || !bytes.Equal(r.body, data[100:200]) {
+		t.Errorf("Range: %d, %d bytes", r.status, len(r.body))
+	}
+	p := s.do("GET", file+"?variant=thumb_100", nil, "Authorization", auth).problem(t, http.StatusConflict)
+	if !strings.Contains(p.Detail, "pending") {
+		t.Errorf("409 detail %q does not say the image is pending", p.Detail)
+	}
+	s.do("GET", file+"?variant=thumb_9000", nil, "Authorization", auth).problem(t, http.StatusUnprocessableEntity)
+
+	// Both spellings of the collection work, for upload and list, without a redirect.
+	body, ct := multipartBody(t, "file", "x.png", tinyPNG(t, 3, 2))
+	if r := s.do("POST", "/api/v1/images?name=noslash", body, "Authorization", auth, "Content-Type", ct); r.status != 201 {
+		t.Fatalf("POST /api/v1/images: %d %s", r.status, r.body)
+	}
+	for _, path := range []string{"/api/v1/images", "/api/v1/images/"} {
+		r := s.do("GET", path, nil, "Authorization", auth)
+		if r.status != 200 || r.header.Get("X-Total-Count") != "2" {
+			t.Errorf("GET %s: %d total=%q", path, r.status, r.header.Get("X-Total-Count"))
+		}
+	}
+}
+
+// TestUploadFormats: every input format is sniffed from its bytes (the filename and the part's
+// Content-Type are ignored) and sized from its header.
+func TestUploadFormats(t *testing.T) {
+	s := newTestServer(t, nil)
+	_, auth := s.signupAndLogin()
+	src := stdimage.NewPaletted(stdimage.Rect(0, 0, 30, 20), []color.Color{color.Black, color.White})
+	var gifBuf, bmpBuf, tiffBuf bytes.Buffer
+	gif.Encode(&gifBuf, src, nil)
+	bmp.Encode(&bmpBuf, src)
+	tiff.Encode(&tiffBuf, src, nil)
+	for _, tc := range []struct {
+		file     string
+		data     []byte
+		ct       string
+		w, h     int
+		filename string
+	}{
+		{"mid.jpg", readTestdata(t, "mid.jpg"), "image/jpeg", 2560, 1600, "photo.png"},
+		{"mid-orient6.jpg (displayed portrait)", readTestdata(t, "mid-orient6.jpg"), "image/jpeg", 1600, 2560, "portrait.jpg"},
+		{"large-progressive.jpg", readTestdata(t, "large-progressive.jpg"), "image/jpeg", 4224, 3168, "p.jpg"},
+		{"photo.png", readTestdata(t, "photo.png"), "image/png", 2048, 1024, "mars.jpg"},
+		{"small.webp", readTestdata(t, "small.webp"), "image/webp", 320, 200, "a.webp"},
+		{"gif", gifBuf.Bytes(), "image/gif", 30, 20, "a.gif"},
+		{"bmp", bmpBuf.Bytes(), "image/bmp", 30, 20, "a.bmp"},
+		{"tiff", tiffBuf.Bytes(), "image/tiff", 30, 20, "a.tif"},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			v := s.mustUpload(auth, tc.file, "", tc.filename, tc.data)
+			if v.ContentType != tc.ct || v.Width != tc.w || v.Height != tc.h {
+				t.Fatalf("got %s %dx%d, want %s %dx%d", v.ContentType, v.Width, v.Height, tc.ct, tc.w, tc.h)
+			}
+		})
+	}
+}
+
+// TestUploadRefusals: every bad upload gets its 4xx with a problem body, and leaves nothing behind:
+// no row, and no file in UPLOAD_DIR.
+func TestUploadRefusals(t *testing.T) {
+	dir := t.TempDir()
+	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir, "MAX_UPLOAD_BYTES": "200000"})
+	_, auth := s.signupAndLogin()
+	good := tinyPNG(t, 4, 4)
+	type tc struct {
+		name   string
+		status int
+		send   func() response
+	}
+	up := func(file string, data []byte) func() response {
+		return func() response { return s.upload(auth, "x", "", file, data) }
+	}
+	cases := []tc{
+		{"zero bytes", 422, up("empty.jpg", readTestdata(t, "bad/empty.jpg"))},
+		{"text named .jpg", 415, up("text.jpg", readTestdata(t, "bad/text.jpg"))},
+		{"SVG with a script", 415, up("script.svg", readTestdata(t, "bad/script.svg"))},
+		{"PDF", 415, up("doc.pdf", readTestdata(t, "bad/doc.pdf"))},
+		{"HTML", 415, up("page.html", readTestdata(t, "bad/page.html"))},
+		{"PNG declaring 60000x60000", 413, up("huge.png", readTestdata(t, "bad/huge-header.png"))},
+		{"JPEG declaring 65000x65000", 413, up("huge.jpg", readTestdata(t, "bad/huge-sof.jpg"))},
+		{"JPEG header cut before its SOF", 415, up("cut.jpg", readTestdata(t, "mid.jpg")[:150])},
+		{"over MAX_UPLOAD_BYTES, with Content-Length", 413, up("mid.jpg", readTestdata(t, "mid.jpg"))},
+		{"over MAX_UPLOAD_BYTES, chunked", 413, func() response {
+			body, ct := multipartBody(t, "file", "mid.jpg", readTestdata(t, "mid.jpg"))
+			// A reader of unknown length makes the client send the body chunked, with no Content-Length.
+			return s.do("POST", "/api/v1/images/?name=x", io.MultiReader(bytes.NewReader(body)), "Authorization", auth, "Content-Type", ct)
+		}},
+		{"no name", 422, func() response {
+			body, ct := multipartBody(t, "file", "a.png", good)
+			return s.do("POST", "/api/v1/images/", body, "Authorization", auth, "Content-Type", ct)
+		}},
+		{"blank name", 422, func() response { return s.upload(auth, "   ", "", "a.png", good) }},
+		{"name too long", 422, func() response { return s.upload(auth, strings.Repeat("é", maxNameLen+1), "", "a.png", good) }},
+		{"name with a control character", 422, func() response { return s.upload(auth, "a\x00b", "", "a.png", good) }},
+		{"too many tags", 422, func() response { return s.upload(auth, "x", manyTags(maxTags+1), "a.png", good) }},
+		{"tag too long", 422, func() response { return s.upload(auth, "x", strings.Repeat("t", maxTagLen+1), "a.png", good) }},
+		{"not multipart", 415, func() response {
+			return s.do("POST", "/api/v1/images/?name=x", good, "Authorization", auth, "Content-Type", "image/png")
+		}},
+		{"no file field", 422, func() response {
+			body, ct := multipartBody(t, "picture", "a.png", good)
+			return s.do("POST", "/api/v1/images/?name=x", body, "Authorization", auth, "Content-Type", ct)
+		}},
+		{"multipart cut short", 400, func() response {
+			body, ct := multipartBody(t, "file", "a.png", good)
+			return s.do("POST", "/api/v1/images/?name=x", body[:len(body)-30], "Authorization", auth, "Content-Type", ct)
+		}},
+		{"no token", 401, func() response {
+			body, ct := multipartBody(t, "file", "a.png", good)
+			return s.do("POST", "/api/v1/images/?name=x", body, "Content-Type", ct)
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			c.send().problem(t, c.status)
+			if files := filesUnder(t, dir); len(files) != 0 {
+				t.Fatalf("files left behind: %v", files)
+			}
+			if r := s.do("GET", "/api/v1/images/", nil, "Authorization", auth); r.header.Get("X-Total-Count") != "0" {
+				t.Fatalf("a row was left behind: total %s", r.header.Get("X-Total-Count"))
+			}
+		})
+	}
+	// A truncated JPEG's header parses: it is accepted, and will fail in processing.
+	if r := s.upload(auth, "truncated", "", "t.jpg", readTestdata(t, "bad/truncated.jpg")); r.status != 201 {
+		t.Fatalf("truncated JPEG: %d %s", r.status, r.body)
+	}
+	// Exactly at the limit is allowed.
+	big := append(bytes.Clone(good), make([]byte, 200000-len(good))...)
+	if r := s.upload(auth, "at the limit", "", "a.png", big); r.status != 201 {
+		t.Fatalf("upload of exactly MAX_UPLOAD_BYTES: %d %s", r.status, r.body)
+	}
+}
+
+func TestListPagesAndTags(t *testing.T) {
+	s := newTestServer(t, nil)
+	_, auth := s.signupAndLogin()
+	var ids []int64
+	for i := range 5 {
+		tags := "all"
+		if i%2 == 0 {
+			tags = "all,even"
+		}
+		ids = append(ids, s.mustUpload(auth, fmt.Sprint("img", i), tags, "a.png", tinyPNG(t, i+1, 1)).ID)
+	}
+	list := func(q string) ([]imageView, string) {
+		t.Helper()
+		r := s.do("GET", "/api/v1/images/?"+q, nil, "Authorization", auth)
+		if r.status != 200 {
+			t.Fatalf("list %s: %d %s", q, r.status, r.body)
+		}
+		var vs []imageView
+		r.json(t, &vs)
+		return vs, r.header.Get("X-Total-Count")
+	}
+	idsOf := func(vs []imageView) string {
+		var s []string
+		for _, v := range vs {
+			s = append(s, fmt.Sprint(v.ID))
+		}
+		return strings.Join(s, ",")
+	}
+	want := func(ix ...int) string {
+		var s []string
+		for _, i := range ix {
+			s = append(s, fmt.Sprint(ids[i]))
+		}
+		return strings.Join(s, ",")
+	}
+	for _, tc := range []struct{ q, ids, total string }{
+		{"", want(4, 3, 2, 1, 0), "5"},
+		{"limit=2", want(4, 3), "5"},
+		{"skip=2&limit=2", want(2, 1), "5"},
+		{"skip=4", want(0), "5"},
+		{"skip=10", "", "5"},
+		{"tag=even", want(4, 2, 0), "3"},
+		{"tag=even&limit=1&skip=1", want(2), "3"},
+		{"tag=none", "", "0"},
+	} {
+		vs, total := list(tc.q)
+		if idsOf(vs) != tc.ids || total != tc.total {
+			t.Errorf("list %q = [%s] total %s, want [%s] total %s", tc.q, idsOf(vs), total, tc.ids, tc.total)
+		}
+	}
+	if r := s.do("GET", "/api/v1/images/", nil, "Authorization", auth); string(bytes.TrimSpace(r.body))[0] != '[' {
+		t.Errorf("list body is not an array: %s", r.body)
+	}
+	for _, q := range []string{"skip=-1", "skip=x", "limit=0", "limit=101", "limit=1.5", fmt.Sprint("skip=", maxSkip+1), "tag=", "tag=" + strings.Repeat("t", maxTagLen+1)} {
+		s.do("GET", "/api/v1/images/?"+q, nil, "Authorization", auth).problem(t, http.StatusUnprocessableEntity)
+	}
+	// An empty list is [] with a count of 0.
+	_, other := s.signupAndLogin()
+	if r := s.do("GET", "/api/v1/images/", nil, "Authorization", other); string(bytes.TrimSpace(r.body)) != "[]" || r.header.Get("X-Total-Count") != "0" {
+		t.Errorf("empty list: %s total %s", r.body, r.header.Get("X-Total-Count"))
+	}
+}
+
+func TestUpdateImage(t *testing.T) {
+	s := newTestServer(t, nil)
+	_, auth := s.signupAndLogin()
+	v := s.mustUpload(auth, "before", "a,b", "a.png", tinyPNG(t, 2, 2))
+	path := fmt.Sprintf("/api/v1/images/%d", v.ID)
+	put := func(body any) imageView {
+		t.Helper()
+		r := s.do("PUT", path, body, "Authorization", auth)
+		if r.status != 200 {
+			t.Fatalf("PUT %v: %d %s", body, r.status, r.body)
+		}
+		var got imageView
+		r.json(t, &got)
+		return got
+	}
+	// The seed's example: tags as a comma-separated string.
+	if got := put(map[string]any{"name": "New Name", "tags": "tag1, tag2"}); got.Name != "New Name" || strings.Join(got.Tags, ",") != "tag1,tag2" {
+		t.Errorf("string tags: %+v", got)
+	}
+	if got := put(map[string]any{"tags": []string{" x ", "y", "x"}}); got.Name != "New Name" || strings.Join(got.Tags, ",") != "x,y" {
+		t.Errorf("array tags: %+v", got)
+	}
+	if got := put(map[string]any{"name": "Only name"}); got.Name != "Only name" || strings.Join(got.Tags, ",") != "x,y" {
+		t.Errorf("name only: %+v", got)
+	}
+	if got := put(map[string]any{}); got.Name != "Only name" || len(got.Tags) != 2 || got.UpdatedAt < v.UpdatedAt {
+		t.Errorf("empty update: %+v", got)
+	}
+	if got := put(map[string]any{"tags": ""}); len(got.Tags) != 0 {
+		t.Errorf("clearing tags: %+v", got)
+	}
+	for name, body := range map[string]any{
+		"blank name":         map[string]any{"name": " "},
+		"name too long":      map[string]any{"name": strings.Repeat("n", maxNameLen+1)},
+		"name not a string":  map[string]any{"name": 5},
+		"tags a number":      map[string]any{"tags": 5},
+		"tags array of ints": map[string]any{"tags": []int{1}},
+		"comma in array tag": map[string]any{"tags": []string{"a,b"}},
+		"too many tags":      map[string]any{"tags": manyTags(maxTags + 1)},
+		"malformed":          "{",
+	} {
+		t.Run(name, func(t *testing.T) {
+			hdr := []string{"Authorization", auth}
+			if _, ok := body.(string); ok {
+				hdr = append(hdr, "Content-Type", "application/json")
+			}
+			s.do("PUT", path, body, hdr...).problem(t, http.StatusUnprocessableEntity)
+		})
+	}
+	s.do("PUT", "/api/v1/images/999999999", map[string]any{"name": "x"}, "Authorization", auth).problem(t, http.StatusNotFound)
+}
+
+func TestDeleteImage(t *testing.T) {
+	dir := t.TempDir()
+	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir})
+	_, auth := s.signupAndLogin()
+	v := s.mustUpload(auth, "doomed", "", "a.png", tinyPNG(t, 2, 2))
+	keep := s.mustUpload(auth, "kept", "", "b.png", tinyPNG(t, 3, 3))
+	if n := len(filesUnder(t, filepath.Join(dir, originalDir))); n != 2 {
+		t.Fatalf("%d originals on disk, want 2", n)
+	}
+	path := fmt.Sprintf("/api/v1/images/%d", v.ID)
+	if r := s.do("DELETE", path, nil, "Authorization", auth); r.status != http.StatusNoContent || len(r.body) != 0 {
+		t.Fatalf("delete: %d %s", r.status, r.body)
+	}
+	s.do("GET", path, nil, "Authorization", auth).problem(t, http.StatusNotFound)
+	s.do("GET", path+"/file", nil, "Authorization", auth).problem(t, http.StatusNotFound)
+	s.do("DELETE", path, nil, "Authorization", auth).problem(t, http.StatusNotFound)
+	if n := len(filesUnder(t, filepath.Join(dir, originalDir))); n != 1 {
+		t.Fatalf("%d originals on disk after delete, want 1", n)
+	}
+	if r := s.do("GET", fmt.Sprintf("/api/v1/images/%d/file", keep.ID), nil, "Authorization", auth); r.status != 200 {
+		t.Fatalf("the other image: %d", r.status)
+	}
+}
+
+// TestOwnership: another user's image answers exactly like a missing one on every route, and never
+// shows in a list; ids that are not positive canonical integers are missing images too.
+func TestOwnership(t *testing.T) {
+	s := newTestServer(t, nil)
+	_, alice := s.signupAndLogin()
+	_, bob := s.signupAndLogin()
+	v := s.mustUpload(alice, "alice's", "private", "a.png", tinyPNG(t, 2, 2))
+	routes := func(id string) []struct{ method, path string } {
+		return []struct{ method, path string }{
+			{"GET", "/api/v1/images/" + id},
+			{"PUT", "/api/v1/images/" + id},
+			{"DELETE", "/api/v1/images/" + id},
+			{"GET", "/api/v1/images/" + id + "/file"},
+			{"GET", "/api/v1/images/" + id + "/file?variant=thumb_100"},
+		}
+	}
+	missing := s.do("GET", "/api/v1/images/999999999", nil, "Authorization", bob)
+	missing.problem(t, http.StatusNotFound)
+	for _, id := range []string{fmt.Sprint(v.ID), "999999999", "abc", "0", "-1", "01", "%2B1", "1.0", "99999999999999999999"} {
+		for _, rt := range routes(id) {
+			var body any
+			if rt.method == "PUT" {
+				body = map[string]string{"name": "stolen"}
+			}
+			r := s.do(rt.method, rt.path, body, "Authorization", bob)
+			r.problem(t, http.StatusNotFound)
+			if !bytes.Equal(r.body, missing.body) {
+				t.Errorf("%s %s: body %s differs from a missing image's %s", rt.method, rt.path, r.body, missing.body)
+			}
+		}
+	}
+	if r := s.do("GET", "/api/v1/images/?tag=private", nil, "Authorization", bob); r.header.Get("X-Total-Count") != "0" {
+		t.Errorf("bob's list shows alice's image: %s", r.body)
+	}
+	// Alice's image is untouched by all of that.
+	var got imageView
+	s.do("GET", fmt.Sprint("/api/v1/images/", v.ID), nil, "Authorization", alice).json(t, &got)
+	if got.Name != "alice's" {
+		t.Errorf("alice's image changed: %+v", got)
+	}
+	for _, rt := range routes(fmt.Sprint(v.ID)) {
+		s.do(rt.method, rt.path, nil).problem(t, http.StatusUnauthorized)
+	}
+}
+
+// TestStartupCleansTemp: temp files older than the cutoff (what a crash leaves) are removed at start;
+// newer ones may be another replica's upload in flight and stay.
+func TestStartupCleansTemp(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, tmpDir), 0o750)
+	old, fresh := filepath.Join(dir, tmpDir, "upload-old"), filepath.Join(dir, tmpDir, "upload-new")
+	os.WriteFile(old, []byte("x"), 0o600)
+	os.WriteFile(fresh, []byte("x"), 0o600)
+	past := time.Now().Add(-2 * time.Hour)
+	os.Chtimes(old, past, past)
+	newTestServer(t, map[string]string{"UPLOAD_DIR": dir})
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("stale temp file survived start-up")
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("fresh temp file removed: %v", err)
+	}
+}
+
+// TestSweepOrphans: files no row refers to (a crash between placing and inserting, or between
+// deleting a row and its files) are removed once old enough; files with rows stay.
+func TestSweepOrphans(t *testing.T) {
+	dir := t.TempDir()
+	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir})
+	_, auth := s.signupAndLogin()
+	v := s.mustUpload(auth, "kept", "", "a.png", tinyPNG(t, 2, 2))
+	orphan := newKey()
+	os.MkdirAll(filepath.Dir(s.blobs.path(orphan)), 0o750)
+	for _, k := range []string{orphan, orphan + ".thumb_100.abc.png"} {
+		os.WriteFile(s.blobs.path(k), []byte("x"), 0o600)
+		past := time.Now().Add(-2 * orphanGrace)
+		os.Chtimes(s.blobs.path(k), past, past)
+	}
+	young := newKey()
+	os.MkdirAll(filepath.Dir(s.blobs.path(young)), 0o750)
+	os.WriteFile(s.blobs.path(young), []byte("x"), 0o600)
+	// The kept image's original is old too: age alone must not remove it.
+	var key string
+	s.pool.QueryRow(context.Background(), "SELECT file_key FROM images WHERE id = $1", v.ID).Scan(&key)
+	past := time.Now().Add(-2 * orphanGrace)
+	os.Chtimes(s.blobs.path(key), past, past)
+
+	s.sweepOrphans(context.Background())
+	for k, want := range map[string]bool{orphan: false, orphan + ".thumb_100.abc.png": false, young: true, key: true} {
+		_, err := os.Stat(s.blobs.path(k))
+		if (err == nil) != want {
+			t.Errorf("%s exists=%v, want %v", k, err == nil, want)
+		}
+	}
+}
+
+// TestConcurrentUploads: uploads from many clients at once all land, each with its own file.
+func TestConcurrentUploads(t *testing.T) {
+	dir := t.TempDir()
+	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir})
+	_, auth := s.signupAndLogin()
+	var wg sync.WaitGroup
+	var ok atomic.Int32
+	for i := range 16 {
+		wg.Go(func() {
+			body, ct := multipartBody(t, "file", "a.png", tinyPNG(t, i+1, 2))
+			req, _ := http.NewRequest("POST", s.srv.URL+"/api/v1/images/?name=c", bytes.NewReader(body))
+			req.Header.Set("Authorization", auth)
+			req.Header.Set("Content-Type", ct)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				if resp.StatusCode == 201 {
+					ok.Add(1)
+				}
+				resp.Body.Close()
+			}
+		})
+	}
+	wg.Wait()
+	if ok.Load() != 16 {
+		t.Fatalf("%d of 16 uploads succeeded", ok.Load())
+	}
+	if n := len(filesUnder(t, filepath.Join(dir, originalDir))); n != 16 {
+		t.Fatalf("%d files, want 16", n)
+	}
+}
