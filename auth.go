@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -345,44 +346,71 @@ func (p scryptParams) valid() bool {
 // memory is the size, in 32-bit words, of the V array one hash needs.
 func (p scryptParams) memory() int { return 32 * p.R * p.N }
 
-// passwordHasher computes scrypt hashes with a fixed number of slots. Each slot owns its V buffer, so
-// however many requests arrive, at most `slots` hashes run at once and hashing memory never exceeds
-// slots × 128·r·N bytes; the rest wait (up to hashWaitLimit, then 503).
+// passwordHasher computes scrypt hashes in a fixed number of slots: however many requests arrive, at
+// most `slots` hashes run at once, so hashing memory never exceeds slots × 128·r·N bytes; the rest
+// wait (up to wait, then 503). V buffers are reused, most recent first, so sequential logins keep
+// one buffer warm; after idleRelease with no hashing they are dropped, and the memory goes back.
 type passwordHasher struct {
 	params   scryptParams
-	slots    chan []uint32
+	slots    chan struct{}
 	wait     time.Duration // longest wait for a slot before 503
 	computed atomic.Int64  // hashes computed, for tests and metrics
+
+	mu   sync.Mutex
+	free [][]uint32  // buffers not in use, the most recently used last
+	idle *time.Timer // drops free buffers once no hash has run for idleRelease
 }
+
+// idleRelease is how long unused V buffers are kept.
+const idleRelease = 30 * time.Second
 
 // newPasswordHasher returns a hasher making new hashes with params, running at most slots at once.
 func newPasswordHasher(params scryptParams, slots int) (*passwordHasher, error) {
 	if !params.valid() || slots < 1 {
 		return nil, fmt.Errorf("scrypt: invalid parameters N=%d r=%d p=%d, slots=%d", params.N, params.R, params.P, slots)
 	}
-	h := &passwordHasher{params: params, slots: make(chan []uint32, slots), wait: hashWaitLimit}
-	for range slots {
-		h.slots <- nil // buffers are allocated on first use, then kept
-	}
+	h := &passwordHasher{params: params, slots: make(chan struct{}, slots), wait: hashWaitLimit}
+	h.idle = time.AfterFunc(idleRelease, h.releaseIdle)
 	return h, nil
 }
 
-// derive runs scrypt in a slot. It waits for a slot until ctx ends or hashWaitLimit passes.
+// releaseIdle drops the free buffers unless a hash is running.
+func (h *passwordHasher) releaseIdle() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.slots) == 0 {
+		clear(h.free)
+		h.free = h.free[:0]
+	}
+}
+
+// derive runs scrypt in a slot. It waits for a slot until ctx ends or h.wait passes.
 func (h *passwordHasher) derive(ctx context.Context, password string, salt []byte, p scryptParams, keyLen int) ([]byte, error) {
 	wait := time.NewTimer(h.wait)
 	defer wait.Stop()
-	var v []uint32
 	select {
-	case v = <-h.slots:
+	case h.slots <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-wait.C:
 		return nil, newError(http.StatusServiceUnavailable, "server busy: too many sign-ins at once, retry shortly")
 	}
+	h.mu.Lock()
+	var v []uint32
+	if n := len(h.free); n > 0 {
+		v, h.free = h.free[n-1], h.free[:n-1]
+	}
+	h.mu.Unlock()
 	if len(v) < p.memory() {
 		v = make([]uint32, max(p.memory(), h.params.memory()))
 	}
-	defer func() { h.slots <- v }()
+	defer func() {
+		h.mu.Lock()
+		h.free = append(h.free, v)
+		h.idle.Reset(idleRelease)
+		h.mu.Unlock()
+		<-h.slots
+	}()
 	h.computed.Add(1)
 	return scryptKey([]byte(password), salt, p, keyLen, v)
 }

@@ -209,7 +209,7 @@ func TestPasswordHasher(t *testing.T) {
 func TestHasherWaitsAndGivesUp(t *testing.T) {
 	h, _ := newPasswordHasher(scryptParams{N: 16, R: 1, P: 1}, 1)
 	h.wait = 50 * time.Millisecond
-	buf := <-h.slots // hold the only slot
+	h.slots <- struct{}{} // hold the only slot
 	_, err := h.hash(context.Background(), "password")
 	var ae *apiError
 	if !errors.As(err, &ae) || ae.status != http.StatusServiceUnavailable {
@@ -220,9 +220,21 @@ func TestHasherWaitsAndGivesUp(t *testing.T) {
 	if _, err := h.hash(ctx, "password"); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled: err = %v", err)
 	}
-	h.slots <- buf
+	<-h.slots
 	if _, err := h.hash(context.Background(), "password"); err != nil {
 		t.Fatal(err)
+	}
+	// Sequential hashes reuse one buffer; once idle, it is released.
+	h.hash(context.Background(), "password")
+	h.mu.Lock()
+	kept := len(h.free)
+	h.mu.Unlock()
+	if kept != 1 {
+		t.Errorf("%d buffers kept after sequential hashes, want 1", kept)
+	}
+	h.releaseIdle()
+	if len(h.free) != 0 {
+		t.Errorf("idle release kept %d buffers", len(h.free))
 	}
 }
 

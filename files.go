@@ -197,8 +197,13 @@ func (b *blobStore) receive(r io.Reader, maxBytes, maxPixels int64) (_ *upload, 
 		}
 	}()
 	sum := &countingHash{h: sha256.New()}
+	// multipart hands out a few KiB per Read: buffer the writes, or each one is a write(2).
+	w := bufio.NewWriterSize(f, uploadBufferSize)
 	// One byte past the limit tells "exactly at the limit" from "over it" without reading on.
-	n, err := io.Copy(f, io.TeeReader(io.LimitReader(r, maxBytes+1), sum))
+	n, err := io.Copy(w, io.TeeReader(io.LimitReader(r, maxBytes+1), sum))
+	if err == nil {
+		err = w.Flush()
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"mime"
+	"mime/multipart"
 	"net/http"
 	"net/url"
 	"os"
@@ -28,6 +30,8 @@ const (
 	maxLimit       = 100
 	maxSkip        = 1_000_000
 	multipartSlack = 64 << 10 // multipart framing and small fields allowed beyond MAX_UPLOAD_BYTES
+	// uploadBufferSize is the read buffer, and the write buffer, of one upload in flight.
+	uploadBufferSize = 128 << 10
 )
 
 // imageView is the API's Image. Width and height are as displayed (after EXIF orientation).
@@ -206,11 +210,13 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 	if r.ContentLength > limit {
 		return imageRecord{}, newError(http.StatusRequestEntityTooLarge, "upload is larger than the limit of %d bytes", a.cfg.MaxUploadBytes)
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, limit)
-	mr, err := r.MultipartReader()
-	if err != nil {
+	mt, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if mt != "multipart/form-data" || params["boundary"] == "" {
 		return imageRecord{}, newError(http.StatusUnsupportedMediaType, "want a multipart/form-data body with the image in field \"file\"")
 	}
+	// multipart reads through a bufio.Reader of 4 KiB unless it is given a larger one, which it then
+	// uses as is: large reads cost far fewer copies and syscalls per megabyte.
+	mr := multipart.NewReader(bufio.NewReaderSize(http.MaxBytesReader(w, r.Body, limit), uploadBufferSize), params["boundary"])
 	var part io.Reader
 	for part == nil {
 		p, err := mr.NextPart()

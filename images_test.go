@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	stdimage "image"
 	"image/color"
@@ -17,6 +18,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -557,4 +560,182 @@ func TestConcurrentUploads(t *testing.T) {
 	if n := len(filesUnder(t, filepath.Join(dir, originalDir))); n != 16 {
 		t.Fatalf("%d files, want 16", n)
 	}
+}
+
+// benchGET sends GETs of url from 8×GOMAXPROCS goroutines for b.N requests and reports requests per
+// second and the 50th and 99th percentile latency.
+func benchGET(b *testing.B, url string, header ...string) {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	defer client.CloseIdleConnections()
+	var mu sync.Mutex
+	var lat []time.Duration
+	b.SetParallelism(8)
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		var local []time.Duration
+		for pb.Next() {
+			req, _ := http.NewRequest("GET", url, nil)
+			for i := 0; i+1 < len(header); i += 2 {
+				req.Header.Set(header[i], header[i+1])
+			}
+			t0 := time.Now()
+			resp, err := client.Do(req)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			local = append(local, time.Since(t0))
+			if resp.StatusCode != 200 {
+				b.Errorf("status %d", resp.StatusCode)
+				return
+			}
+		}
+		mu.Lock()
+		lat = append(lat, local...)
+		mu.Unlock()
+	})
+	elapsed := time.Since(start)
+	b.StopTimer()
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		b.ReportMetric(float64(len(lat))/elapsed.Seconds(), "req/s")
+		b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+	}
+}
+
+// BenchmarkGetImage measures GET /api/v1/images/{id} with a warm cache and without one, against
+// bare net/http handlers doing just the one Redis GET, and just the one primary-key query, that the
+// real handler's two paths come down to.
+func BenchmarkGetImage(b *testing.B) {
+	prefix := "imageapi_bench_" + randomHex(4) + ":"
+	cached := newTestServer(b, map[string]string{"REDIS_URL": testRedisURL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "error"})
+	uncached := newTestServer(b, map[string]string{"LOG_LEVEL": "error"})
+	_, auth := cached.signupAndLogin()
+	v := cached.mustUpload(auth, "bench", "a,b", "a.png", tinyPNG(b, 8, 8))
+	path := fmt.Sprint("/api/v1/images/", v.ID)
+	if r := cached.do("GET", path, nil, "Authorization", auth); r.status != 200 {
+		b.Fatalf("warm-up: %d", r.status)
+	}
+	rdb := cached.cache.rdb
+	b.Cleanup(func() {
+		ctx := context.Background()
+		iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			rdb.Del(ctx, iter.Val())
+		}
+	})
+	record, _ := json.Marshal(view(imageRecord{ID: v.ID, Name: v.Name, Tags: v.Tags}))
+	rdb.Set(context.Background(), prefix+"bare", record, 0)
+	bareRedis := httptestServer(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		val, err := rdb.Get(r.Context(), prefix+"bare").Bytes()
+		if err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(val)
+	}))
+	pool := uncached.pool
+	barePG := httptestServer(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		im, err := scanImage(pool.QueryRow(r.Context(), `SELECT `+imageColumns+` FROM images WHERE id = $1`, v.ID))
+		if err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		json.NewEncoder(w).Encode(view(im))
+	}))
+	b.Run("cached", func(b *testing.B) { benchGET(b, cached.srv.URL+path, "Authorization", auth) })
+	b.Run("bare-redis", func(b *testing.B) { benchGET(b, bareRedis) })
+	b.Run("uncached", func(b *testing.B) { benchGET(b, uncached.srv.URL+path, "Authorization", auth) })
+	b.Run("bare-postgres", func(b *testing.B) { benchGET(b, barePG) })
+}
+
+// BenchmarkUpload uploads the 13.4 MP photo 32 at a time, to imageapi and to a bare handler that only
+// copies the body to a file (and keeps it), and to one that also hashes it (the floor for a service
+// that must report every upload's SHA-256), and reports throughput and the heap's peak growth during the run.
+func BenchmarkUpload(b *testing.B) {
+	photo := readTestdata(b, "large.jpg")
+	body, ct := multipartBody(b, "file", "large.jpg", photo)
+	s := newTestServer(b, map[string]string{"LOG_LEVEL": "error"})
+	_, auth := s.signupAndLogin()
+	bareDir := b.TempDir()
+	bareHandler := func(hashed bool) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			f, err := os.CreateTemp(bareDir, "bare-*")
+			if err != nil {
+				http.Error(w, err.Error(), 500)
+				return
+			}
+			var src io.Reader = r.Body
+			h := sha256.New()
+			if hashed {
+				src = io.TeeReader(r.Body, h)
+			}
+			// Kept, like imageapi keeps its uploads: both runs leave the same bytes in the page cache.
+			_, err = io.Copy(f, src)
+			f.Close()
+			if err != nil {
+				http.Error(w, err.Error(), 500)
+				return
+			}
+			h.Sum(nil)
+			w.WriteHeader(http.StatusCreated)
+		})
+	}
+	bare := httptestServer(b, bareHandler(false))
+	bareSHA := httptestServer(b, bareHandler(true))
+	run := func(b *testing.B, url string) {
+		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+		defer client.CloseIdleConnections()
+		runtime.GC()
+		base := heapBytes()
+		var peak atomic.Uint64
+		stop := make(chan struct{})
+		sampled := make(chan struct{})
+		go func() {
+			defer close(sampled)
+			for {
+				if h := heapBytes(); h > peak.Load() {
+					peak.Store(h)
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Millisecond):
+				}
+			}
+		}()
+		b.SetBytes(int64(len(photo)))
+		b.SetParallelism(32 / runtime.GOMAXPROCS(0))
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
+				req.Header.Set("Content-Type", ct)
+				req.Header.Set("Authorization", auth)
+				resp, err := client.Do(req)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusCreated {
+					b.Errorf("status %d", resp.StatusCode)
+					return
+				}
+			}
+		})
+		b.StopTimer()
+		close(stop)
+		<-sampled
+		b.ReportMetric(float64(peak.Load()-min(base, peak.Load()))/(1<<20), "peak-heap-MiB")
+	}
+	b.Run("imageapi", func(b *testing.B) { run(b, s.srv.URL+"/api/v1/images/?name=bench") })
+	b.Run("bare", func(b *testing.B) { run(b, bare) })
+	b.Run("bare-sha256", func(b *testing.B) { run(b, bareSHA) })
 }

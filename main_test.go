@@ -94,7 +94,7 @@ func dropTestDatabase(adminURL, name string) error {
 }
 
 // freshDatabase creates an empty database for one test and drops it when the test ends.
-func freshDatabase(t *testing.T) string {
+func freshDatabase(t testing.TB) string {
 	t.Helper()
 	name := "imageapi_test_" + randomHex(6)
 	url, err := createTestDatabase(testDB.adminURL, name)
@@ -117,7 +117,7 @@ func randomHex(n int) string {
 
 // testEnv is the environment every test server starts from: this run's database, cheap password
 // hashing (the RFC vectors prove the algorithm; cost only slows the suite), and a temp upload dir.
-func testEnv(t *testing.T, overrides map[string]string) func(string) string {
+func testEnv(t testing.TB, overrides map[string]string) func(string) string {
 	env := map[string]string{
 		"DATABASE_URL": testDB.url,
 		"SCRYPT_N":     "1024",
@@ -135,11 +135,11 @@ func testEnv(t *testing.T, overrides map[string]string) func(string) string {
 type testServer struct {
 	*app
 	srv *httptest.Server
-	t   *testing.T
+	t   testing.TB
 }
 
 // newTestServer starts the real handler, migrated, on the test database (or as overridden).
-func newTestServer(t *testing.T, overrides map[string]string) *testServer {
+func newTestServer(t testing.TB, overrides map[string]string) *testServer {
 	t.Helper()
 	s, err := openTestServer(t, overrides)
 	if err != nil {
@@ -149,7 +149,7 @@ func newTestServer(t *testing.T, overrides map[string]string) *testServer {
 }
 
 // openTestServer is newTestServer returning its error, for use from other goroutines.
-func openTestServer(t *testing.T, overrides map[string]string) (*testServer, error) {
+func openTestServer(t testing.TB, overrides map[string]string) (*testServer, error) {
 	cfg, err := loadConfig(testEnv(t, overrides))
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -179,14 +179,14 @@ func openTestServer(t *testing.T, overrides map[string]string) (*testServer, err
 }
 
 // httptestServer serves h for the rest of the test and returns its URL.
-func httptestServer(t *testing.T, h http.Handler) string {
+func httptestServer(t testing.TB, h http.Handler) string {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return srv.URL
 }
 
 // testLogWriter sends the server's log lines to the test's log, shown when the test fails.
-type testLogWriter struct{ t *testing.T }
+type testLogWriter struct{ t testing.TB }
 
 func (w testLogWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
@@ -201,7 +201,7 @@ type response struct {
 }
 
 // json decodes the body into v, failing the test when it is not JSON.
-func (r response) json(t *testing.T, v any) {
+func (r response) json(t testing.TB, v any) {
 	t.Helper()
 	if err := json.Unmarshal(r.body, v); err != nil {
 		t.Fatalf("body is not JSON (%v): %s", err, r.body)
@@ -209,7 +209,7 @@ func (r response) json(t *testing.T, v any) {
 }
 
 // problem decodes a problem+json body and checks its shape: content type, status and a detail.
-func (r response) problem(t *testing.T, wantStatus int) problem {
+func (r response) problem(t testing.TB, wantStatus int) problem {
 	t.Helper()
 	if r.status != wantStatus {
 		t.Fatalf("status = %d, want %d; body: %s", r.status, wantStatus, r.body)
@@ -232,7 +232,7 @@ func (s *testServer) do(method, path string, body any, header ...string) respons
 	return doRequest(s.t, s.srv.URL, method, path, body, header...)
 }
 
-func doRequest(t *testing.T, base, method, path string, body any, header ...string) response {
+func doRequest(t testing.TB, base, method, path string, body any, header ...string) response {
 	t.Helper()
 	var rd io.Reader
 	ct := ""
@@ -418,7 +418,7 @@ func TestRunRejectsBadMode(t *testing.T) {
 }
 
 // waitReady polls base/healthz until it answers 200, or fails when run returns first.
-func waitReady(t *testing.T, base string, done <-chan error) {
+func waitReady(t testing.TB, base string, done <-chan error) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
