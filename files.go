@@ -123,22 +123,23 @@ type imageFormat struct {
 	ext          string
 	magic        func([]byte) bool
 	decodeConfig func(io.Reader) (image.Config, error)
+	decode       func(io.Reader) (image.Image, error)
 }
 
 // formats are the inputs we accept, recognised by their first bytes, never by the client's header.
 var formats = []imageFormat{
-	{"jpeg", "image/jpeg", ".jpg", func(b []byte) bool { return bytes.HasPrefix(b, []byte{0xFF, 0xD8, 0xFF}) }, jpeg.DecodeConfig},
-	{"png", "image/png", ".png", func(b []byte) bool { return bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")) }, png.DecodeConfig},
+	{"jpeg", "image/jpeg", ".jpg", func(b []byte) bool { return bytes.HasPrefix(b, []byte{0xFF, 0xD8, 0xFF}) }, jpeg.DecodeConfig, jpeg.Decode},
+	{"png", "image/png", ".png", func(b []byte) bool { return bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")) }, png.DecodeConfig, png.Decode},
 	{"gif", "image/gif", ".gif", func(b []byte) bool {
 		return bytes.HasPrefix(b, []byte("GIF87a")) || bytes.HasPrefix(b, []byte("GIF89a"))
-	}, gif.DecodeConfig},
+	}, gif.DecodeConfig, gif.Decode},
 	{"webp", "image/webp", ".webp", func(b []byte) bool {
 		return len(b) >= 12 && bytes.HasPrefix(b, []byte("RIFF")) && bytes.Equal(b[8:12], []byte("WEBP"))
-	}, webp.DecodeConfig},
-	{"bmp", "image/bmp", ".bmp", func(b []byte) bool { return bytes.HasPrefix(b, []byte("BM")) }, bmp.DecodeConfig},
+	}, webp.DecodeConfig, webp.Decode},
+	{"bmp", "image/bmp", ".bmp", func(b []byte) bool { return bytes.HasPrefix(b, []byte("BM")) }, bmp.DecodeConfig, bmp.Decode},
 	{"tiff", "image/tiff", ".tiff", func(b []byte) bool {
 		return bytes.HasPrefix(b, []byte("II*\x00")) || bytes.HasPrefix(b, []byte("MM\x00*"))
-	}, tiff.DecodeConfig},
+	}, tiff.DecodeConfig, tiff.Decode},
 }
 
 // extensionFor returns the file extension for one of our content types.

@@ -1,11 +1,24 @@
-// Image processing: the table of variants the worker makes, and the EXIF orientation reader.
+// Image processing: the table of variants the worker makes, decoding, EXIF orientation, resizing
+// (integer box shrink, then Catmull-Rom), true grayscale, and encoding.
 package main
 
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	stddraw "image/draw"
+	"image/gif"
+	"image/jpeg"
+	"image/png"
 	"io"
+	"os"
+
+	"golang.org/x/image/draw"
 )
 
 // variantSpec is one derived image the worker makes from every upload.
@@ -133,4 +146,425 @@ func tiffOrientation(t []byte) orientation {
 		return 1
 	}
 	return 1
+}
+
+// errBadImage wraps what makes an image unprocessable (corrupt or truncated data, too many pixels);
+// its text is shown to the user as the image's error.
+var errBadImage = errors.New("bad image")
+
+// badImage returns an errBadImage with a reason a user can read.
+func badImage(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errBadImage, fmt.Sprintf(format, args...))
+}
+
+// processOptions are the settings a job runs with.
+type processOptions struct {
+	jpegQuality int
+	maxPixels   int64
+}
+
+// variantImage is a finished variant, encoded into a temp file.
+type variantImage struct {
+	name    string
+	tmpPath string
+	ext     string
+	file    variantFile // Key is set when the file is placed
+}
+
+// makeVariants decodes the original at path (of contentType) and writes every variant in
+// variantSpecs to a temp file of blobs. On error no temp file is left.
+func makeVariants(ctx context.Context, blobs *blobStore, path, contentType string, opts processOptions) (out []variantImage, err error) {
+	defer func() {
+		if err != nil {
+			for _, v := range out {
+				os.Remove(v.tmpPath)
+			}
+			out = nil
+		}
+	}()
+	src, orient, err := decodeFile(path, opts.maxPixels)
+	if err != nil {
+		return nil, err
+	}
+	outType := outputType(contentType)
+	var thumbSrc image.Image = src
+	for _, spec := range variantSpecsBySize() {
+		if err := ctx.Err(); err != nil {
+			return out, err
+		}
+		var img image.Image
+		if spec.grayscale {
+			img = grayscale(src)
+		} else {
+			// Each thumbnail is made from the next larger one: 100 from 500, not from the original.
+			img = fit(thumbSrc, spec.box)
+			thumbSrc = img
+		}
+		v, err := writeVariant(blobs, spec.name, orientImage(img, orient), outType, opts.jpegQuality)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// variantSpecsBySize returns the table with the thumbnails largest first (so each can be made from
+// the one before) and full-size variants first of all.
+func variantSpecsBySize() []variantSpec {
+	specs := append([]variantSpec(nil), variantSpecs...)
+	size := func(v variantSpec) int {
+		if v.box == 0 {
+			return 1 << 30
+		}
+		return v.box
+	}
+	for i := 1; i < len(specs); i++ {
+		for j := i; j > 0 && size(specs[j]) > size(specs[j-1]); j-- {
+			specs[j], specs[j-1] = specs[j-1], specs[j]
+		}
+	}
+	return specs
+}
+
+// decodeFile decodes the image at path with the decoder its bytes call for, after checking its
+// declared size against maxPixels, and returns it with its EXIF orientation (JPEG only; 1 otherwise).
+// GIFs decode to their first frame.
+func decodeFile(path string, maxPixels int64) (image.Image, orientation, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 1, err
+	}
+	defer f.Close()
+	head := make([]byte, 16)
+	n, _ := f.ReadAt(head, 0)
+	format, ok := sniffFormat(head[:n])
+	if !ok {
+		return nil, 1, badImage("not an image format this service decodes")
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return nil, 1, err
+	}
+	section := io.NewSectionReader(f, 0, st.Size())
+	var r io.Reader = bufio.NewReaderSize(section, 64<<10)
+	if format.name == "tiff" {
+		r = section // the TIFF decoder wants an io.ReaderAt, or it reads everything into memory first
+	}
+	cfg, err := format.decodeConfig(r)
+	if err != nil {
+		return nil, 1, badImage("cannot read the %s header: %v", format.name, err)
+	}
+	if px := int64(cfg.Width) * int64(cfg.Height); px > maxPixels || cfg.Width <= 0 || cfg.Height <= 0 {
+		return nil, 1, badImage("image is %dx%d pixels, over the limit of %d", cfg.Width, cfg.Height, maxPixels)
+	}
+	section.Seek(0, io.SeekStart)
+	if format.name != "tiff" {
+		r = bufio.NewReaderSize(section, 64<<10)
+	}
+	img, err := format.decode(r)
+	if err != nil {
+		return nil, 1, badImage("the %s data is corrupt or truncated: %v", format.name, err)
+	}
+	o := orientation(1)
+	if format.name == "jpeg" {
+		o = exifOrientation(io.NewSectionReader(f, 0, st.Size()))
+	}
+	return img, o, nil
+}
+
+// outputType is the content type variants of an input get: JPEG stays JPEG, PNG and GIF stay
+// themselves, and what Go cannot encode (WebP, BMP, TIFF) becomes PNG.
+func outputType(inputType string) string {
+	switch inputType {
+	case "image/jpeg", "image/png", "image/gif":
+		return inputType
+	}
+	return "image/png"
+}
+
+// writeVariant encodes img as contentType into a temp file. Encoders write no metadata.
+func writeVariant(blobs *blobStore, name string, img image.Image, contentType string, quality int) (variantImage, error) {
+	f, err := blobs.createTemp("variant-*")
+	if err != nil {
+		return variantImage{}, err
+	}
+	w := bufio.NewWriterSize(f, 64<<10)
+	err = encodeImage(w, img, contentType, quality)
+	if err == nil {
+		err = w.Flush()
+	}
+	var size int64
+	if err == nil {
+		size, err = f.Seek(0, io.SeekCurrent)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return variantImage{}, fmt.Errorf("encode %s: %w", name, err)
+	}
+	b := img.Bounds()
+	return variantImage{name: name, tmpPath: f.Name(), ext: extensionFor(contentType),
+		file: variantFile{Width: b.Dx(), Height: b.Dy(), Size: size, ContentType: contentType}}, nil
+}
+
+// encodeImage writes img as contentType.
+func encodeImage(w io.Writer, img image.Image, contentType string, quality int) error {
+	switch contentType {
+	case "image/jpeg":
+		return jpeg.Encode(w, img, &jpeg.Options{Quality: quality})
+	case "image/gif":
+		if p, ok := img.(*image.Paletted); ok {
+			return gif.Encode(w, p, nil)
+		}
+		return gif.Encode(w, img, &gif.Options{NumColors: 256})
+	default:
+		switch img.(type) {
+		case *image.Gray, *image.RGBA, *image.NRGBA, *image.Paletted:
+		default:
+			// PNG writes other types (YCbCr from WebP, say) as 16-bit RGBA: twice the bytes for nothing.
+			img = toRGBA(img)
+		}
+		// BestSpeed: default zlib effort costs several times the time for a few percent of size.
+		return (&png.Encoder{CompressionLevel: png.BestSpeed}).Encode(w, img)
+	}
+}
+
+// fit returns src scaled to fit inside box×box keeping its aspect ratio, or src itself when it
+// already fits (never enlarged). Large shrinks first average k×k blocks (k an integer, leaving at
+// least twice the target size), then one Catmull-Rom pass makes the exact size.
+func fit(src image.Image, box int) image.Image {
+	b := src.Bounds()
+	w, h := b.Dx(), b.Dy()
+	if w <= box && h <= box {
+		return src
+	}
+	nw, nh := box, box
+	if w >= h {
+		nh = max(1, (h*box+w/2)/w)
+	} else {
+		nw = max(1, (w*box+h/2)/h)
+	}
+	if k := min(w/nw, h/nh) / 2; k >= 2 {
+		src = boxShrink(src, k)
+	}
+	dst := image.NewRGBA(image.Rect(0, 0, nw, nh))
+	draw.CatmullRom.Scale(dst, dst.Rect, src, src.Bounds(), draw.Src, nil)
+	return dst
+}
+
+// boxShrink averages k×k blocks of src (partial blocks at the right and bottom edges included). It
+// returns a type x/image/draw scales fast: YCbCr 4:4:4 from YCbCr, Gray from Gray, RGBA otherwise
+// (premultiplied, so transparent pixels lend no colour).
+func boxShrink(src image.Image, k int) image.Image {
+	b := src.Bounds()
+	w, h := (b.Dx()+k-1)/k, (b.Dy()+k-1)/k
+	switch s := src.(type) {
+	case *image.YCbCr:
+		dst := image.NewYCbCr(image.Rect(0, 0, w, h), image.YCbCrSubsampleRatio444)
+		hs, vs := chromaScale(s.SubsampleRatio)
+		cw, ch := (b.Dx()+hs-1)/hs, (b.Dy()+vs-1)/vs
+		avgPlane(dst.Y, dst.YStride, s.Y, s.YStride, w, h, func(x int) (int, int) { return x * k, min(x*k+k, b.Dx()) },
+			func(y int) (int, int) { return y * k, min(y*k+k, b.Dy()) })
+		cx := func(x int) (int, int) { lo := x * k / hs; return lo, max(lo+1, min((x*k+k+hs-1)/hs, cw)) }
+		cy := func(y int) (int, int) { lo := y * k / vs; return lo, max(lo+1, min((y*k+k+vs-1)/vs, ch)) }
+		avgPlane(dst.Cb, dst.CStride, s.Cb, s.CStride, w, h, cx, cy)
+		avgPlane(dst.Cr, dst.CStride, s.Cr, s.CStride, w, h, cx, cy)
+		return dst
+	case *image.Gray:
+		dst := image.NewGray(image.Rect(0, 0, w, h))
+		avgPlane(dst.Pix, dst.Stride, s.Pix, s.Stride, w, h, func(x int) (int, int) { return x * k, min(x*k+k, b.Dx()) },
+			func(y int) (int, int) { return y * k, min(y*k+k, b.Dy()) })
+		return dst
+	}
+	rgba := toRGBA(src)
+	dst := image.NewRGBA(image.Rect(0, 0, w, h))
+	for y := range h {
+		y0, y1 := y*k, min(y*k+k, b.Dy())
+		for x := range w {
+			x0, x1 := x*k, min(x*k+k, b.Dx())
+			var sum [4]uint32
+			for sy := y0; sy < y1; sy++ {
+				row := rgba.Pix[sy*rgba.Stride+x0*4 : sy*rgba.Stride+x1*4]
+				for i := 0; i < len(row); i += 4 {
+					sum[0] += uint32(row[i])
+					sum[1] += uint32(row[i+1])
+					sum[2] += uint32(row[i+2])
+					sum[3] += uint32(row[i+3])
+				}
+			}
+			n := uint32((y1 - y0) * (x1 - x0))
+			o := y*dst.Stride + x*4
+			for c := range 4 {
+				dst.Pix[o+c] = uint8((sum[c] + n/2) / n)
+			}
+		}
+	}
+	return dst
+}
+
+// avgPlane writes into dst (w×h) the mean of the source samples each output sample covers, as
+// xr and yr give them ([lo, hi) in source samples).
+func avgPlane(dst []byte, dstStride int, src []byte, srcStride, w, h int, xr, yr func(int) (int, int)) {
+	for y := range h {
+		y0, y1 := yr(y)
+		for x := range w {
+			x0, x1 := xr(x)
+			var sum uint32
+			for sy := y0; sy < y1; sy++ {
+				for _, v := range src[sy*srcStride+x0 : sy*srcStride+x1] {
+					sum += uint32(v)
+				}
+			}
+			n := uint32((y1 - y0) * (x1 - x0))
+			dst[y*dstStride+x] = uint8((sum + n/2) / n)
+		}
+	}
+}
+
+// chromaScale returns how many luma samples one chroma sample spans, across and down.
+func chromaScale(r image.YCbCrSubsampleRatio) (int, int) {
+	switch r {
+	case image.YCbCrSubsampleRatio422:
+		return 2, 1
+	case image.YCbCrSubsampleRatio420:
+		return 2, 2
+	case image.YCbCrSubsampleRatio440:
+		return 1, 2
+	case image.YCbCrSubsampleRatio411:
+		return 4, 1
+	case image.YCbCrSubsampleRatio410:
+		return 4, 2
+	}
+	return 1, 1
+}
+
+// toRGBA returns src as an *image.RGBA at origin (0, 0), converting when it is another type.
+func toRGBA(src image.Image) *image.RGBA {
+	if r, ok := src.(*image.RGBA); ok && r.Rect.Min == (image.Point{}) {
+		return r
+	}
+	b := src.Bounds()
+	dst := image.NewRGBA(image.Rect(0, 0, b.Dx(), b.Dy()))
+	stddraw.Draw(dst, dst.Rect, src, b.Min, stddraw.Src)
+	return dst
+}
+
+// luma is the ITU-R BT.601 luma of an 8-bit colour, as color.GrayModel computes it.
+func luma(r, g, b uint8) uint8 {
+	return uint8((19595*uint32(r) + 38470*uint32(g) + 7471*uint32(b) + 1<<15) >> 16)
+}
+
+// grayscale returns src truly gray (R = G = B) at full size, keeping transparency where src has
+// any: a JPEG's Y plane as it is (no per-pixel work), a GIF's palette turned gray (pixels untouched),
+// an opaque image as *image.Gray, a translucent one as NRGBA with R = G = B.
+func grayscale(src image.Image) image.Image {
+	switch s := src.(type) {
+	case *image.YCbCr:
+		// The luma plane is the grayscale image: share it.
+		return &image.Gray{Pix: s.Y, Stride: s.YStride, Rect: s.Rect}
+	case *image.Gray:
+		return s
+	case *image.Paletted:
+		pal := make(color.Palette, len(s.Palette))
+		for i, c := range s.Palette {
+			n := color.NRGBAModel.Convert(c).(color.NRGBA)
+			y := luma(n.R, n.G, n.B)
+			pal[i] = color.NRGBA{y, y, y, n.A}
+		}
+		return &image.Paletted{Pix: s.Pix, Stride: s.Stride, Rect: s.Rect, Palette: pal}
+	}
+	var n *image.NRGBA
+	if s, ok := src.(*image.NRGBA); ok {
+		n = s
+	} else {
+		b := src.Bounds()
+		n = image.NewNRGBA(b)
+		stddraw.Draw(n, b, src, b.Min, stddraw.Src)
+	}
+	if n.Opaque() {
+		g := image.NewGray(n.Rect)
+		for y := range n.Rect.Dy() {
+			row := n.Pix[y*n.Stride : y*n.Stride+4*n.Rect.Dx()]
+			out := g.Pix[y*g.Stride:]
+			for x := 0; x < len(row); x += 4 {
+				out[x/4] = luma(row[x], row[x+1], row[x+2])
+			}
+		}
+		return g
+	}
+	g := image.NewNRGBA(n.Rect)
+	for y := range n.Rect.Dy() {
+		row := n.Pix[y*n.Stride : y*n.Stride+4*n.Rect.Dx()]
+		out := g.Pix[y*g.Stride:]
+		for x := 0; x < len(row); x += 4 {
+			l := luma(row[x], row[x+1], row[x+2])
+			out[x], out[x+1], out[x+2], out[x+3] = l, l, l, row[x+3]
+		}
+	}
+	return g
+}
+
+// orientImage returns img turned upright for EXIF orientation o (img itself for 1). It handles the
+// types the pipeline makes (Gray, RGBA, NRGBA, Paletted); anything else is converted to RGBA first.
+func orientImage(img image.Image, o orientation) image.Image {
+	if o < 2 || o > 8 {
+		return img
+	}
+	var pix []byte
+	var stride, bpp int
+	r := img.Bounds()
+	switch s := img.(type) {
+	case *image.Gray:
+		pix, stride, bpp = s.Pix, s.Stride, 1
+	case *image.Paletted:
+		pix, stride, bpp = s.Pix, s.Stride, 1
+	case *image.RGBA:
+		pix, stride, bpp = s.Pix, s.Stride, 4
+	case *image.NRGBA:
+		pix, stride, bpp = s.Pix, s.Stride, 4
+	default:
+		return orientImage(toRGBA(img), o)
+	}
+	w, h := r.Dx(), r.Dy()
+	dw, dh := w, h
+	if o.swapsAxes() {
+		dw, dh = h, w
+	}
+	out := make([]byte, dw*dh*bpp)
+	for dy := range dh {
+		for dx := range dw {
+			var sx, sy int
+			switch o {
+			case 2:
+				sx, sy = w-1-dx, dy
+			case 3:
+				sx, sy = w-1-dx, h-1-dy
+			case 4:
+				sx, sy = dx, h-1-dy
+			case 5:
+				sx, sy = dy, dx
+			case 6:
+				sx, sy = dy, h-1-dx
+			case 7:
+				sx, sy = w-1-dy, h-1-dx
+			case 8:
+				sx, sy = w-1-dy, dx
+			}
+			copy(out[(dy*dw+dx)*bpp:(dy*dw+dx+1)*bpp], pix[sy*stride+sx*bpp:])
+		}
+	}
+	rect := image.Rect(0, 0, dw, dh)
+	switch s := img.(type) {
+	case *image.Gray:
+		return &image.Gray{Pix: out, Stride: dw, Rect: rect}
+	case *image.Paletted:
+		return &image.Paletted{Pix: out, Stride: dw, Rect: rect, Palette: s.Palette}
+	case *image.RGBA:
+		return &image.RGBA{Pix: out, Stride: dw * 4, Rect: rect}
+	default:
+		return &image.NRGBA{Pix: out, Stride: dw * 4, Rect: rect}
+	}
 }
