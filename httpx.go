@@ -299,6 +299,9 @@ func (a *app) readyz(w http.ResponseWriter, r *http.Request) {
 	if a.cache != nil {
 		checks["cache"] = a.cache.ping
 	}
+	if a.cfg.BrokerURL != "" {
+		checks["broker"] = a.queue.ping
+	}
 	results := make(map[string]string, len(checks))
 	var down []string
 	for name, check := range checks {

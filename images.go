@@ -191,6 +191,7 @@ func (a *app) uploadImage(w http.ResponseWriter, r *http.Request) {
 	a.metrics.uploads.Add(1)
 	a.metrics.uploadBytes.Add(im.Size)
 	a.cache.invalidate(r.Context(), im.OwnerID)
+	a.enqueue(r.Context(), im.ID)
 	w.Header().Set("Location", fmt.Sprintf("/api/v1/images/%d", im.ID))
 	writeJSON(w, http.StatusCreated, view(im))
 }

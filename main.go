@@ -118,6 +118,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	bgDone := make(chan struct{})
 	go func() { a.background(bgCtx); close(bgDone) }()
 	defer func() { stopBackground(); <-bgDone }()
+	workerDone := make(chan struct{})
+	if cfg.Mode == modeAll || cfg.Mode == modeWorker {
+		// The worker stops taking jobs when ctx ends; the jobs in hand get SHUTDOWN_TIMEOUT to finish.
+		go func() {
+			a.queue.consume(ctx, cfg.Concurrency, cfg.ShutdownTimeout, a.handleJob)
+			close(workerDone)
+		}()
+	} else {
+		close(workerDone)
+	}
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -135,6 +145,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := srv.Shutdown(sctx); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
+	<-workerDone
 	if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -173,6 +184,7 @@ type app struct {
 	store   *store
 	blobs   *blobStore
 	cache   *cache // nil: no cache
+	queue   jobQueue
 	metrics *metrics
 	tokens  *tokenIssuer
 	hasher  *passwordHasher
@@ -203,6 +215,16 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
+	var q jobQueue
+	switch {
+	case cfg.BrokerURL != "":
+		q = newAMQPQueue(cfg.BrokerURL, cfg.QueueName, log)
+	case cfg.Mode == modeAll:
+		q = newMemQueue(log)
+	default:
+		c.close()
+		return nil, fmt.Errorf("-mode=%s needs BROKER_URL: only -mode=all can run jobs in-process", cfg.Mode)
+	}
 	return &app{
 		cfg:     cfg,
 		log:     log,
@@ -210,6 +232,7 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 		store:   st,
 		blobs:   blobs,
 		cache:   c,
+		queue:   q,
 		metrics: m,
 		tokens:  &tokenIssuer{key: key, ttl: cfg.TokenTTL, issuer: tokenIssuerName, now: time.Now},
 		hasher:  hasher,
@@ -217,19 +240,23 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 }
 
 // close releases what newApp acquired (the database pool belongs to run).
-func (a *app) close() { a.cache.close() }
+func (a *app) close() {
+	a.queue.close()
+	a.cache.close()
+}
 
-// background runs the app's housekeeping until ctx ends: retrying failed cache invalidations, and
-// sweeping orphaned files (one replica at a time).
+// background runs the app's housekeeping until ctx ends: retrying failed cache invalidations,
+// publishing lost jobs again, and sweeping orphaned files; the last two one replica at a time.
 func (a *app) background(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { a.cache.repair(ctx, time.Second) })
+	wg.Go(func() { a.sweepLostJobs(ctx, a.cfg.SweepInterval) })
 	wg.Go(func() {
-		for {
-			a.sweepOrphans(ctx)
+		const lockKey int64 = 0x696d6761_73776570 // "imgaswep"
+		for ctx.Err() == nil {
+			a.holdingLock(ctx, lockKey, orphanGrace, func() { a.sweepOrphans(ctx) })
 			select {
 			case <-ctx.Done():
-				return
 			case <-time.After(orphanGrace):
 			}
 		}
@@ -237,21 +264,8 @@ func (a *app) background(ctx context.Context) {
 	wg.Wait()
 }
 
-// sweepLockKey is the advisory lock that lets one replica at a time sweep orphaned files.
-const sweepLockKey int64 = 0x696d6761_73776570
-
-// sweepOrphans removes orphaned files once, unless another replica is already doing it.
+// sweepOrphans removes orphaned files once.
 func (a *app) sweepOrphans(ctx context.Context) {
-	conn, err := a.pool.Acquire(ctx)
-	if err != nil {
-		return
-	}
-	defer conn.Release()
-	var got bool
-	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", sweepLockKey).Scan(&got); err != nil || !got {
-		return
-	}
-	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", sweepLockKey)
 	n, err := a.blobs.sweepOrphans(ctx, a.store.fileKeysExist)
 	if err != nil && ctx.Err() == nil {
 		a.log.Warn("orphan sweep failed", slog.Any("error", err))
@@ -268,6 +282,11 @@ type config struct {
 	BrokerURL       string
 	RedisURL        string
 	RedisPrefix     string // prefix of every Redis key, so several deployments can share one Redis
+	QueueName       string // the RabbitMQ work queue; QueueName.retry and QueueName.dead beside it
+	JobLease        time.Duration
+	JobRetryDelay   time.Duration
+	JobMaxAttempts  int
+	SweepInterval   time.Duration
 	SecretKey       []byte // empty: generated once and kept in the database
 	Addr            string
 	UploadDir       string
@@ -292,6 +311,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		BrokerURL:   getenv("BROKER_URL"),
 		RedisURL:    getenv("REDIS_URL"),
 		RedisPrefix: getenv("REDIS_PREFIX"),
+		QueueName:   getenv("QUEUE_NAME"),
 		SecretKey:   []byte(getenv("SECRET_KEY")),
 		Addr:        getenv("ADDR"),
 		UploadDir:   getenv("UPLOAD_DIR"),
@@ -302,6 +322,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 	c.DatabaseURL = normalizeDatabaseURL(c.DatabaseURL)
 	if c.RedisPrefix == "" {
 		c.RedisPrefix = "imageapi:"
+	}
+	if c.QueueName == "" {
+		c.QueueName = "imageapi.jobs"
 	}
 	if c.Addr == "" {
 		c.Addr = ":8000"
@@ -344,6 +367,10 @@ func loadConfig(getenv func(string) string) (config, error) {
 	c.HashConcurrency = int(intVar("HASH_CONCURRENCY", procs, 1, 256))
 	c.RequestTimeout = durVar("REQUEST_TIMEOUT", 5*time.Minute, time.Second, time.Hour)
 	c.ShutdownTimeout = durVar("SHUTDOWN_TIMEOUT", 30*time.Second, 0, time.Hour)
+	c.JobLease = durVar("JOB_LEASE", 5*time.Minute, time.Second, 24*time.Hour)
+	c.JobRetryDelay = durVar("JOB_RETRY_DELAY", 2*time.Second, time.Millisecond, time.Hour)
+	c.JobMaxAttempts = int(intVar("JOB_MAX_ATTEMPTS", 3, 1, 100))
+	c.SweepInterval = durVar("SWEEP_INTERVAL", 30*time.Second, 10*time.Millisecond, 24*time.Hour)
 	if c.ScryptN&(c.ScryptN-1) != 0 {
 		errs = append(errs, fmt.Errorf("SCRYPT_N=%d: want a power of two", c.ScryptN))
 	}

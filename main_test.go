@@ -26,6 +26,10 @@ import (
 // uses a key prefix of its own and deletes its keys after.
 var testRedisURL string
 
+// testBrokerURL is the RabbitMQ the queue tests use (TEST_BROKER_URL, default the local server); each
+// test declares queues of its own (testQueue) and deletes them after.
+var testBrokerURL string
+
 // testDB is the database this test run owns: created in TestMain, dropped after.
 var testDB struct {
 	adminURL string // a database on the server that is not ours, for CREATE/DROP DATABASE
@@ -54,6 +58,15 @@ func TestMain(m *testing.M) {
 	}
 	if err := pingRedis(testRedisURL); err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL: Redis is required for these tests and is not reachable at TEST_REDIS_URL=%s: %v\n", testRedisURL, err)
+		dropTestDatabase(admin, name)
+		os.Exit(1)
+	}
+	testBrokerURL = os.Getenv("TEST_BROKER_URL")
+	if testBrokerURL == "" {
+		testBrokerURL = "amqp://guest:guest@127.0.0.1:5672/"
+	}
+	if err := pingBroker(testBrokerURL); err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: RabbitMQ is required for these tests and is not reachable at TEST_BROKER_URL=%s: %v\n", testBrokerURL, err)
 		dropTestDatabase(admin, name)
 		os.Exit(1)
 	}
@@ -379,7 +392,7 @@ func TestRun(t *testing.T) {
 	var out syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"-mode=api", "-env-file="}, testEnv(t, map[string]string{"ADDR": addr, "LOG_LEVEL": "info"}), &out, &out)
+		done <- run(ctx, []string{"-mode=api", "-env-file="}, testEnv(t, map[string]string{"ADDR": addr, "LOG_LEVEL": "info", "BROKER_URL": testBrokerURL, "QUEUE_NAME": testQueue(t)}), &out, &out)
 	}()
 	base := "http://" + addr
 	waitReady(t, base, done)

@@ -19,6 +19,12 @@ type metrics struct {
 	uploads       atomic.Int64
 	uploadBytes   atomic.Int64
 	uploadRefused atomic.Int64
+	jobsDone      atomic.Int64
+	jobsFailed    atomic.Int64
+	jobsRetried   atomic.Int64
+	jobsRequeued  atomic.Int64 // published again by the sweeper
+	jobNanos      atomic.Int64 // time spent on jobs that succeeded
+	publishErrors atomic.Int64
 }
 
 // countResponse records a response's status class.
@@ -51,6 +57,12 @@ func (a *app) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	metric("imageapi_uploads_total", "counter", "Images accepted.", val(m.uploads.Load()))
 	metric("imageapi_upload_bytes_total", "counter", "Bytes of images accepted.", val(m.uploadBytes.Load()))
 	metric("imageapi_uploads_refused_total", "counter", "Uploads refused with a 4xx.", val(m.uploadRefused.Load()))
+	metric("imageapi_jobs_done_total", "counter", "Images processed.", val(m.jobsDone.Load()))
+	metric("imageapi_jobs_failed_total", "counter", "Images failed for good.", val(m.jobsFailed.Load()))
+	metric("imageapi_jobs_retried_total", "counter", "Failed attempts that will be retried.", val(m.jobsRetried.Load()))
+	metric("imageapi_jobs_requeued_total", "counter", "Jobs published again by the sweeper.", val(m.jobsRequeued.Load()))
+	metric("imageapi_job_seconds_total", "counter", "Time spent on jobs that succeeded.", fmt.Sprintf(" %.3f", float64(m.jobNanos.Load())/1e9))
+	metric("imageapi_queue_publish_errors_total", "counter", "Publishes the broker did not confirm.", val(m.publishErrors.Load()))
 	metric("imageapi_password_hashes_total", "counter", "scrypt computations.", val(a.hasher.computed.Load()))
 	st := a.pool.Stat()
 	metric("imageapi_db_connections", "gauge", "PostgreSQL pool connections by state.",

@@ -306,3 +306,95 @@ func (s *store) fileKeysExist(ctx context.Context, keys []string) (map[string]bo
 	}
 	return m, nil
 }
+
+// claimImage takes image id for processing: pending, or processing under an expired lease. It sets
+// status processing, counts the attempt and holds the image until now+lease. It returns the row and
+// the attempts made so far (this one included), or errNotFound when there is nothing to do: the image
+// is gone, finished, or held by a live worker.
+func (s *store) claimImage(ctx context.Context, id int64, lease time.Duration) (imageRecord, int, error) {
+	var attempts int
+	var im imageRecord
+	err := s.pool.QueryRow(ctx, `
+		UPDATE images SET status = 'processing', attempts = attempts + 1, error = '',
+		       lease_until = now() + $2::interval, updated_at = now()
+		WHERE id = $1 AND (status = 'pending' OR (status = 'processing' AND lease_until < now()))
+		RETURNING owner_id, content_type, file_key, attempts`, id, lease).Scan(&im.OwnerID, &im.ContentType, &im.FileKey, &attempts)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return imageRecord{}, 0, fmt.Errorf("store: claim image %d: %w", id, errNotFound)
+	}
+	if err != nil {
+		return imageRecord{}, 0, fmt.Errorf("store: claim image %d: %w", id, err)
+	}
+	im.ID = id
+	return im, attempts, nil
+}
+
+// finishImage records the variants of an image this worker holds and marks it ready. It returns
+// errNotFound when the image is no longer held (deleted, or its lease taken over): the caller's
+// files are then nobody's.
+func (s *store) finishImage(ctx context.Context, id int64, variants map[string]variantFile) error {
+	tag, err := s.pool.Exec(ctx, `
+		UPDATE images SET status = 'ready', variants = $2, error = '', lease_until = NULL, updated_at = now()
+		WHERE id = $1 AND status = 'processing'`, id, variants)
+	if err != nil {
+		return fmt.Errorf("store: finish image %d: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("store: finish image %d: %w", id, errNotFound)
+	}
+	return nil
+}
+
+// releaseImage hands a held image back: status pending. With failed set, the attempt is counted as
+// made; without (a shutdown abandoned it), it is not. queued says whether a message for it is
+// already on its way (else the sweeper will publish one).
+func (s *store) releaseImage(ctx context.Context, id int64, failed, queued bool) error {
+	_, err := s.pool.Exec(ctx, `
+		UPDATE images SET status = 'pending', lease_until = NULL, updated_at = now(),
+		       attempts = attempts - CASE WHEN $2 THEN 0 ELSE 1 END,
+		       queued_at = CASE WHEN $3 THEN now() ELSE NULL END
+		WHERE id = $1 AND status = 'processing'`, id, failed, queued)
+	if err != nil {
+		return fmt.Errorf("store: release image %d: %w", id, err)
+	}
+	return nil
+}
+
+// failImage marks a held image failed with a reason the user will read.
+func (s *store) failImage(ctx context.Context, id int64, reason string) error {
+	_, err := s.pool.Exec(ctx, `
+		UPDATE images SET status = 'failed', error = $2, lease_until = NULL, updated_at = now()
+		WHERE id = $1 AND status = 'processing'`, id, reason)
+	if err != nil {
+		return fmt.Errorf("store: fail image %d: %w", id, err)
+	}
+	return nil
+}
+
+// markQueued records that the queue confirmed a message for each of ids.
+func (s *store) markQueued(ctx context.Context, ids ...int64) error {
+	if _, err := s.pool.Exec(ctx, `UPDATE images SET queued_at = now() WHERE id = ANY($1)`, ids); err != nil {
+		return fmt.Errorf("store: mark queued: %w", err)
+	}
+	return nil
+}
+
+// lostJobs returns up to limit images whose job may be lost: pending and never confirmed by the queue
+// (for longer than grace, so an upload's own publish is not raced), pending and confirmed longer than
+// requeueAfter ago, or processing under an expired lease (the worker died).
+func (s *store) lostJobs(ctx context.Context, grace, requeueAfter time.Duration, limit int) ([]int64, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT id FROM images
+		WHERE (status = 'pending' AND ((queued_at IS NULL AND updated_at < now() - $1::interval)
+		                               OR queued_at < now() - $2::interval))
+		   OR (status = 'processing' AND lease_until < now())
+		ORDER BY id LIMIT $3`, grace, requeueAfter, limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: lost jobs: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("store: lost jobs: %w", err)
+	}
+	return ids, nil
+}

@@ -1,0 +1,567 @@
+// Jobs: the queue (RabbitMQ, or in-process when BROKER_URL is empty), the worker's job handler, and
+// the sweeper that publishes again whatever job may have been lost. The database row is the truth.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// jobOutcome is what the handler tells the queue to do with a job.
+type jobOutcome int
+
+const (
+	jobDone      jobOutcome = iota // finished, or nothing to do: acknowledge
+	jobRetry                       // failed this time: deliver again after the delay
+	jobDead                        // failed for good: to the dead-letter queue
+	jobAbandoned                   // shutdown came first: deliver again, to any worker, at once
+)
+
+// jobHandler processes image id; ctx ends when the worker must give the job up.
+type jobHandler func(ctx context.Context, id int64) (jobOutcome, time.Duration)
+
+// jobQueue carries image ids from the API to workers.
+type jobQueue interface {
+	// publish returns nil once the queue holds the job durably (a confirmed publish).
+	publish(ctx context.Context, id int64) error
+	// consume runs handle on jobs, at most concurrency at once, until ctx ends; it then stops taking
+	// jobs and returns when the jobs in hand are done (their own context ends after drain).
+	consume(ctx context.Context, concurrency int, drain time.Duration, handle jobHandler) error
+	// ping reports whether the queue can take jobs now.
+	ping(ctx context.Context) error
+	close()
+}
+
+// errQueueDown is what publish says while the broker is unreachable.
+var errQueueDown = errors.New("queue: broker unreachable")
+
+// ---- RabbitMQ ----
+
+// amqpQueue is a jobQueue on RabbitMQ: a durable queue of persistent messages, published with
+// confirms; manual acks; delayed retries through a queue whose expired messages dead-letter back;
+// and a dead-letter queue for jobs that failed for good. The connection is re-established by itself.
+type amqpQueue struct {
+	url  string
+	name string // the work queue; name.retry and name.dead beside it
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	conn   *amqp.Connection // nil while disconnected
+	pub    *amqp.Channel    // confirm-mode channel for publishing, shared by all publishers
+	wake   chan struct{}    // closed and replaced at every (re)connection
+	closed bool
+	done   chan struct{}
+}
+
+// newAMQPQueue starts connecting to url in the background and keeps the connection up until close.
+// It does not wait for the broker: publishes fail (and the sweeper catches up) until it is there.
+func newAMQPQueue(url, name string, log *slog.Logger) *amqpQueue {
+	q := &amqpQueue{url: url, name: name, log: log, wake: make(chan struct{}), done: make(chan struct{})}
+	go q.maintain()
+	return q
+}
+
+// maintain connects, declares the topology and waits for the connection to drop, then does it again,
+// with growing pauses (up to 5 s) while the broker is away.
+func (q *amqpQueue) maintain() {
+	backoff := 100 * time.Millisecond
+	for {
+		q.mu.Lock()
+		closed := q.closed
+		q.mu.Unlock()
+		if closed {
+			return
+		}
+		conn, pub, err := q.connect()
+		if err != nil {
+			q.log.Warn("broker unreachable", slog.Any("error", err), slog.Duration("retry_in", backoff))
+			select {
+			case <-q.done:
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		lost := conn.NotifyClose(make(chan *amqp.Error, 1))
+		pubLost := pub.NotifyClose(make(chan *amqp.Error, 1))
+		q.mu.Lock()
+		q.conn, q.pub = conn, pub
+		close(q.wake)
+		q.wake = make(chan struct{})
+		q.mu.Unlock()
+		q.log.Info("broker connected")
+		select {
+		case err := <-lost:
+			q.log.Warn("broker connection lost", slog.Any("error", err))
+		case err := <-pubLost:
+			q.log.Warn("broker channel lost", slog.Any("error", err))
+		case <-q.done:
+		}
+		q.mu.Lock()
+		q.conn, q.pub = nil, nil
+		q.mu.Unlock()
+		conn.Close()
+	}
+}
+
+// connect dials, declares the three queues and opens the publishing channel in confirm mode.
+func (q *amqpQueue) connect() (*amqp.Connection, *amqp.Channel, error) {
+	conn, err := amqp.DialConfig(q.url, amqp.Config{Heartbeat: 10 * time.Second, Dial: amqp.DefaultDial(5 * time.Second)})
+	if err != nil {
+		return nil, nil, err
+	}
+	ch, err := conn.Channel()
+	if err == nil {
+		err = q.declare(ch)
+	}
+	if err == nil {
+		err = ch.Confirm(false)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return conn, ch, nil
+}
+
+// declare makes the work queue, the retry queue (whose messages expire back into the work queue)
+// and the dead-letter queue; all durable, so they survive a broker restart.
+func (q *amqpQueue) declare(ch *amqp.Channel) error {
+	if _, err := ch.QueueDeclare(q.name, true, false, false, false, nil); err != nil {
+		return err
+	}
+	if _, err := ch.QueueDeclare(q.name+".retry", true, false, false, false, amqp.Table{
+		"x-dead-letter-exchange":    "",
+		"x-dead-letter-routing-key": q.name,
+	}); err != nil {
+		return err
+	}
+	_, err := ch.QueueDeclare(q.name+".dead", true, false, false, false, nil)
+	return err
+}
+
+// current returns the live connection and publishing channel, or nils, and a channel closed at the
+// next connection.
+func (q *amqpQueue) current() (*amqp.Connection, *amqp.Channel, <-chan struct{}) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.conn, q.pub, q.wake
+}
+
+func (q *amqpQueue) publish(ctx context.Context, id int64) error {
+	return q.publishTo(ctx, q.name, id, 0)
+}
+
+// publishTo sends id to queue, persistent, expiring after delay when delay > 0, and waits for the
+// broker's confirm (at most 5 s).
+func (q *amqpQueue) publishTo(ctx context.Context, queue string, id int64, delay time.Duration) error {
+	_, pub, _ := q.current()
+	if pub == nil {
+		return errQueueDown
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	msg := amqp.Publishing{
+		ContentType:  "text/plain",
+		DeliveryMode: amqp.Persistent,
+		MessageId:    strconv.FormatInt(id, 10),
+		Timestamp:    time.Now(),
+		Body:         []byte(strconv.FormatInt(id, 10)),
+	}
+	if delay > 0 {
+		msg.Expiration = strconv.FormatInt(max(1, delay.Milliseconds()), 10)
+	}
+	dc, err := pub.PublishWithDeferredConfirmWithContext(ctx, "", queue, false, false, msg)
+	if err != nil {
+		return fmt.Errorf("queue: publish: %w", err)
+	}
+	ok, err := dc.WaitContext(ctx)
+	if err != nil {
+		return fmt.Errorf("queue: publish: %w", err)
+	}
+	if !ok {
+		return errors.New("queue: publish: the broker refused the message")
+	}
+	return nil
+}
+
+func (q *amqpQueue) ping(ctx context.Context) error {
+	if conn, _, _ := q.current(); conn == nil || conn.IsClosed() {
+		return errQueueDown
+	}
+	return nil
+}
+
+func (q *amqpQueue) close() {
+	q.mu.Lock()
+	if !q.closed {
+		q.closed = true
+		close(q.done)
+	}
+	q.mu.Unlock()
+}
+
+// consume takes deliveries with prefetch = concurrency, runs handle on each in its own goroutine, and
+// acknowledges only after the handler (and so the database commit) is done. It reconnects whenever
+// the connection drops. When ctx ends it cancels the consumer, waits for the jobs in hand, and
+// returns.
+func (q *amqpQueue) consume(ctx context.Context, concurrency int, drain time.Duration, handle jobHandler) error {
+	// Jobs get their own context: shutdown first stops taking jobs, and only after drain cancels the
+	// ones in hand.
+	jobCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelJobs()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(drain, cancelJobs) })
+	defer stop()
+	var inflight sync.WaitGroup
+	defer inflight.Wait()
+	for ctx.Err() == nil {
+		conn, _, wake := q.current()
+		if conn == nil {
+			select {
+			case <-ctx.Done():
+			case <-wake:
+			}
+			continue
+		}
+		if err := q.consumeOnce(ctx, jobCtx, conn, concurrency, handle, &inflight); err != nil && ctx.Err() == nil {
+			q.log.Warn("consumer stopped; reconnecting", slog.Any("error", err))
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// consumeOnce consumes on one channel of conn until the channel closes or ctx ends.
+func (q *amqpQueue) consumeOnce(ctx, jobCtx context.Context, conn *amqp.Connection, concurrency int, handle jobHandler, inflight *sync.WaitGroup) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Acks of the jobs in hand go over this channel: wait for them before closing it.
+		inflight.Wait()
+		ch.Close()
+	}()
+	if err := q.declare(ch); err != nil {
+		return err
+	}
+	if err := ch.Qos(concurrency, 0, false); err != nil {
+		return err
+	}
+	tag := fmt.Sprintf("imageapi-%d-%d", os.Getpid(), rand.Int64())
+	deliveries, err := ch.ConsumeWithContext(context.WithoutCancel(ctx), q.name, tag, false, false, false, false, nil)
+	if err != nil {
+		return err
+	}
+	stopped := context.AfterFunc(ctx, func() { ch.Cancel(tag, false) })
+	defer stopped()
+	for d := range deliveries {
+		inflight.Go(func() { q.run(jobCtx, d, handle) })
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return errors.New("delivery channel closed")
+}
+
+// run handles one delivery and settles it: ack, retry later, dead-letter, or requeue.
+func (q *amqpQueue) run(ctx context.Context, d amqp.Delivery, handle jobHandler) {
+	id, err := strconv.ParseInt(string(d.Body), 10, 64)
+	if err != nil {
+		q.log.Error("malformed job message; dead-lettering it", slog.String("body", string(d.Body)))
+		d.Nack(false, false)
+		return
+	}
+	outcome, delay := handle(ctx, id)
+	// Settle even when ctx is cancelled: the broker must hear the answer.
+	sctx := context.WithoutCancel(ctx)
+	switch outcome {
+	case jobDone:
+		d.Ack(false)
+	case jobRetry:
+		if err := q.publishTo(sctx, q.name+".retry", id, delay); err != nil {
+			q.log.Warn("retry publish failed; requeueing at once", slog.Int64("image_id", id), slog.Any("error", err))
+			d.Nack(false, true)
+			return
+		}
+		d.Ack(false)
+	case jobDead:
+		if err := q.publishTo(sctx, q.name+".dead", id, 0); err != nil {
+			q.log.Warn("dead-letter publish failed", slog.Int64("image_id", id), slog.Any("error", err))
+		}
+		d.Ack(false)
+	case jobAbandoned:
+		d.Nack(false, true)
+	}
+}
+
+// ---- In-process ----
+
+// memQueue is the jobQueue for a single process without RabbitMQ (BROKER_URL empty, mode all). Jobs
+// are ids in memory: a crash loses them, and the sweeper publishes them again from the rows, as it
+// does for RabbitMQ. A queue of any length costs 8 bytes a job.
+type memQueue struct {
+	mu     sync.Mutex
+	ids    []int64
+	signal chan struct{} // has a token while ids is not empty
+	log    *slog.Logger
+}
+
+func newMemQueue(log *slog.Logger) *memQueue {
+	return &memQueue{signal: make(chan struct{}, 1), log: log}
+}
+
+func (q *memQueue) publish(_ context.Context, id int64) error {
+	q.mu.Lock()
+	q.ids = append(q.ids, id)
+	q.mu.Unlock()
+	select {
+	case q.signal <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// next pops the oldest job, or reports none.
+func (q *memQueue) next() (int64, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.ids) == 0 {
+		return 0, false
+	}
+	id := q.ids[0]
+	q.ids = q.ids[1:]
+	if len(q.ids) > 0 {
+		select {
+		case q.signal <- struct{}{}:
+		default:
+		}
+	}
+	return id, true
+}
+
+func (q *memQueue) consume(ctx context.Context, concurrency int, drain time.Duration, handle jobHandler) error {
+	jobCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelJobs()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(drain, cancelJobs) })
+	defer stop()
+	var workers sync.WaitGroup
+	for range concurrency {
+		workers.Go(func() {
+			for {
+				id, ok := q.next()
+				if !ok {
+					select {
+					case <-ctx.Done():
+						return
+					case <-q.signal:
+						continue
+					}
+				}
+				if ctx.Err() != nil {
+					q.publish(ctx, id) // not started: leave it for whoever runs next
+					return
+				}
+				switch outcome, delay := handle(jobCtx, id); outcome {
+				case jobRetry:
+					time.AfterFunc(delay, func() { q.publish(context.Background(), id) })
+				case jobAbandoned:
+					q.publish(context.Background(), id)
+				case jobDead:
+					q.log.Warn("job failed for good", slog.Int64("image_id", id))
+				}
+			}
+		})
+	}
+	workers.Wait()
+	return nil
+}
+
+func (q *memQueue) ping(context.Context) error { return nil }
+func (q *memQueue) close()                     {}
+
+// ---- The job ----
+
+// handleJob makes the variants of image id. It claims the row (so a duplicate or redelivered message
+// does nothing), writes every variant to a temp file, moves them into place, and records them in one
+// update; the queue hears the outcome only after that commit. A failure is retried with growing
+// delays up to JOB_MAX_ATTEMPTS attempts, then the image is failed with the reason.
+func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duration) {
+	log := a.log.With(slog.Int64("image_id", id))
+	// Bookkeeping runs to completion even during shutdown; only the image work stops early.
+	bg := context.WithoutCancel(ctx)
+	im, attempt, err := a.store.claimImage(bg, id, a.cfg.JobLease)
+	if errors.Is(err, errNotFound) {
+		return jobDone, 0 // gone, finished, or in a live worker's hands
+	}
+	if err != nil {
+		log.Warn("cannot claim job", slog.Any("error", err))
+		return jobRetry, a.cfg.JobRetryDelay
+	}
+	a.cache.invalidate(bg, im.OwnerID)
+	start := time.Now()
+	outs, err := makeVariants(ctx, a.blobs, a.blobs.path(im.FileKey), im.ContentType,
+		processOptions{jpegQuality: a.cfg.JPEGQuality, maxPixels: a.cfg.MaxPixels})
+	var placed []string
+	if err == nil {
+		variants := map[string]variantFile{}
+		for _, v := range outs {
+			// A fresh key each time: a variant's key names its content (it is its ETag).
+			key := im.FileKey + "." + v.name + "." + randomToken() + v.ext
+			if err = a.blobs.place(v.tmpPath, key); err != nil {
+				break
+			}
+			placed = append(placed, key)
+			v.file.Key = key
+			variants[v.name] = v.file
+		}
+		if err == nil {
+			err = a.store.finishImage(bg, id, variants)
+			if errors.Is(err, errNotFound) {
+				// Deleted (or taken over) while we worked: these files are nobody's.
+				a.blobs.remove(placed...)
+				return jobDone, 0
+			}
+		}
+	}
+	if err != nil {
+		for _, v := range outs {
+			os.Remove(v.tmpPath)
+		}
+		a.blobs.remove(placed...)
+	}
+	switch {
+	case err == nil:
+		a.metrics.jobsDone.Add(1)
+		a.metrics.jobNanos.Add(int64(time.Since(start)))
+		a.cache.invalidate(bg, im.OwnerID)
+		log.Info("image processed", slog.Int("attempt", attempt), slog.Duration("took", time.Since(start)))
+		return jobDone, 0
+	case ctx.Err() != nil:
+		// Shutting down: hand the job back untouched; the message is requeued.
+		if rerr := a.store.releaseImage(bg, id, false, true); rerr != nil {
+			log.Warn("cannot release abandoned job", slog.Any("error", rerr))
+		}
+		a.cache.invalidate(bg, im.OwnerID)
+		return jobAbandoned, 0
+	case attempt >= a.cfg.JobMaxAttempts:
+		// What is wrong with the image is the user's to read; what went wrong here is the log's.
+		reason := "processing failed because of a server error"
+		if errors.Is(err, errBadImage) {
+			reason = err.Error()[len(errBadImage.Error())+2:]
+		}
+		log.Warn("job failed", slog.Any("error", err))
+		if ferr := a.store.failImage(bg, id, reason); ferr != nil {
+			log.Warn("cannot record failure", slog.Any("error", ferr))
+		}
+		a.metrics.jobsFailed.Add(1)
+		a.cache.invalidate(bg, im.OwnerID)
+		log.Warn("image failed", slog.Int("attempt", attempt), slog.String("reason", reason))
+		return jobDead, 0
+	default:
+		delay := a.cfg.JobRetryDelay << (2 * (attempt - 1)) // ×4 each time: 2s, 8s, 32s…
+		if rerr := a.store.releaseImage(bg, id, true, true); rerr != nil {
+			log.Warn("cannot release failed job", slog.Any("error", rerr))
+		}
+		a.metrics.jobsRetried.Add(1)
+		a.cache.invalidate(bg, im.OwnerID)
+		log.Info("image processing failed; will retry", slog.Int("attempt", attempt), slog.Duration("in", delay), slog.Any("error", err))
+		return jobRetry, delay
+	}
+}
+
+// randomToken is 8 random hex digits, to make file names unique.
+func randomToken() string {
+	return fmt.Sprintf("%08x", rand.Uint32())
+}
+
+// enqueue publishes image id's job and records the confirm. A failure is only logged: the row stays
+// pending with no confirm, and the sweeper publishes it again.
+func (a *app) enqueue(ctx context.Context, id int64) {
+	ctx = context.WithoutCancel(ctx)
+	if err := a.queue.publish(ctx, id); err != nil {
+		a.metrics.publishErrors.Add(1)
+		a.log.Warn("job not queued; the sweeper will retry", slog.Int64("image_id", id), slog.Any("error", err))
+		return
+	}
+	if err := a.store.markQueued(ctx, id); err != nil {
+		a.log.Warn("job queued but not recorded", slog.Int64("image_id", id), slog.Any("error", err))
+	}
+}
+
+// sweepLostJobs publishes again, every interval, the jobs that may be lost (never confirmed, or
+// held past their lease by a worker that died). One replica at a time sweeps: the one holding the
+// advisory lock; the others wait their turn.
+func (a *app) sweepLostJobs(ctx context.Context, interval time.Duration) {
+	const lockKey int64 = 0x696d6761_6a6f6273 // "imgajobs"
+	for ctx.Err() == nil {
+		a.holdingLock(ctx, lockKey, interval, func() {
+			ids, err := a.store.lostJobs(ctx, 5*time.Second, 15*time.Minute, 500)
+			if err != nil {
+				if ctx.Err() == nil {
+					a.log.Warn("sweep: cannot list lost jobs", slog.Any("error", err))
+				}
+				return
+			}
+			var queued []int64
+			for _, id := range ids {
+				if err := a.queue.publish(ctx, id); err != nil {
+					a.metrics.publishErrors.Add(1)
+					return // the broker is down: try again next round
+				}
+				queued = append(queued, id)
+			}
+			if len(queued) > 0 {
+				a.metrics.jobsRequeued.Add(int64(len(queued)))
+				a.log.Info("sweep: jobs published again", slog.Int("count", len(queued)))
+				if err := a.store.markQueued(ctx, queued...); err != nil {
+					a.log.Warn("sweep: cannot record", slog.Any("error", err))
+				}
+			}
+		})
+		select {
+		case <-ctx.Done():
+		case <-time.After(interval):
+		}
+	}
+}
+
+// holdingLock runs fn every interval for as long as this process holds the session advisory lock
+// key (taking it if free), and returns when it cannot take it, loses it, or ctx ends.
+func (a *app) holdingLock(ctx context.Context, key int64, interval time.Duration, fn func()) {
+	conn, err := a.pool.Acquire(ctx)
+	if err != nil {
+		return
+	}
+	defer conn.Release()
+	var got bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&got); err != nil || !got {
+		return
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", key)
+	for {
+		fn()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+		if err := conn.Ping(ctx); err != nil {
+			return // the session, and with it the lock, is gone
+		}
+	}
+}

@@ -1,0 +1,448 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	stdimage "image"
+	"image/color"
+	"image/gif"
+	_ "image/jpeg"
+	_ "image/png"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"golang.org/x/image/bmp"
+	"golang.org/x/image/tiff"
+)
+
+// pingBroker reports whether the RabbitMQ at url accepts a connection.
+func pingBroker(url string) error {
+	conn, err := amqp.DialConfig(url, amqp.Config{Dial: amqp.DefaultDial(3 * time.Second)})
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}
+
+// testQueue returns a queue name for one test and deletes its three queues when the test ends.
+func testQueue(t testing.TB) string {
+	name := "imageapi_test_" + randomHex(4)
+	t.Cleanup(func() {
+		conn, err := amqp.Dial(testBrokerURL)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		ch, err := conn.Channel()
+		if err != nil {
+			return
+		}
+		for _, q := range []string{name, name + ".retry", name + ".dead"} {
+			ch.QueueDelete(q, false, false, false)
+		}
+	})
+	return name
+}
+
+// startWorker runs s's worker (consuming its queue) and its housekeeping (sweeper included) until
+// the test ends, and waits for both to stop then.
+func startWorker(t testing.TB, s *testServer) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { s.queue.consume(ctx, s.cfg.Concurrency, s.cfg.ShutdownTimeout, s.handleJob) })
+	wg.Go(func() { s.background(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+}
+
+// waitStatus polls image id until its status is one of want, and returns it.
+func (s *testServer) waitStatus(auth string, id int64, timeout time.Duration, want ...string) imageView {
+	s.t.Helper()
+	deadline := time.Now().Add(timeout)
+	var v imageView
+	for {
+		r := s.do("GET", fmt.Sprint("/api/v1/images/", id), nil, "Authorization", auth)
+		if r.status != 200 {
+			s.t.Fatalf("get %d: %d %s", id, r.status, r.body)
+		}
+		r.json(s.t, &v)
+		if slices.Contains(want, v.Status) {
+			return v
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("image %d is %s after %s, want %v (error %v)", id, v.Status, timeout, want, v.Error)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// decodeBody decodes a downloaded variant.
+func decodeBody(t testing.TB, b []byte) (stdimage.Image, string) {
+	t.Helper()
+	img, format, err := stdimage.Decode(bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("variant does not decode: %v", err)
+	}
+	return img, format
+}
+
+// TestProcessEndToEnd: every supported format goes upload → ready through RabbitMQ, and each variant
+// downloads, decodes, has the right type and size, is upright, and the grayscale is truly gray.
+func TestProcessEndToEnd(t *testing.T) {
+	s := newTestServer(t, map[string]string{"BROKER_URL": testBrokerURL, "QUEUE_NAME": testQueue(t)})
+	startWorker(t, s)
+	_, auth := s.signupAndLogin()
+	pal := stdimage.NewPaletted(stdimage.Rect(0, 0, 60, 40), color.Palette{color.NRGBA{200, 30, 30, 255}, color.NRGBA{20, 200, 60, 255}, color.NRGBA{0, 0, 0, 0}})
+	for i := range pal.Pix {
+		pal.Pix[i] = uint8(i % 3)
+	}
+	var gifBuf, bmpBuf, tiffBuf bytes.Buffer
+	gif.Encode(&gifBuf, pal, nil)
+	bmp.Encode(&bmpBuf, toRGBA(pal))
+	tiff.Encode(&tiffBuf, toRGBA(pal), nil)
+	for _, tc := range []struct {
+		name     string
+		data     []byte
+		outType  string
+		w, h     int // as displayed
+		hasAlpha bool
+	}{
+		{"large.jpg", readTestdata(t, "large.jpg"), "image/jpeg", 4224, 3168, false},
+		{"mid-orient6.jpg", readTestdata(t, "mid-orient6.jpg"), "image/jpeg", 1600, 2560, false},
+		{"photo.png", readTestdata(t, "photo.png"), "image/png", 2048, 1024, true},
+		{"small.webp", readTestdata(t, "small.webp"), "image/png", 320, 200, false},
+		{"gif", gifBuf.Bytes(), "image/gif", 60, 40, true},
+		{"bmp", bmpBuf.Bytes(), "image/png", 60, 40, false},
+		{"tiff", tiffBuf.Bytes(), "image/png", 60, 40, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := s.mustUpload(auth, tc.name, "", tc.name, tc.data)
+			v = s.waitStatus(auth, v.ID, time.Minute, statusReady, statusFailed)
+			if v.Status != statusReady || v.Error != nil {
+				t.Fatalf("status %s, error %v", v.Status, *v.Error)
+			}
+			if len(v.Variants) != len(variantSpecs) {
+				t.Fatalf("variants = %v", v.Variants)
+			}
+			for _, spec := range variantSpecs {
+				meta := v.Variants[spec.name]
+				r := s.do("GET", meta.URL, nil, "Authorization", auth)
+				if r.status != 200 || r.header.Get("Content-Type") != tc.outType || meta.ContentType != tc.outType || int64(len(r.body)) != meta.Size {
+					t.Fatalf("%s: %d %s (%d bytes), meta %+v", spec.name, r.status, r.header.Get("Content-Type"), len(r.body), meta)
+				}
+				img, _ := decodeBody(t, r.body)
+				b := img.Bounds()
+				if b.Dx() != meta.Width || b.Dy() != meta.Height {
+					t.Fatalf("%s decodes %v, meta says %dx%d", spec.name, b, meta.Width, meta.Height)
+				}
+				if spec.box == 0 {
+					if b.Dx() != tc.w || b.Dy() != tc.h {
+						t.Fatalf("%s is %v, want %dx%d", spec.name, b, tc.w, tc.h)
+					}
+				} else {
+					// Fits the box, keeps the aspect ratio (within rounding), never enlarged.
+					wantW, wantH := tc.w, tc.h
+					if tc.w > spec.box || tc.h > spec.box {
+						if tc.w >= tc.h {
+							wantW, wantH = spec.box, (tc.h*spec.box+tc.w/2)/tc.w
+						} else {
+							wantW, wantH = (tc.w*spec.box+tc.h/2)/tc.h, spec.box
+						}
+					}
+					if b.Dx() != wantW || b.Dy() != wantH {
+						t.Fatalf("%s is %v, want %dx%d", spec.name, b, wantW, wantH)
+					}
+				}
+				if spec.grayscale {
+					assertGray(t, img)
+				}
+				if tc.hasAlpha && spec.grayscale && opaque(img) {
+					t.Fatalf("%s lost the source's transparency", spec.name)
+				}
+			}
+		})
+	}
+}
+
+// assertGray fails unless every pixel of img has R = G = B.
+func assertGray(t testing.TB, img stdimage.Image) {
+	t.Helper()
+	b := img.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y += max(1, b.Dy()/200) {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
+			if c.A != 0 && (c.R != c.G || c.G != c.B) {
+				t.Fatalf("pixel (%d,%d) = %v is not gray", x, y, c)
+			}
+		}
+	}
+}
+
+// opaque reports whether every pixel of img is fully opaque.
+func opaque(img stdimage.Image) bool {
+	b := img.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			if _, _, _, a := img.At(x, y).RGBA(); a != 0xffff {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// TestBrokerOutage: while the API cannot reach RabbitMQ every upload still answers 201 (the row is
+// the truth); once a process that can reach it runs, the sweeper publishes the jobs and every image
+// becomes ready, none lost.
+func TestBrokerOutage(t *testing.T) {
+	queue, dir := testQueue(t), t.TempDir()
+	down := newTestServer(t, map[string]string{"BROKER_URL": "amqp://guest:guest@127.0.0.1:1/", "QUEUE_NAME": queue, "UPLOAD_DIR": dir})
+	_, auth := down.signupAndLogin()
+	var ids []int64
+	for i := range 5 {
+		ids = append(ids, down.mustUpload(auth, fmt.Sprint("during outage ", i), "", "a.png", tinyPNG(t, 40+i, 30)).ID)
+	}
+	if down.metrics.publishErrors.Load() != 5 {
+		t.Fatalf("%d publish errors counted, want 5", down.metrics.publishErrors.Load())
+	}
+	p := down.do("GET", "/readyz", nil).problem(t, 503)
+	if !strings.Contains(p.Detail, "broker") {
+		t.Errorf("readyz detail %q does not name the broker", p.Detail)
+	}
+	// The broker is back (a server that reaches it, on the same database and queue).
+	up := newTestServer(t, map[string]string{"BROKER_URL": testBrokerURL, "QUEUE_NAME": queue, "UPLOAD_DIR": dir, "SWEEP_INTERVAL": "100ms"})
+	startWorker(t, up)
+	for _, id := range ids {
+		if v := up.waitStatus(auth, id, 30*time.Second, statusReady, statusFailed); v.Status != statusReady {
+			t.Fatalf("image %d ended %s", id, v.Status)
+		}
+	}
+	if up.metrics.jobsRequeued.Load() < 5 {
+		t.Errorf("sweeper requeued %d jobs, want at least 5", up.metrics.jobsRequeued.Load())
+	}
+}
+
+// TestWorkerKilledMidJob: a worker that took a job and died (its claim stays, its message is gone)
+// does not lose the image: after the lease the sweeper publishes it again and it becomes ready —
+// once, with one set of variant files.
+func TestWorkerKilledMidJob(t *testing.T) {
+	dir := t.TempDir()
+	queue := testQueue(t)
+	s := newTestServer(t, map[string]string{"BROKER_URL": testBrokerURL, "QUEUE_NAME": queue, "UPLOAD_DIR": dir,
+		"JOB_LEASE": "1s", "SWEEP_INTERVAL": "100ms"})
+	_, auth := s.signupAndLogin()
+	v := s.mustUpload(auth, "victim", "", "a.png", tinyPNG(t, 64, 48))
+	// The dead worker: it claimed the job and its message went with it.
+	ctx := context.Background()
+	if _, _, err := s.store.claimImage(ctx, v.ID, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	purgeQueue(t, queue)
+	startWorker(t, s)
+	got := s.waitStatus(auth, v.ID, 30*time.Second, statusReady, statusFailed)
+	if got.Status != statusReady {
+		t.Fatalf("status %s", got.Status)
+	}
+	var attempts int
+	s.pool.QueryRow(ctx, "SELECT attempts FROM images WHERE id = $1", v.ID).Scan(&attempts)
+	if attempts != 2 {
+		t.Errorf("attempts = %d, want 2 (the dead worker's and the one that finished)", attempts)
+	}
+	// Let any duplicate message drain, then count: one original and one file per variant.
+	time.Sleep(500 * time.Millisecond)
+	if n := len(filesUnder(t, filepath.Join(dir, originalDir))); n != 1+len(variantSpecs) {
+		t.Errorf("%d files, want %d", n, 1+len(variantSpecs))
+	}
+	if s.metrics.jobsDone.Load() != 1 {
+		t.Errorf("processed %d times, want once", s.metrics.jobsDone.Load())
+	}
+}
+
+// purgeQueue drops every message waiting in queue.
+func purgeQueue(t testing.TB, queue string) {
+	conn, err := amqp.Dial(testBrokerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, _ := conn.Channel()
+	if _, err := ch.QueuePurge(queue, false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// queueDepth returns how many messages wait in queue.
+func queueDepth(t testing.TB, queue string) int {
+	conn, err := amqp.Dial(testBrokerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, _ := conn.Channel()
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q.Messages
+}
+
+// TestPoisonImage: a truncated JPEG fails every attempt; after JOB_MAX_ATTEMPTS it ends failed with a
+// readable reason, its message sits in the dead-letter queue, and the worker goes on serving others.
+func TestPoisonImage(t *testing.T) {
+	queue := testQueue(t)
+	s := newTestServer(t, map[string]string{"BROKER_URL": testBrokerURL, "QUEUE_NAME": queue, "JOB_RETRY_DELAY": "50ms"})
+	startWorker(t, s)
+	_, auth := s.signupAndLogin()
+	bad := s.mustUpload(auth, "truncated", "", "t.jpg", readTestdata(t, "bad/truncated.jpg"))
+	v := s.waitStatus(auth, bad.ID, 30*time.Second, statusFailed, statusReady)
+	if v.Status != statusFailed || v.Error == nil || !strings.Contains(*v.Error, "corrupt or truncated") {
+		t.Fatalf("poison image: status %s, error %v", v.Status, v.Error)
+	}
+	var attempts int
+	s.pool.QueryRow(context.Background(), "SELECT attempts FROM images WHERE id = $1", bad.ID).Scan(&attempts)
+	if attempts != 3 {
+		t.Errorf("attempts = %d, want 3", attempts)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for queueDepth(t, queue+".dead") != 1 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := queueDepth(t, queue+".dead"); n != 1 {
+		t.Fatalf("dead-letter queue holds %d messages, want 1", n)
+	}
+	p := s.do("GET", fmt.Sprintf("/api/v1/images/%d/file?variant=thumb_100", bad.ID), nil, "Authorization", auth).problem(t, 409)
+	if !strings.Contains(p.Detail, "failed") {
+		t.Errorf("409 detail %q", p.Detail)
+	}
+	good := s.mustUpload(auth, "good", "", "a.png", tinyPNG(t, 10, 10))
+	if v := s.waitStatus(auth, good.ID, 30*time.Second, statusReady, statusFailed); v.Status != statusReady {
+		t.Fatalf("the worker stopped serving: %s", v.Status)
+	}
+}
+
+// TestInProcessQueue: with BROKER_URL empty (mode all) jobs run in-process, with the same results.
+func TestInProcessQueue(t *testing.T) {
+	s := newTestServer(t, map[string]string{"JOB_RETRY_DELAY": "20ms"})
+	startWorker(t, s)
+	_, auth := s.signupAndLogin()
+	good := s.mustUpload(auth, "good", "", "m.jpg", readTestdata(t, "mid.jpg"))
+	bad := s.mustUpload(auth, "bad", "", "t.jpg", readTestdata(t, "bad/truncated.jpg"))
+	if v := s.waitStatus(auth, good.ID, 30*time.Second, statusReady, statusFailed); v.Status != statusReady || v.Variants["thumb_100"].Width != 100 {
+		t.Fatalf("good: %+v", v)
+	}
+	if v := s.waitStatus(auth, bad.ID, 30*time.Second, statusFailed, statusReady); v.Status != statusFailed {
+		t.Fatalf("bad: %+v", v)
+	}
+}
+
+// TestDuplicateJobIsHarmless: a message for an image already done does nothing, and does not redo
+// the work; nor does one for a deleted image.
+func TestDuplicateJobIsHarmless(t *testing.T) {
+	s := newTestServer(t, nil)
+	_, auth := s.signupAndLogin()
+	v := s.mustUpload(auth, "once", "", "a.png", tinyPNG(t, 20, 20))
+	ctx := context.Background()
+	if out, _ := s.handleJob(ctx, v.ID); out != jobDone {
+		t.Fatalf("first run: %v", out)
+	}
+	first := s.waitStatus(auth, v.ID, time.Second, statusReady)
+	if out, _ := s.handleJob(ctx, v.ID); out != jobDone {
+		t.Fatalf("duplicate: %v", out)
+	}
+	again := s.waitStatus(auth, v.ID, time.Second, statusReady)
+	if s.metrics.jobsDone.Load() != 1 || again.Variants["thumb_100"].URL != first.Variants["thumb_100"].URL || again.UpdatedAt != first.UpdatedAt {
+		t.Fatalf("the duplicate redid the work: %d jobs, %+v", s.metrics.jobsDone.Load(), again.Variants)
+	}
+	s.do("DELETE", fmt.Sprint("/api/v1/images/", v.ID), nil, "Authorization", auth)
+	if out, _ := s.handleJob(ctx, v.ID); out != jobDone {
+		t.Fatalf("deleted image: %v", out)
+	}
+}
+
+// TestAbandonedJob: a job whose context ends (shutdown) hands the image back, pending, with the
+// attempt not counted and no file left behind.
+func TestAbandonedJob(t *testing.T) {
+	dir := t.TempDir()
+	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir})
+	_, auth := s.signupAndLogin()
+	v := s.mustUpload(auth, "interrupted", "", "m.jpg", readTestdata(t, "mid.jpg"))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if out, _ := s.handleJob(ctx, v.ID); out != jobAbandoned {
+		t.Fatalf("outcome %v, want abandoned", out)
+	}
+	got := s.waitStatus(auth, v.ID, time.Second, statusPending)
+	if len(got.Variants) != 0 {
+		t.Fatalf("variants recorded: %v", got.Variants)
+	}
+	var attempts int
+	s.pool.QueryRow(context.Background(), "SELECT attempts FROM images WHERE id = $1", v.ID).Scan(&attempts)
+	if attempts != 0 {
+		t.Errorf("attempts = %d, want 0", attempts)
+	}
+	if files := filesUnder(t, dir); len(files) != 1 {
+		t.Errorf("files = %v, want only the original", files)
+	}
+	// And the next worker finishes it.
+	if out, _ := s.handleJob(context.Background(), v.ID); out != jobDone {
+		t.Fatalf("retry: %v", out)
+	}
+	s.waitStatus(auth, v.ID, time.Second, statusReady)
+}
+
+// TestBrokerReconnect: when the connection drops, publisher and consumer reconnect by themselves,
+// and jobs go on being processed.
+func TestBrokerReconnect(t *testing.T) {
+	s := newTestServer(t, map[string]string{"BROKER_URL": testBrokerURL, "QUEUE_NAME": testQueue(t), "SWEEP_INTERVAL": "100ms"})
+	startWorker(t, s)
+	_, auth := s.signupAndLogin()
+	first := s.mustUpload(auth, "before", "", "a.png", tinyPNG(t, 30, 30))
+	s.waitStatus(auth, first.ID, 30*time.Second, statusReady)
+	q := s.queue.(*amqpQueue)
+	for range 2 {
+		conn, _, wake := q.current()
+		conn.Close() // as a broker restart or a network cut would
+		select {
+		case <-wake:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no reconnection within 10 s")
+		}
+		v := s.mustUpload(auth, "after", "", "a.png", tinyPNG(t, 31, 30))
+		if got := s.waitStatus(auth, v.ID, 30*time.Second, statusReady, statusFailed); got.Status != statusReady {
+			t.Fatalf("after reconnect: %s", got.Status)
+		}
+	}
+	if r := s.do("GET", "/readyz", nil); r.status != 200 {
+		t.Fatalf("readyz after reconnect: %d %s", r.status, r.body)
+	}
+}
+
+// TestStatusChangesReachTheCache: with Redis on, the worker's status changes invalidate the cache,
+// so a client polling a cached image sees it become ready.
+func TestStatusChangesReachTheCache(t *testing.T) {
+	s := newTestServer(t, map[string]string{"REDIS_URL": testRedisURL, "REDIS_PREFIX": redisPrefix(t)})
+	_, auth := s.signupAndLogin()
+	v := s.mustUpload(auth, "watched", "", "a.png", tinyPNG(t, 30, 30))
+	s.waitStatus(auth, v.ID, time.Second, statusPending) // now cached as pending
+	s.do("GET", "/api/v1/images/", nil, "Authorization", auth)
+	if out, _ := s.handleJob(context.Background(), v.ID); out != jobDone {
+		t.Fatalf("job: %v", out)
+	}
+	hits := s.metrics.cacheHits.Load()
+	if got := s.waitStatus(auth, v.ID, time.Second, statusReady, statusPending); got.Status != statusReady {
+		t.Fatalf("cached read after processing: %s", got.Status)
+	}
+	var list []imageView
+	s.do("GET", "/api/v1/images/", nil, "Authorization", auth).json(t, &list)
+	if list[0].Status != statusReady {
+		t.Fatalf("cached list after processing: %s", list[0].Status)
+	}
+	if s.metrics.cacheHits.Load() != hits {
+		t.Fatalf("a stale entry was served")
+	}
+}
