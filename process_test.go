@@ -2,8 +2,22 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	stdimage "image"
+	"image/color"
+	_ "image/jpeg"
+	_ "image/png"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"golang.org/x/image/draw"
 )
 
 // exifJPEG returns a minimal JPEG prefix (SOI, an optional APP0, APP1 with the given TIFF body, then
@@ -91,4 +105,107 @@ func FuzzEXIFOrientation(f *testing.F) {
 			t.Fatalf("orientation %d", o)
 		}
 	})
+}
+
+// naiveJob is the baseline the fast paths are measured against: decode, then for each thumbnail a
+// Catmull-Rom scale of the whole original into *image.RGBA, and a per-pixel grayscale through
+// color.GrayModel; the same encoders.
+func naiveJob(path, contentType string, quality int) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	src, _, err := stdimage.Decode(f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	out := outputType(contentType)
+	b := src.Bounds()
+	for _, box := range []int{500, 100} {
+		w, h := box, b.Dy()*box/b.Dx()
+		if b.Dy() > b.Dx() {
+			w, h = b.Dx()*box/b.Dy(), box
+		}
+		dst := stdimage.NewRGBA(stdimage.Rect(0, 0, w, h))
+		draw.CatmullRom.Scale(dst, dst.Rect, src, b, draw.Src, nil)
+		if err := encodeImage(io.Discard, dst, out, quality); err != nil {
+			return err
+		}
+	}
+	gray := stdimage.NewGray(b)
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			gray.Set(x, y, color.GrayModel.Convert(src.At(x, y)))
+		}
+	}
+	return encodeImage(io.Discard, gray, out, quality)
+}
+
+// sampleHeap records the heap's peak until stop is called, which returns the growth over base.
+func sampleHeap() (stop func() float64) {
+	runtime.GC()
+	base := heapBytes()
+	var peak atomic.Uint64
+	done := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			if h := heapBytes(); h > peak.Load() {
+				peak.Store(h)
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	return func() float64 {
+		close(done)
+		<-sampled
+		return float64(peak.Load()-min(base, peak.Load())) / (1 << 20)
+	}
+}
+
+// BenchmarkProcess measures the whole job — decode, orient, both thumbnails, grayscale, every
+// encode — with our pipeline and with the naive baseline, on real photos. Run it with -cpu 1,2.
+func BenchmarkProcess(b *testing.B) {
+	blobs, err := newBlobStore(b.TempDir(), time.Hour, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct{ file, contentType string }{
+		{"large.jpg", "image/jpeg"},
+		{"large-progressive.jpg", "image/jpeg"},
+		{"mid.jpg", "image/jpeg"},
+		{"photo.png", "image/png"},
+	} {
+		path := filepath.Join("testdata", tc.file)
+		b.Run(tc.file+"/pipeline", func(b *testing.B) {
+			b.ReportAllocs()
+			stop := sampleHeap()
+			for b.Loop() {
+				out, err := makeVariants(context.Background(), blobs, path, tc.contentType, processOptions{jpegQuality: 85, maxPixels: 50_000_000})
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, v := range out {
+					os.Remove(v.tmpPath)
+				}
+			}
+			b.ReportMetric(stop(), "peak-heap-MiB")
+		})
+		b.Run(tc.file+"/naive", func(b *testing.B) {
+			b.ReportAllocs()
+			stop := sampleHeap()
+			for b.Loop() {
+				if err := naiveJob(path, tc.contentType, 85); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(stop(), "peak-heap-MiB")
+		})
+	}
 }
