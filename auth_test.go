@@ -13,8 +13,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"runtime"
-	rtmetrics "runtime/metrics"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -578,24 +576,7 @@ func TestLoginBurstMemory(t *testing.T) {
 	s := newTestServer(t, map[string]string{"SCRYPT_N": fmt.Sprint(n), "HASH_CONCURRENCY": fmt.Sprint(slots)})
 	s.hasher.wait = 10 * time.Minute // the burst is meant to queue, not to be refused
 	name, _ := s.signupAndLogin()
-	runtime.GC()
-	base := heapBytes()
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		for {
-			if h := heapBytes(); h > peak.Load() {
-				peak.Store(h)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(2 * time.Millisecond):
-			}
-		}
-	}()
+	stop := sampleHeap()
 	var wg sync.WaitGroup
 	var ok atomic.Int32
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 200}}
@@ -612,26 +593,17 @@ func TestLoginBurstMemory(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	close(stop)
-	<-sampled
+	growthMiB := stop()
 	if ok.Load() != 200 {
 		t.Fatalf("%d of 200 logins succeeded", ok.Load())
 	}
-	perHash := uint64(128 * 8 * n)
-	bound := slots*perHash + 48<<20
-	growth := peak.Load() - min(base, peak.Load())
+	perHashMiB := float64(128*8*n) / (1 << 20)
+	boundMiB := slots*perHashMiB + 48
 	t.Logf("200 concurrent logins: heap grew by %.1f MiB at peak (bound %.1f MiB; unbounded would be %.0f MiB)",
-		float64(growth)/(1<<20), float64(bound)/(1<<20), float64(200*perHash)/(1<<20))
-	if growth > bound {
-		t.Fatalf("heap grew by %d bytes, over the bound of %d", growth, bound)
+		growthMiB, boundMiB, 200*perHashMiB)
+	if growthMiB > boundMiB {
+		t.Fatalf("heap grew by %.1f MiB, over the bound of %.1f MiB", growthMiB, boundMiB)
 	}
-}
-
-// heapBytes is the live and not-yet-swept heap, read without stopping the world.
-func heapBytes() uint64 {
-	s := []rtmetrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
-	rtmetrics.Read(s)
-	return s[0].Value.Uint64()
 }
 
 // BenchmarkScrypt measures one password hash at the default parameters (N=2^15, r=8, p=1).

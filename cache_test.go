@@ -30,7 +30,7 @@ func pingRedis(url string) error {
 }
 
 // redisPrefix returns a key prefix for one test and deletes the test's keys when it ends.
-func redisPrefix(t *testing.T) string {
+func redisPrefix(t testing.TB) string {
 	prefix := "imageapi_test_" + randomHex(4) + ":"
 	t.Cleanup(func() {
 		opt, _ := redis.ParseURL(testRedisURL)

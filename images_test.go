@@ -611,7 +611,7 @@ func benchGET(b *testing.B, url string, header ...string) {
 // bare net/http handlers doing just the one Redis GET, and just the one primary-key query, that the
 // real handler's two paths come down to.
 func BenchmarkGetImage(b *testing.B) {
-	prefix := "imageapi_bench_" + randomHex(4) + ":"
+	prefix := redisPrefix(b)
 	cached := newTestServer(b, map[string]string{"REDIS_URL": testRedisURL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "error"})
 	uncached := newTestServer(b, map[string]string{"LOG_LEVEL": "error"})
 	_, auth := cached.signupAndLogin()
@@ -621,13 +621,6 @@ func BenchmarkGetImage(b *testing.B) {
 		b.Fatalf("warm-up: %d", r.status)
 	}
 	rdb := cached.cache.rdb
-	b.Cleanup(func() {
-		ctx := context.Background()
-		iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			rdb.Del(ctx, iter.Val())
-		}
-	})
 	record, _ := json.Marshal(view(imageRecord{ID: v.ID, Name: v.Name, Tags: v.Tags}))
 	rdb.Set(context.Background(), prefix+"bare", record, 0)
 	bareRedis := httptestServer(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -691,24 +684,7 @@ func BenchmarkUpload(b *testing.B) {
 	run := func(b *testing.B, url string) {
 		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 		defer client.CloseIdleConnections()
-		runtime.GC()
-		base := heapBytes()
-		var peak atomic.Uint64
-		stop := make(chan struct{})
-		sampled := make(chan struct{})
-		go func() {
-			defer close(sampled)
-			for {
-				if h := heapBytes(); h > peak.Load() {
-					peak.Store(h)
-				}
-				select {
-				case <-stop:
-					return
-				case <-time.After(time.Millisecond):
-				}
-			}
-		}()
+		stop := sampleHeap()
 		b.SetBytes(int64(len(photo)))
 		b.SetParallelism(32 / runtime.GOMAXPROCS(0))
 		b.ResetTimer()
@@ -731,9 +707,7 @@ func BenchmarkUpload(b *testing.B) {
 			}
 		})
 		b.StopTimer()
-		close(stop)
-		<-sampled
-		b.ReportMetric(float64(peak.Load()-min(base, peak.Load()))/(1<<20), "peak-heap-MiB")
+		b.ReportMetric(stop(), "peak-heap-MiB")
 	}
 	b.Run("imageapi", func(b *testing.B) { run(b, s.srv.URL+"/api/v1/images/?name=bench") })
 	b.Run("bare", func(b *testing.B) { run(b, bare) })

@@ -14,8 +14,11 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
+	rtmetrics "runtime/metrics"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -492,4 +495,55 @@ func TestUnknownRouteIsProblem(t *testing.T) {
 	s := newTestServer(t, nil)
 	s.do("GET", "/nope", nil).problem(t, http.StatusNotFound)
 	s.do("GET", "/api/v1/auth/signup", nil).problem(t, http.StatusMethodNotAllowed)
+}
+
+// heapBytes is the live and not-yet-swept heap, read without stopping the world.
+func heapBytes() uint64 {
+	s := []rtmetrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	rtmetrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// sampleHeap records the heap's peak until stop is called, which returns the growth over base.
+func sampleHeap() (stop func() float64) {
+	runtime.GC()
+	base := heapBytes()
+	var peak atomic.Uint64
+	done := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			if h := heapBytes(); h > peak.Load() {
+				peak.Store(h)
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	return func() float64 {
+		close(done)
+		<-sampled
+		return float64(peak.Load()-min(base, peak.Load())) / (1 << 20)
+	}
+}
+
+// peakRSSMiB is this process's peak resident set (VmHWM), in MiB; 0 where /proc is missing. It covers
+// the whole process, so it speaks for one benchmark only when the run selects just that one.
+func peakRSSMiB() float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb float64
+			fmt.Sscanf(strings.TrimSpace(rest), "%f", &kb)
+			return kb / 1024
+		}
+	}
+	return 0
 }

@@ -12,8 +12,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -142,35 +140,9 @@ func naiveJob(path, contentType string, quality int) error {
 	return encodeImage(io.Discard, gray, out, quality)
 }
 
-// sampleHeap records the heap's peak until stop is called, which returns the growth over base.
-func sampleHeap() (stop func() float64) {
-	runtime.GC()
-	base := heapBytes()
-	var peak atomic.Uint64
-	done := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		for {
-			if h := heapBytes(); h > peak.Load() {
-				peak.Store(h)
-			}
-			select {
-			case <-done:
-				return
-			case <-time.After(time.Millisecond):
-			}
-		}
-	}()
-	return func() float64 {
-		close(done)
-		<-sampled
-		return float64(peak.Load()-min(base, peak.Load())) / (1 << 20)
-	}
-}
-
 // BenchmarkProcess measures the whole job — decode, orient, both thumbnails, grayscale, every
-// encode — with our pipeline and with the naive baseline, on real photos. Run it with -cpu 1,2.
+// encode — with our pipeline and with the naive baseline, on real photos. Run it with -cpu 1,2; for
+// process-peak-RSS-MiB to speak for one case, select just that case (-bench 'Process/large.jpg/pipeline').
 func BenchmarkProcess(b *testing.B) {
 	blobs, err := newBlobStore(b.TempDir(), time.Hour, slog.New(slog.NewJSONHandler(io.Discard, nil)))
 	if err != nil {
@@ -196,6 +168,7 @@ func BenchmarkProcess(b *testing.B) {
 				}
 			}
 			b.ReportMetric(stop(), "peak-heap-MiB")
+			b.ReportMetric(peakRSSMiB(), "process-peak-RSS-MiB")
 		})
 		b.Run(tc.file+"/naive", func(b *testing.B) {
 			b.ReportAllocs()
@@ -206,6 +179,7 @@ func BenchmarkProcess(b *testing.B) {
 				}
 			}
 			b.ReportMetric(stop(), "peak-heap-MiB")
+			b.ReportMetric(peakRSSMiB(), "process-peak-RSS-MiB")
 		})
 	}
 }

@@ -41,6 +41,14 @@ type jobQueue interface {
 	close()
 }
 
+// drainContext returns the context jobs run in: it ends drain after ctx does, so a shutdown first
+// stops taking jobs and only later cancels the ones in hand.
+func drainContext(ctx context.Context, drain time.Duration) (context.Context, context.CancelFunc) {
+	jobCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(drain, cancel) })
+	return jobCtx, func() { stop(); cancel() }
+}
+
 // errQueueDown is what publish says while the broker is unreachable.
 var errQueueDown = errors.New("queue: broker unreachable")
 
@@ -217,12 +225,8 @@ func (q *amqpQueue) close() {
 // the connection drops. When ctx ends it cancels the consumer, waits for the jobs in hand, and
 // returns.
 func (q *amqpQueue) consume(ctx context.Context, concurrency int, drain time.Duration, handle jobHandler) error {
-	// Jobs get their own context: shutdown first stops taking jobs, and only after drain cancels the
-	// ones in hand.
-	jobCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
+	jobCtx, cancelJobs := drainContext(ctx, drain)
 	defer cancelJobs()
-	stop := context.AfterFunc(ctx, func() { time.AfterFunc(drain, cancelJobs) })
-	defer stop()
 	var inflight sync.WaitGroup
 	defer inflight.Wait()
 	for ctx.Err() == nil {
@@ -355,10 +359,8 @@ func (q *memQueue) next() (int64, bool) {
 }
 
 func (q *memQueue) consume(ctx context.Context, concurrency int, drain time.Duration, handle jobHandler) error {
-	jobCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
+	jobCtx, cancelJobs := drainContext(ctx, drain)
 	defer cancelJobs()
-	stop := context.AfterFunc(ctx, func() { time.AfterFunc(drain, cancelJobs) })
-	defer stop()
 	var workers sync.WaitGroup
 	for range concurrency {
 		workers.Go(func() {

@@ -9,6 +9,7 @@ import (
 	"image/gif"
 	_ "image/jpeg"
 	_ "image/png"
+	"net/http"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -444,5 +445,64 @@ func TestStatusChangesReachTheCache(t *testing.T) {
 	}
 	if s.metrics.cacheHits.Load() != hits {
 		t.Fatalf("a stale entry was served")
+	}
+}
+
+// BenchmarkEndToEnd uploads 200 copies of the 4.1 MP photo (8 clients at once) to a process running
+// the API and one worker on RabbitMQ, and reports images per second from the first upload to the
+// last one ready; it fails if any image is lost or fails. Run it with -benchtime 1x.
+func BenchmarkEndToEnd(b *testing.B) {
+	const n = 200
+	s := newTestServer(b, map[string]string{"BROKER_URL": testBrokerURL, "QUEUE_NAME": testQueue(b), "LOG_LEVEL": "error"})
+	startWorker(b, s)
+	_, auth := s.signupAndLogin()
+	body, ct := multipartBody(b, "file", "mid.jpg", readTestdata(b, "mid.jpg"))
+	var uid int64
+	s.pool.QueryRow(context.Background(), "SELECT id FROM users ORDER BY id DESC LIMIT 1").Scan(&uid)
+	for b.Loop() {
+		s.pool.Exec(context.Background(), "DELETE FROM images WHERE owner_id = $1", uid)
+		start := time.Now()
+		var wg sync.WaitGroup
+		next := make(chan struct{}, n)
+		for range n {
+			next <- struct{}{}
+		}
+		close(next)
+		for range 8 {
+			wg.Go(func() {
+				for range next {
+					req, _ := http.NewRequest("POST", s.srv.URL+"/api/v1/images/?name=e2e", bytes.NewReader(body))
+					req.Header.Set("Authorization", auth)
+					req.Header.Set("Content-Type", ct)
+					resp, err := http.DefaultClient.Do(req)
+					if err != nil || resp.StatusCode != 201 {
+						b.Errorf("upload: %v %v", err, resp)
+						return
+					}
+					resp.Body.Close()
+				}
+			})
+		}
+		wg.Wait()
+		uploaded := time.Since(start)
+		for {
+			var ready, failed int
+			s.pool.QueryRow(context.Background(), `SELECT count(*) FILTER (WHERE status = 'ready'), count(*) FILTER (WHERE status = 'failed')
+				FROM images WHERE owner_id = $1`, uid).Scan(&ready, &failed)
+			if failed > 0 {
+				b.Fatalf("%d images failed", failed)
+			}
+			if ready == n {
+				break
+			}
+			if time.Since(start) > 10*time.Minute {
+				b.Fatalf("only %d of %d ready after 10 minutes", ready, n)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		elapsed := time.Since(start)
+		b.ReportMetric(n/elapsed.Seconds(), "images/s")
+		b.ReportMetric(uploaded.Seconds(), "upload-s")
+		b.ReportMetric(elapsed.Seconds(), "total-s")
 	}
 }
