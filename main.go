@@ -153,25 +153,52 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return nil
 }
 
-// routes is the one route table. Collections answer with and without the trailing slash ({$}), so no
-// client is sent a redirect (a 307 on a multipart POST breaks clients).
+// route is one entry of the route table.
+type route struct {
+	method, pattern string
+	handler         http.HandlerFunc
+	auth            bool // behind requireAuth
+}
+
+// routeTable lists every route this mode serves: the one route table. Collections answer with and
+// without the trailing slash ({$}), so no client is sent a redirect (a 307 on a multipart POST
+// breaks clients). Every route is documented in openapi.json; a test holds the two together.
+func (a *app) routeTable() []route {
+	rs := []route{
+		{"GET", "/healthz", a.healthz, false},
+		{"GET", "/readyz", a.readyz, false},
+		{"GET", "/metrics", a.serveMetrics, false},
+	}
+	if a.cfg.Mode == modeWorker {
+		return rs
+	}
+	rs = append(rs,
+		route{"GET", "/docs", a.serveDocs, false},
+		route{"GET", "/docs/{file}", a.serveDocs, false},
+		route{"GET", "/openapi.json", a.serveOpenAPI, false},
+		route{"POST", "/api/v1/auth/signup", a.signup, false},
+		route{"POST", "/api/v1/auth/token", a.token, false},
+	)
+	for _, p := range []string{"/api/v1/images", "/api/v1/images/{$}"} {
+		rs = append(rs, route{"POST", p, a.uploadImage, true}, route{"GET", p, a.listImages, true})
+	}
+	return append(rs,
+		route{"GET", "/api/v1/images/{id}", a.getImage, true},
+		route{"PUT", "/api/v1/images/{id}", a.updateImage, true},
+		route{"DELETE", "/api/v1/images/{id}", a.deleteImage, true},
+		route{"GET", "/api/v1/images/{id}/file", a.downloadImage, true},
+	)
+}
+
+// routes wires the route table and the middleware around it.
 func (a *app) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", a.healthz)
-	mux.HandleFunc("GET /readyz", a.readyz)
-	mux.HandleFunc("GET /metrics", a.serveMetrics)
-	if a.cfg.Mode != modeWorker {
-		mux.HandleFunc("POST /api/v1/auth/signup", a.signup)
-		mux.HandleFunc("POST /api/v1/auth/token", a.token)
-		auth := func(h http.HandlerFunc) http.Handler { return a.requireAuth(h) }
-		for _, p := range []string{"/api/v1/images", "/api/v1/images/{$}"} {
-			mux.Handle("POST "+p, auth(a.uploadImage))
-			mux.Handle("GET "+p, auth(a.listImages))
+	for _, rt := range a.routeTable() {
+		var h http.Handler = rt.handler
+		if rt.auth {
+			h = a.requireAuth(h)
 		}
-		mux.Handle("GET /api/v1/images/{id}", auth(a.getImage))
-		mux.Handle("PUT /api/v1/images/{id}", auth(a.updateImage))
-		mux.Handle("DELETE /api/v1/images/{id}", auth(a.deleteImage))
-		mux.Handle("GET /api/v1/images/{id}/file", auth(a.downloadImage))
+		mux.Handle(rt.method+" "+rt.pattern, h)
 	}
 	return a.logRequests(recoverPanics(a.log, muxProblems(mux)))
 }
@@ -188,6 +215,7 @@ type app struct {
 	metrics *metrics
 	tokens  *tokenIssuer
 	hasher  *passwordHasher
+	docs    docAssets
 }
 
 // newApp wires the services for cfg.Mode over an open, migrated database.
