@@ -197,7 +197,9 @@ func makeVariants(ctx context.Context, blobs *blobStore, path, contentType strin
 			img = grayscale(src)
 		} else {
 			// Each thumbnail is made from the next larger one: 100 from 500, not from the original.
-			img = fit(thumbSrc, spec.box)
+			// Only the original is box-shrunk first: a camera image is soft at the pixel level, so
+			// averaging blocks costs it nothing visible, but a thumbnail is sharp, and would blur.
+			img = fit(thumbSrc, spec.box, thumbSrc == src)
 			thumbSrc = img
 		}
 		v, err := writeVariant(blobs, spec.name, orientImage(img, orient), outType, opts.jpegQuality)
@@ -333,9 +335,9 @@ func encodeImage(w io.Writer, img image.Image, contentType string, quality int) 
 }
 
 // fit returns src scaled to fit inside box×box keeping its aspect ratio, or src itself when it
-// already fits (never enlarged). Large shrinks first average k×k blocks (k an integer, leaving at
-// least twice the target size), then one Catmull-Rom pass makes the exact size.
-func fit(src image.Image, box int) image.Image {
+// already fits (never enlarged). With preShrink, a large shrink first averages k×k blocks (k an
+// integer, leaving at least twice the target size); then one Catmull-Rom pass makes the exact size.
+func fit(src image.Image, box int, preShrink bool) image.Image {
 	b := src.Bounds()
 	w, h := b.Dx(), b.Dy()
 	if w <= box && h <= box {
@@ -347,7 +349,7 @@ func fit(src image.Image, box int) image.Image {
 	} else {
 		nw = max(1, (w*box+h/2)/h)
 	}
-	if k := min(w/nw, h/nh) / 2; k >= 2 {
+	if k := min(w/nw, h/nh) / 2; preShrink && k >= 2 {
 		src = boxShrink(src, k)
 	}
 	dst := image.NewRGBA(image.Rect(0, 0, nw, nh))
