@@ -246,7 +246,11 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 	var q jobQueue
 	switch {
 	case cfg.BrokerURL != "":
-		q = newAMQPQueue(cfg.BrokerURL, cfg.QueueName, log)
+		aq := newAMQPQueue(cfg.BrokerURL, cfg.QueueName, log)
+		if !aq.waitConnected(5 * time.Second) {
+			log.Warn("starting without the broker: jobs wait in the database until it is reachable")
+		}
+		q = aq
 	case cfg.Mode == modeAll:
 		q = newMemQueue(log)
 	default:

@@ -167,6 +167,21 @@ func (q *amqpQueue) current() (*amqp.Connection, *amqp.Channel, <-chan struct{})
 	return q.conn, q.pub, q.wake
 }
 
+// waitConnected waits up to timeout for a connection, so that jobs published right after start do
+// not all fall to the sweeper. It reports whether the queue is connected.
+func (q *amqpQueue) waitConnected(timeout time.Duration) bool {
+	conn, _, wake := q.current()
+	if conn != nil {
+		return true
+	}
+	select {
+	case <-wake:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
 func (q *amqpQueue) publish(ctx context.Context, id int64) error {
 	return q.publishTo(ctx, q.name, id, 0)
 }
