@@ -1,0 +1,831 @@
+// JPEG in the DCT domain: a decoder that stops at the quantized coefficients, and an encoder that
+// writes a single-component JPEG from them. Together they make a JPEG's grayscale losslessly (its
+// luma coefficients, re-Huffman-coded) and its thumbnails from the DC coefficients (each block's mean:
+// a 1/8-scale image with no IDCT).
+//
+// What of ITU T.81 is implemented here:
+//   - B.2, B.3: the marker syntax — SOI, APPn/COM (skipped, APP14 read for the colour transform),
+//     DQT (8- and 16-bit tables), DHT, DRI, SOF0 and SOF1 (baseline and extended sequential Huffman,
+//     8-bit samples, 1 or 3 components, any sampling factors 1–4), SOS, RSTn, EOI.
+//   - F.2.2: sequential Huffman decoding of interleaved and non-interleaved scans, with restart
+//     intervals (F.2.2.5 receive/extend; F.2.2.3 with a 9-bit lookup table before the code-length
+//     search of F.2.2.3's DECODE).
+//   - F.1.2 and Annex C: Huffman encoding of one component, with tables from symbol frequencies
+//     (Annex K.2, code lengths limited to 16 bits as K.3 adjusts them).
+//
+// Not implemented, and sent to the standard decoder instead (errDCTUnsupported): progressive (SOF2)
+// and hierarchical, lossless and arithmetic-coded processes, 12-bit samples, DNL, RGB- or CMYK-coded
+// colour, and scans other than one full sequential pass per component.
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"image"
+	"io"
+	"math/bits"
+)
+
+// errDCTUnsupported means the file is a JPEG this decoder does not handle; the standard path will.
+var errDCTUnsupported = errors.New("jpeg: not supported by the DCT path")
+
+// zigzag[i] is the natural-order (row-major) index of the i-th coefficient in zigzag order.
+var zigzag = [64]uint8{
+	0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5,
+	12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14, 21, 28,
+	35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51,
+	58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
+}
+
+// dctComponent is one colour component of a decoded JPEG.
+type dctComponent struct {
+	id     uint8
+	h, v   int // sampling factors
+	tq     int // quantization table index
+	bw, bh int // blocks across and down that hold image data: ceil(ceil(width·h/hmax)/8), likewise down
+	stride int // blocks per row in coef (a whole number of MCUs' worth)
+	// coef holds 64 coefficients per block, in zigzag order, rows of stride blocks. With dcOnly, only
+	// the DC coefficient of each block is kept (coef has one value per block).
+	coef   []int16
+	dcOnly bool
+}
+
+// dctImage is a JPEG decoded down to its quantized DCT coefficients.
+type dctImage struct {
+	width, height int
+	hmax, vmax    int
+	comps         []dctComponent
+	quant         [4][64]uint16 // zigzag order
+	quantSet      [4]bool
+	restart       int // MCUs per restart interval; 0: none
+	adobe         int // APP14 colour transform; -1: no APP14
+}
+
+// dctHuffman is a Huffman table for decoding: a 9-bit lookup for short codes, then the F.2.2.3 search.
+type dctHuffman struct {
+	lut     [1 << 9]uint16 // value<<8 | code length; 0: longer than 9 bits
+	maxcode [18]int32      // largest code of each length, -1 if none
+	valptr  [17]int32
+	mincode [17]int32
+	vals    [256]uint8
+	defined bool
+}
+
+// build makes the decoding tables from BITS (counts of codes of each length 1–16) and HUFFVAL.
+func (h *dctHuffman) build(counts [16]uint8, vals []uint8) error {
+	*h = dctHuffman{defined: true}
+	copy(h.vals[:], vals)
+	code, k := int32(0), int32(0)
+	for l := 1; l <= 16; l++ {
+		n := int32(counts[l-1])
+		h.valptr[l] = k
+		h.mincode[l] = code
+		if n == 0 {
+			h.maxcode[l] = -1
+		} else {
+			for i := int32(0); i < n; i++ {
+				if l <= 9 {
+					first := (code + i) << (9 - l)
+					for j := int32(0); j < 1<<(9-l); j++ {
+						h.lut[first+j] = uint16(vals[k+i])<<8 | uint16(l)
+					}
+				}
+			}
+			code += n
+			k += n
+			h.maxcode[l] = code - 1
+		}
+		if code > 1<<l {
+			return errors.New("jpeg: bad Huffman table")
+		}
+		code <<= 1
+	}
+	h.maxcode[17] = 0x7fffffff
+	return nil
+}
+
+// dctBits reads entropy-coded data: bytes with 0xFF00 stuffing, stopping at a marker.
+type dctBits struct {
+	data   []byte
+	pos    int
+	acc    uint64 // bits, left-aligned
+	n      uint   // valid bits in acc
+	marker bool   // a marker was reached: only zero padding follows
+	padded uint   // zero bits added past the data
+}
+
+// overrun reports whether decoding has consumed bits past the end of the data: the scan is truncated.
+func (b *dctBits) overrun() bool { return b.padded > b.n }
+
+// fill tops acc up to at least 57 valid bits (zeros past a marker or the end).
+func (b *dctBits) fill() {
+	for b.n <= 56 {
+		var c byte
+		if !b.marker && b.pos < len(b.data) {
+			c = b.data[b.pos]
+			if c == 0xFF {
+				if b.pos+1 < len(b.data) && b.data[b.pos+1] == 0x00 {
+					b.pos += 2
+				} else {
+					b.marker, c = true, 0
+					b.padded += 8
+				}
+			} else {
+				b.pos++
+			}
+		} else {
+			b.padded += 8
+		}
+		b.acc |= uint64(c) << (56 - b.n)
+		b.n += 8
+	}
+}
+
+func (b *dctBits) bits(n uint) int32 {
+	if b.n < n {
+		b.fill()
+	}
+	v := int32(b.acc >> (64 - n))
+	b.acc <<= n
+	b.n -= n
+	return v
+}
+
+// receiveExtend reads an s-bit magnitude and extends its sign (F.2.2.1).
+func (b *dctBits) receiveExtend(s uint8) int32 {
+	if s == 0 {
+		return 0
+	}
+	v := b.bits(uint(s))
+	if v < 1<<(s-1) {
+		v += -1<<s + 1
+	}
+	return v
+}
+
+// decode reads one Huffman-coded value.
+func (b *dctBits) decode(h *dctHuffman) (uint8, error) {
+	if b.n < 16 {
+		b.fill()
+	}
+	if e := h.lut[b.acc>>(64-9)]; e != 0 {
+		l := uint(e & 0xff)
+		b.acc <<= l
+		b.n -= l
+		return uint8(e >> 8), nil
+	}
+	code := int32(b.acc >> (64 - 10))
+	for l := 10; l <= 16; l++ {
+		if code <= h.maxcode[l] {
+			b.acc <<= uint(l)
+			b.n -= uint(l)
+			return h.vals[h.valptr[l]+code-h.mincode[l]], nil
+		}
+		code = int32(b.acc >> (64 - uint(l+1)))
+	}
+	return 0, errors.New("jpeg: bad Huffman code")
+}
+
+// decodeDCT reads a sequential Huffman JPEG down to its coefficients. It checks the frame's size
+// against maxPixels before allocating anything for it. Components listed in dcOnly (by index) keep
+// only their DC coefficients. Errors: errDCTUnsupported for what the standard path must do, an error
+// wrapping errBadImage for a JPEG that is broken.
+func decodeDCT(data []byte, maxPixels int64, dcOnly func(index int) bool) (*dctImage, error) {
+	if len(data) < 4 || data[0] != 0xFF || data[1] != 0xD8 {
+		return nil, badImage("not a JPEG")
+	}
+	img := &dctImage{adobe: -1}
+	var dc, ac [4]dctHuffman
+	pos := 2
+	scanned := map[int]bool{}
+	for {
+		// Find the next marker (fill bytes allowed).
+		for pos < len(data) && data[pos] != 0xFF {
+			pos++
+		}
+		for pos < len(data) && data[pos] == 0xFF {
+			pos++
+		}
+		if pos >= len(data) {
+			return nil, badImage("the jpeg data is truncated: no end of image")
+		}
+		m := data[pos]
+		pos++
+		if m == 0xD9 { // EOI
+			break
+		}
+		if m >= 0xD0 && m <= 0xD7 || m == 0x01 {
+			continue
+		}
+		if pos+2 > len(data) {
+			return nil, badImage("the jpeg data is truncated")
+		}
+		l := int(binary.BigEndian.Uint16(data[pos:]))
+		if l < 2 || pos+l > len(data) {
+			return nil, badImage("the jpeg data is truncated: a segment runs past the end")
+		}
+		seg := data[pos+2 : pos+l]
+		pos += l
+		switch {
+		case m == 0xDB: // DQT
+			for len(seg) > 0 {
+				pq, tq := seg[0]>>4, int(seg[0]&15)
+				n := 64 * (1 + int(pq))
+				if tq > 3 || pq > 1 || len(seg) < 1+n {
+					return nil, badImage("the jpeg data is corrupt: bad quantization table")
+				}
+				for i := range 64 {
+					if pq == 0 {
+						img.quant[tq][i] = uint16(seg[1+i])
+					} else {
+						img.quant[tq][i] = binary.BigEndian.Uint16(seg[1+2*i:])
+					}
+				}
+				img.quantSet[tq] = true
+				seg = seg[1+n:]
+			}
+		case m == 0xC4: // DHT
+			for len(seg) > 0 {
+				if len(seg) < 17 {
+					return nil, badImage("the jpeg data is corrupt: bad Huffman table")
+				}
+				tc, th := seg[0]>>4, int(seg[0]&15)
+				var counts [16]uint8
+				copy(counts[:], seg[1:17])
+				total := 0
+				for _, c := range counts {
+					total += int(c)
+				}
+				if tc > 1 || th > 3 || total > 256 || len(seg) < 17+total {
+					return nil, badImage("the jpeg data is corrupt: bad Huffman table")
+				}
+				t := &dc[th]
+				if tc == 1 {
+					t = &ac[th]
+				}
+				if err := t.build(counts, seg[17:17+total]); err != nil {
+					return nil, badImage("the jpeg data is corrupt: %v", err)
+				}
+				seg = seg[17+total:]
+			}
+		case m == 0xDD: // DRI
+			if len(seg) < 2 {
+				return nil, badImage("the jpeg data is corrupt: bad restart interval")
+			}
+			img.restart = int(binary.BigEndian.Uint16(seg))
+		case m == 0xEE: // APP14 (Adobe): the colour transform
+			if len(seg) >= 12 && bytes.HasPrefix(seg, []byte("Adobe")) {
+				img.adobe = int(seg[11])
+			}
+		case m == 0xC0 || m == 0xC1: // SOF0, SOF1
+			if err := img.readFrame(seg, maxPixels, dcOnly); err != nil {
+				return nil, err
+			}
+		case m >= 0xC2 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC:
+			return nil, errDCTUnsupported // progressive, lossless, hierarchical, arithmetic
+		case m == 0xDC: // DNL
+			return nil, errDCTUnsupported
+		case m == 0xDA: // SOS
+			if img.comps == nil {
+				return nil, badImage("the jpeg data is corrupt: a scan before the frame header")
+			}
+			n, err := img.readScan(seg, data[pos:], &dc, &ac, scanned)
+			if err != nil {
+				return nil, err
+			}
+			pos += n
+		}
+	}
+	if img.comps == nil {
+		return nil, badImage("the jpeg data is corrupt: no frame")
+	}
+	for i := range img.comps {
+		if !scanned[i] {
+			return nil, badImage("the jpeg data is truncated: a component was never coded")
+		}
+	}
+	if len(img.comps) == 3 && (img.adobe == 0 || img.comps[0].id == 'R' && img.comps[1].id == 'G' && img.comps[2].id == 'B') {
+		return nil, errDCTUnsupported // RGB-coded: there is no luma component to take
+	}
+	return img, nil
+}
+
+// readFrame reads SOF0/SOF1 and allocates the coefficient arrays, after the size checks.
+func (img *dctImage) readFrame(seg []byte, maxPixels int64, dcOnly func(int) bool) error {
+	if img.comps != nil {
+		return badImage("the jpeg data is corrupt: two frame headers")
+	}
+	if len(seg) < 6 {
+		return badImage("the jpeg data is corrupt: short frame header")
+	}
+	if seg[0] != 8 {
+		return errDCTUnsupported // 12-bit samples
+	}
+	img.height, img.width = int(binary.BigEndian.Uint16(seg[1:])), int(binary.BigEndian.Uint16(seg[3:]))
+	n := int(seg[5])
+	if img.height == 0 {
+		return errDCTUnsupported // the height comes later, in a DNL marker
+	}
+	if img.width == 0 || int64(img.width)*int64(img.height) > maxPixels {
+		return badImage("image is %dx%d pixels, over the limit of %d", img.width, img.height, maxPixels)
+	}
+	if n != 1 && n != 3 {
+		return errDCTUnsupported // CMYK and other component counts
+	}
+	if len(seg) < 6+3*n {
+		return badImage("the jpeg data is corrupt: short frame header")
+	}
+	img.comps = make([]dctComponent, n)
+	img.hmax, img.vmax = 1, 1
+	for i := range n {
+		c := &img.comps[i]
+		c.id, c.h, c.v, c.tq = seg[6+3*i], int(seg[7+3*i]>>4), int(seg[7+3*i]&15), int(seg[8+3*i])
+		if c.h < 1 || c.h > 4 || c.v < 1 || c.v > 4 || c.tq > 3 {
+			return badImage("the jpeg data is corrupt: bad sampling factors")
+		}
+		img.hmax, img.vmax = max(img.hmax, c.h), max(img.vmax, c.v)
+	}
+	mcusX, mcusY := (img.width+8*img.hmax-1)/(8*img.hmax), (img.height+8*img.vmax-1)/(8*img.vmax)
+	for i := range img.comps {
+		c := &img.comps[i]
+		if n == 1 {
+			// A single component is always coded non-interleaved, block by block.
+			c.h, c.v, img.hmax, img.vmax = 1, 1, 1, 1
+		}
+		c.bw = ((img.width*c.h+img.hmax-1)/img.hmax + 7) / 8
+		c.bh = ((img.height*c.v+img.vmax-1)/img.vmax + 7) / 8
+		c.stride = mcusX * c.h
+		if n == 1 {
+			c.stride = c.bw
+			mcusY = c.bh
+		}
+		rows := mcusY * c.v
+		if n == 1 {
+			rows = c.bh
+		}
+		c.dcOnly = dcOnly != nil && dcOnly(i)
+		per := 64
+		if c.dcOnly {
+			per = 1
+		}
+		c.coef = make([]int16, c.stride*rows*per)
+	}
+	return nil
+}
+
+// readScan decodes one scan (its header seg, its entropy-coded data starting data) and returns how
+// many bytes of data it used, up to the next marker that is not a restart.
+func (img *dctImage) readScan(seg, data []byte, dc, ac *[4]dctHuffman, scanned map[int]bool) (int, error) {
+	if len(seg) < 1 {
+		return 0, badImage("the jpeg data is corrupt: short scan header")
+	}
+	ns := int(seg[0])
+	if ns < 1 || ns > len(img.comps) || len(seg) < 1+2*ns+3 {
+		return 0, badImage("the jpeg data is corrupt: bad scan header")
+	}
+	type scanComp struct {
+		c      *dctComponent
+		index  int
+		dc, ac *dctHuffman
+		pred   int32
+	}
+	sc := make([]scanComp, ns)
+	for i := range ns {
+		id, tables := seg[1+2*i], seg[2+2*i]
+		found := -1
+		for j := range img.comps {
+			if img.comps[j].id == id {
+				found = j
+			}
+		}
+		if found < 0 || scanned[found] {
+			return 0, errDCTUnsupported // unknown component, or a second scan of it (successive passes)
+		}
+		d, a := &dc[tables>>4&3], &ac[tables&3]
+		if !d.defined || !a.defined || !img.quantSet[img.comps[found].tq] {
+			return 0, badImage("the jpeg data is corrupt: a scan uses a table never defined")
+		}
+		sc[i] = scanComp{c: &img.comps[found], index: found, dc: d, ac: a}
+		scanned[found] = true
+	}
+	if ss, se, ahal := seg[1+2*ns], seg[2+2*ns], seg[3+2*ns]; ss != 0 || se != 63 || ahal != 0 {
+		return 0, errDCTUnsupported
+	}
+	// The scan's extent: the entropy-coded bytes run to the first marker that is not RSTn.
+	end := 0
+	for end < len(data) {
+		if data[end] == 0xFF && end+1 < len(data) && data[end+1] != 0 && (data[end+1] < 0xD0 || data[end+1] > 0xD7) {
+			break
+		}
+		end++
+	}
+	var blocksX, blocksY int // non-interleaved: every block of the one component
+	var mcusX, mcusY int
+	if ns == 1 {
+		blocksX, blocksY = sc[0].c.bw, sc[0].c.bh
+	} else {
+		mcusX, mcusY = (img.width+8*img.hmax-1)/(8*img.hmax), (img.height+8*img.vmax-1)/(8*img.vmax)
+	}
+	total := mcusX * mcusY
+	if ns == 1 {
+		total = blocksX * blocksY
+	}
+	br := &dctBits{data: data[:end]}
+	var scratch [64]int16
+	rst := 0
+	for mcu := 0; mcu < total; mcu++ {
+		if img.restart > 0 && mcu > 0 && mcu%img.restart == 0 {
+			// Expect RSTn: discard the byte's leftover bits, find the marker, reset predictions.
+			if !br.marker {
+				br.fill()
+			}
+			p := br.pos
+			for p+1 < len(br.data) && !(br.data[p] == 0xFF && br.data[p+1] >= 0xD0 && br.data[p+1] <= 0xD7) {
+				p++
+			}
+			if p+1 >= len(br.data) || br.data[p+1] != byte(0xD0+rst%8) {
+				return 0, badImage("the jpeg data is corrupt: missing restart marker")
+			}
+			rst++
+			*br = dctBits{data: br.data, pos: p + 2}
+			for i := range sc {
+				sc[i].pred = 0
+			}
+		}
+		for i := range sc {
+			s := &sc[i]
+			bx0, by0, nx, ny := mcu%max(1, blocksX), mcu/max(1, blocksX), 1, 1
+			if ns > 1 {
+				bx0, by0, nx, ny = (mcu%mcusX)*s.c.h, (mcu/mcusX)*s.c.v, s.c.h, s.c.v
+			}
+			for by := by0; by < by0+ny; by++ {
+				for bx := bx0; bx < bx0+nx; bx++ {
+					blk := scratch[:]
+					b := by*s.c.stride + bx
+					if !s.c.dcOnly {
+						blk = s.c.coef[b*64 : b*64+64]
+					}
+					if err := decodeBlock(br, s.dc, s.ac, &s.pred, blk); err != nil {
+						return 0, err
+					}
+					if s.c.dcOnly {
+						s.c.coef[b] = blk[0]
+					}
+				}
+			}
+		}
+	}
+	return end, nil
+}
+
+// decodeBlock reads one block's coefficients (zigzag order) into blk; pred is the DC prediction.
+func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk []int16) error {
+	t, err := br.decode(dc)
+	if err != nil {
+		return badImage("the jpeg data is corrupt or truncated: %v", err)
+	}
+	if t > 11 {
+		return badImage("the jpeg data is corrupt: bad DC difference")
+	}
+	*pred += br.receiveExtend(t)
+	blk[0] = int16(*pred)
+	clear(blk[1:])
+	for k := 1; k < 64; {
+		rs, err := br.decode(ac)
+		if err != nil {
+			return badImage("the jpeg data is corrupt or truncated: %v", err)
+		}
+		r, s := int(rs>>4), rs&15
+		if s == 0 {
+			if r != 15 {
+				break // end of block
+			}
+			k += 16
+			continue
+		}
+		k += r
+		if k > 63 || s > 10 {
+			return badImage("the jpeg data is corrupt: bad AC coefficient")
+		}
+		blk[k] = int16(br.receiveExtend(s))
+		k++
+	}
+	if br.overrun() {
+		return badImage("the jpeg data is truncated")
+	}
+	return nil
+}
+
+// dcImage returns the 1/8-scale image the DC coefficients make: each block's mean. For three
+// components it is a YCbCr image with the source's chroma subsampling; for one, a Gray image.
+func (img *dctImage) dcImage() (image.Image, error) {
+	plane := func(c *dctComponent) []byte {
+		q := int32(img.quant[c.tq][0])
+		out := make([]byte, c.bw*c.bh)
+		per := 64
+		if c.dcOnly {
+			per = 1
+		}
+		for by := range c.bh {
+			for bx := range c.bw {
+				// The DC coefficient is 8 × (the block's mean − 128), quantized.
+				v := (int32(c.coef[(by*c.stride+bx)*per])*q+4)>>3 + 128
+				out[by*c.bw+bx] = uint8(min(max(v, 0), 255))
+			}
+		}
+		return out
+	}
+	y := &img.comps[0]
+	r := image.Rect(0, 0, y.bw, y.bh)
+	if len(img.comps) == 1 {
+		return &image.Gray{Pix: plane(y), Stride: y.bw, Rect: r}, nil
+	}
+	ratio, ok := subsampleRatio(img.comps)
+	if !ok {
+		return nil, errDCTUnsupported
+	}
+	cb, cr := &img.comps[1], &img.comps[2]
+	yc := &image.YCbCr{Y: plane(y), Cb: plane(cb), Cr: plane(cr), YStride: y.bw, CStride: cb.bw, SubsampleRatio: ratio, Rect: r}
+	// The chroma planes must cover what the ratio says they cover for this rectangle.
+	if want := image.NewYCbCr(r, ratio); len(yc.Cb) < len(want.Cb) || cb.bw < want.CStride {
+		return nil, errDCTUnsupported
+	}
+	return yc, nil
+}
+
+// subsampleRatio names the chroma subsampling of three components, when the image package has one
+// for it: chroma at (1,1), luma at one of the factors below.
+func subsampleRatio(c []dctComponent) (image.YCbCrSubsampleRatio, bool) {
+	if c[1].h != 1 || c[1].v != 1 || c[2].h != 1 || c[2].v != 1 {
+		return 0, false
+	}
+	switch [2]int{c[0].h, c[0].v} {
+	case [2]int{1, 1}:
+		return image.YCbCrSubsampleRatio444, true
+	case [2]int{2, 1}:
+		return image.YCbCrSubsampleRatio422, true
+	case [2]int{2, 2}:
+		return image.YCbCrSubsampleRatio420, true
+	case [2]int{1, 2}:
+		return image.YCbCrSubsampleRatio440, true
+	case [2]int{4, 1}:
+		return image.YCbCrSubsampleRatio411, true
+	case [2]int{4, 2}:
+		return image.YCbCrSubsampleRatio410, true
+	}
+	return 0, false
+}
+
+// ---- Writing one component ----
+
+// dctWriter writes entropy-coded bits with 0xFF stuffing.
+type dctWriter struct {
+	w    *bytes.Buffer
+	acc  uint32
+	nacc uint
+}
+
+func (w *dctWriter) put(code uint32, n uint) {
+	w.acc |= code << (32 - w.nacc - n)
+	w.nacc += n
+	for w.nacc >= 8 {
+		b := byte(w.acc >> 24)
+		w.w.WriteByte(b)
+		if b == 0xFF {
+			w.w.WriteByte(0)
+		}
+		w.acc <<= 8
+		w.nacc -= 8
+	}
+}
+
+// flush pads the last byte with one bits (F.1.2.3).
+func (w *dctWriter) flush() {
+	if w.nacc > 0 {
+		w.put(1<<(8-w.nacc)-1, 8-w.nacc)
+	}
+}
+
+// huffCode is a table for encoding: code and length by symbol.
+type huffCode struct {
+	code [256]uint32
+	size [256]uint8
+}
+
+// optimalTable returns BITS and HUFFVAL for the symbol frequencies freq (Annex K.2), lengths capped
+// at 16 (K.3), with the all-ones code left unused.
+func optimalTable(freq [256]int64) ([16]uint8, []uint8) {
+	var f [257]int64
+	copy(f[:], freq[:])
+	f[256] = 1 // reserves one code, so no code is all ones
+	var codesize [257]int
+	var others [257]int
+	for i := range others {
+		others[i] = -1
+	}
+	for {
+		v1, v2 := -1, -1
+		for i := range f { // least frequency, largest index among equals
+			if f[i] > 0 && (v1 < 0 || f[i] <= f[v1]) {
+				v1 = i
+			}
+		}
+		for i := range f {
+			if f[i] > 0 && i != v1 && (v2 < 0 || f[i] <= f[v2]) {
+				v2 = i
+			}
+		}
+		if v2 < 0 {
+			break
+		}
+		f[v1] += f[v2]
+		f[v2] = 0
+		for codesize[v1]++; others[v1] >= 0; codesize[v1]++ {
+			v1 = others[v1]
+		}
+		others[v1] = v2
+		for codesize[v2]++; others[v2] >= 0; codesize[v2]++ {
+			v2 = others[v2]
+		}
+	}
+	var count [33]int
+	for _, s := range codesize {
+		if s > 0 {
+			count[s]++
+		}
+	}
+	for i := 32; i > 16; i-- {
+		for count[i] > 0 {
+			j := i - 2
+			for count[j] == 0 {
+				j--
+			}
+			count[i] -= 2
+			count[i-1]++
+			count[j+1] += 2
+			count[j]--
+		}
+	}
+	i := 16
+	for count[i] == 0 {
+		i--
+	}
+	count[i]-- // drop the reserved code
+	var out [16]uint8
+	for l := 1; l <= 16; l++ {
+		out[l-1] = uint8(count[l])
+	}
+	var vals []uint8
+	for size := 1; size <= 32; size++ {
+		for sym := range 256 {
+			if codesize[sym] == size {
+				vals = append(vals, uint8(sym))
+			}
+		}
+	}
+	return out, vals // ordered by code length, then symbol
+}
+
+// codes assigns canonical codes (Annex C) to BITS and HUFFVAL.
+func codes(counts [16]uint8, vals []uint8) *huffCode {
+	h := &huffCode{}
+	code, k := uint32(0), 0
+	for l := 1; l <= 16; l++ {
+		for range counts[l-1] {
+			h.code[vals[k]], h.size[vals[k]] = code, uint8(l)
+			code++
+			k++
+		}
+		code <<= 1
+	}
+	return h
+}
+
+// category is the number of bits of |v| (the SSSS of F.1.2).
+func category(v int32) uint8 {
+	if v < 0 {
+		v = -v
+	}
+	return uint8(bits.Len32(uint32(v)))
+}
+
+// walkBlocks calls fn for every block of c that holds image data, in raster order, with the DC
+// difference from the previous block.
+func walkBlocks(c *dctComponent, fn func(diff int32, blk []int16)) {
+	var pred int32
+	for by := range c.bh {
+		for bx := range c.bw {
+			blk := c.coef[(by*c.stride+bx)*64:][:64]
+			fn(int32(blk[0])-pred, blk)
+			pred = int32(blk[0])
+		}
+	}
+}
+
+// walkAC calls fn with the run/size symbol and value of each nonzero AC coefficient of blk, ZRL
+// (0xF0) for each run of 16 zeros before one, and EOB (0x00) when the block ends in zeros.
+func walkAC(blk []int16, fn func(sym uint8, v int32)) {
+	run := 0
+	for k := 1; k < 64; k++ {
+		v := int32(blk[k])
+		if v == 0 {
+			run++
+			continue
+		}
+		for run > 15 {
+			fn(0xF0, 0)
+			run -= 16
+		}
+		fn(uint8(run<<4)|category(v), v)
+		run = 0
+	}
+	if run > 0 {
+		fn(0x00, 0)
+	}
+}
+
+// encodeGrayJPEG writes component c of img (its coefficients unchanged) as a baseline, one-component
+// JPEG of the image's size, with Huffman tables made for it. No metadata is written.
+func (img *dctImage) encodeGrayJPEG(w io.Writer, ci int) error {
+	c := &img.comps[ci]
+	if c.dcOnly {
+		return errors.New("jpeg: component kept only its DC coefficients")
+	}
+	// The component's own size: for luma, the image's.
+	width := (img.width*c.h + img.hmax - 1) / img.hmax
+	height := (img.height*c.v + img.vmax - 1) / img.vmax
+	var dcFreq, acFreq [256]int64
+	walkBlocks(c, func(diff int32, blk []int16) {
+		dcFreq[category(diff)]++
+		walkAC(blk, func(sym uint8, _ int32) { acFreq[sym]++ })
+	})
+	dcBits, dcVals := optimalTable(dcFreq)
+	acBits, acVals := optimalTable(acFreq)
+	dcCode, acCode := codes(dcBits, dcVals), codes(acBits, acVals)
+
+	var out bytes.Buffer
+	seg := func(marker byte, body []byte) {
+		out.Write([]byte{0xFF, marker, byte((len(body) + 2) >> 8), byte(len(body) + 2)})
+		out.Write(body)
+	}
+	out.Write([]byte{0xFF, 0xD8})
+	q := img.quant[c.tq]
+	sof := byte(0xC0)
+	dqt := []byte{0}
+	for _, v := range q {
+		if v > 255 {
+			sof, dqt = 0xC1, nil // 16-bit table: extended sequential
+			break
+		}
+	}
+	if dqt == nil {
+		dqt = []byte{0x10}
+		for _, v := range q {
+			dqt = append(dqt, byte(v>>8), byte(v))
+		}
+	} else {
+		for _, v := range q {
+			dqt = append(dqt, byte(v))
+		}
+	}
+	seg(0xDB, dqt)
+	seg(sof, []byte{8, byte(height >> 8), byte(height), byte(width >> 8), byte(width), 1, 1, 0x11, 0})
+	dht := append([]byte{0x00}, dcBits[:]...)
+	dht = append(dht, dcVals...)
+	dht = append(dht, 0x10)
+	dht = append(dht, acBits[:]...)
+	dht = append(dht, acVals...)
+	seg(0xC4, dht)
+	seg(0xDA, []byte{1, 1, 0x00, 0, 63, 0})
+	bw := &dctWriter{w: &out}
+	walkBlocks(c, func(diff int32, blk []int16) {
+		s := category(diff)
+		bw.put(dcCode.code[s], uint(dcCode.size[s]))
+		if s > 0 {
+			if diff < 0 {
+				diff--
+			}
+			bw.put(uint32(diff)&(1<<s-1), uint(s))
+		}
+		walkAC(blk, func(sym uint8, v int32) {
+			bw.put(acCode.code[sym], uint(acCode.size[sym]))
+			if s := sym & 15; s > 0 {
+				if v < 0 {
+					v--
+				}
+				bw.put(uint32(v)&(1<<s-1), uint(s))
+			}
+		})
+	})
+	bw.flush()
+	out.Write([]byte{0xFF, 0xD9})
+	_, err := w.Write(out.Bytes())
+	return err
+}
+
+// String describes the frame, for logs and errors.
+func (img *dctImage) String() string {
+	return fmt.Sprintf("%dx%d, %d components, sampling %dx%d", img.width, img.height, len(img.comps), img.hmax, img.vmax)
+}

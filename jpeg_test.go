@@ -1,0 +1,174 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	stdimage "image"
+	"image/jpeg"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/image/draw"
+)
+
+// dctJPEGs are the sequential JPEGs the DCT path must handle: the real photos and files made with
+// cjpeg covering each chroma subsampling at an odd size, restart markers (every block, and every MCU
+// row with optimized tables), a grayscale JPEG, and 16-bit quantization tables (testdata/SOURCES.md).
+var dctJPEGs = []string{"large.jpg", "mid.jpg", "mid-orient6.jpg", "jpeg/s1x1.jpg", "jpeg/s2x1.jpg", "jpeg/s2x2.jpg",
+	"jpeg/s1x2.jpg", "jpeg/s4x1.jpg", "jpeg/restart.jpg", "jpeg/restart-rows.jpg", "jpeg/gray.jpg", "jpeg/q16bit.jpg"}
+
+// lumaOf returns the luma plane image/jpeg decodes from data, cropped to the image.
+func lumaOf(t testing.TB, data []byte) *stdimage.Gray {
+	t.Helper()
+	img, err := jpeg.Decode(bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("image/jpeg: %v", err)
+	}
+	switch m := img.(type) {
+	case *stdimage.Gray:
+		return m
+	case *stdimage.YCbCr:
+		return &stdimage.Gray{Pix: m.Y, Stride: m.YStride, Rect: m.Rect}
+	}
+	t.Fatalf("image/jpeg gave %T", img)
+	return nil
+}
+
+// sameGray reports whether a and b have the same size and pixels.
+func sameGray(a, b *stdimage.Gray) bool {
+	if a.Rect.Size() != b.Rect.Size() {
+		return false
+	}
+	for y := range a.Rect.Dy() {
+		ra := a.Pix[y*a.Stride : y*a.Stride+a.Rect.Dx()]
+		rb := b.Pix[y*b.Stride : y*b.Stride+b.Rect.Dx()]
+		if !bytes.Equal(ra, rb) {
+			return false
+		}
+	}
+	return true
+}
+
+// dctGray runs the DCT path's grayscale on data.
+func dctGray(t testing.TB, data []byte) []byte {
+	t.Helper()
+	img, err := decodeDCT(data, 50_000_000, func(i int) bool { return i > 0 })
+	if err != nil {
+		t.Fatalf("decodeDCT: %v", err)
+	}
+	var out bytes.Buffer
+	if err := img.encodeGrayJPEG(&out, 0); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
+}
+
+// TestDCTGrayscaleIsLossless: the grayscale written from the luma coefficients decodes to exactly the
+// luma plane image/jpeg decodes from the original, and to exactly what jpegtran -grayscale makes.
+func TestDCTGrayscaleIsLossless(t *testing.T) {
+	for _, name := range dctJPEGs {
+		t.Run(name, func(t *testing.T) {
+			data := readTestdata(t, name)
+			gray := dctGray(t, data)
+			got := lumaOf(t, gray)
+			if want := lumaOf(t, data); !sameGray(got, want) {
+				t.Fatalf("grayscale differs from image/jpeg's luma plane (%v vs %v)", got.Rect, want.Rect)
+			}
+			if filepath.Dir(name) == "jpeg" {
+				oracle := readTestdata(t, name[:len(name)-len(".jpg")]+".jpegtran-gray.jpg")
+				if !sameGray(got, lumaOf(t, oracle)) {
+					t.Fatal("grayscale differs from jpegtran -grayscale")
+				}
+			}
+			if bytes.Contains(gray, []byte("Exif")) || bytes.Contains(gray, []byte("JFIF")) {
+				t.Fatal("the grayscale carries metadata")
+			}
+			t.Logf("%s: %d bytes → grayscale %d bytes", name, len(data), len(gray))
+		})
+	}
+}
+
+// TestDCTUnsupported: what the DCT path does not do is said with errDCTUnsupported (the standard
+// path then serves), and a broken file is a bad image, never a panic.
+func TestDCTUnsupported(t *testing.T) {
+	for _, name := range []string{"large-progressive.jpg", "jpeg/progressive.jpg"} {
+		if _, err := decodeDCT(readTestdata(t, name), 50_000_000, nil); !errors.Is(err, errDCTUnsupported) {
+			t.Errorf("%s: %v, want errDCTUnsupported", name, err)
+		}
+	}
+	for _, name := range []string{"bad/truncated.jpg", "bad/huge-sof.jpg", "bad/text.jpg"} {
+		if _, err := decodeDCT(readTestdata(t, name), 50_000_000, nil); !errors.Is(err, errBadImage) {
+			t.Errorf("%s: %v, want a bad-image error", name, err)
+		}
+	}
+	// The frame's size is checked before anything is allocated for it.
+	if _, err := decodeDCT(readTestdata(t, "large.jpg"), 1_000_000, nil); !errors.Is(err, errBadImage) {
+		t.Errorf("over MAX_PIXELS: %v", err)
+	}
+}
+
+// TestDCTThumbnails: the DC coefficients are each block's mean: the 1/8-scale image they make scales
+// to thumbnails within 38 dB (luma) of a full-decode Catmull-Rom reference.
+func TestDCTThumbnails(t *testing.T) {
+	data := readTestdata(t, "large.jpg")
+	img, err := decodeDCT(data, 50_000_000, func(i int) bool { return i > 0 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc, err := img.dcImage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := dc.Bounds(); b.Dx() != 528 || b.Dy() != 396 {
+		t.Fatalf("DC image %v, want 528x396", b)
+	}
+	full := decodeTestdata(t, "large.jpg")
+	t500 := fit(dc, 500, true)
+	for _, th := range []stdimage.Image{t500, fit(t500, 100, false)} {
+		ref := stdimage.NewRGBA(th.Bounds())
+		draw.CatmullRom.Scale(ref, ref.Rect, full, full.Bounds(), draw.Src, nil)
+		p := lumaPSNR(ref, th)
+		t.Logf("%v: luma PSNR %.1f dB", th.Bounds(), p)
+		if p < 38 {
+			t.Errorf("thumbnail %v: luma PSNR %.1f dB, want ≥ 38", th.Bounds(), p)
+		}
+	}
+}
+
+// FuzzDecodeDCT: on any input the DCT decoder does not panic or allocate past the pixel limit, and
+// whenever both it and image/jpeg decode, its grayscale equals image/jpeg's luma plane.
+func FuzzDecodeDCT(f *testing.F) {
+	for _, name := range dctJPEGs[3:] {
+		f.Add(readTestdata(f, name))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		img, err := decodeDCT(data, 1<<20, nil)
+		if err != nil {
+			return
+		}
+		want, err := jpeg.Decode(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		var out bytes.Buffer
+		if err := img.encodeGrayJPEG(&out, 0); err != nil {
+			t.Fatal(err)
+		}
+		got, err := jpeg.Decode(&out)
+		if err != nil {
+			t.Fatalf("our grayscale does not decode: %v", err)
+		}
+		var wantY *stdimage.Gray
+		switch m := want.(type) {
+		case *stdimage.Gray:
+			wantY = m
+		case *stdimage.YCbCr:
+			wantY = &stdimage.Gray{Pix: m.Y, Stride: m.YStride, Rect: m.Rect}
+		default:
+			return
+		}
+		if !sameGray(got.(*stdimage.Gray), wantY) {
+			t.Fatal("grayscale differs from image/jpeg's luma plane")
+		}
+	})
+}
