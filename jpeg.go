@@ -49,6 +49,7 @@ type dctComponent struct {
 	// coef holds 64 coefficients per block, in zigzag order, rows of stride blocks. With dcOnly, only
 	// the DC coefficient of each block is kept (coef has one value per block).
 	coef   []int16
+	last   []uint8 // per block: the zigzag index of its last nonzero coefficient (0: DC only)
 	dcOnly bool
 }
 
@@ -80,6 +81,9 @@ func (h *dctHuffman) build(counts [16]uint8, vals []uint8) error {
 	code, k := int32(0), int32(0)
 	for l := 1; l <= 16; l++ {
 		n := int32(counts[l-1])
+		if code+n > 1<<l {
+			return errors.New("jpeg: bad Huffman table: more codes than their length allows")
+		}
 		h.valptr[l] = k
 		h.mincode[l] = code
 		if n == 0 {
@@ -96,9 +100,6 @@ func (h *dctHuffman) build(counts [16]uint8, vals []uint8) error {
 			code += n
 			k += n
 			h.maxcode[l] = code - 1
-		}
-		if code > 1<<l {
-			return errors.New("jpeg: bad Huffman table")
 		}
 		code <<= 1
 	}
@@ -371,6 +372,9 @@ func (img *dctImage) readFrame(seg []byte, maxPixels int64, dcOnly func(int) boo
 			per = 1
 		}
 		c.coef = make([]int16, c.stride*rows*per)
+		if !c.dcOnly {
+			c.last = make([]uint8, c.stride*rows)
+		}
 	}
 	return nil
 }
@@ -462,17 +466,20 @@ func (img *dctImage) readScan(seg, data []byte, dc, ac *[4]dctHuffman, scanned m
 			}
 			for by := by0; by < by0+ny; by++ {
 				for bx := bx0; bx < bx0+nx; bx++ {
-					blk := scratch[:]
 					b := by*s.c.stride + bx
-					if !s.c.dcOnly {
-						blk = s.c.coef[b*64 : b*64+64]
+					if s.c.dcOnly {
+						if _, err := decodeBlock(br, s.dc, s.ac, &s.pred, scratch[:]); err != nil {
+							return 0, err
+						}
+						s.c.coef[b] = scratch[0]
+						clear(scratch[:])
+						continue
 					}
-					if err := decodeBlock(br, s.dc, s.ac, &s.pred, blk); err != nil {
+					last, err := decodeBlock(br, s.dc, s.ac, &s.pred, s.c.coef[b*64:b*64+64])
+					if err != nil {
 						return 0, err
 					}
-					if s.c.dcOnly {
-						s.c.coef[b] = blk[0]
-					}
+					s.c.last[b] = last
 				}
 			}
 		}
@@ -480,22 +487,23 @@ func (img *dctImage) readScan(seg, data []byte, dc, ac *[4]dctHuffman, scanned m
 	return end, nil
 }
 
-// decodeBlock reads one block's coefficients (zigzag order) into blk; pred is the DC prediction.
-func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk []int16) error {
+// decodeBlock reads one block's coefficients (zigzag order) into blk, which must be zero, and
+// returns the index of its last nonzero coefficient; pred is the DC prediction.
+func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk []int16) (uint8, error) {
 	t, err := br.decode(dc)
 	if err != nil {
-		return badImage("the jpeg data is corrupt or truncated: %v", err)
+		return 0, badImage("the jpeg data is corrupt or truncated: %v", err)
 	}
 	if t > 11 {
-		return badImage("the jpeg data is corrupt: bad DC difference")
+		return 0, badImage("the jpeg data is corrupt: bad DC difference")
 	}
 	*pred += br.receiveExtend(t)
 	blk[0] = int16(*pred)
-	clear(blk[1:])
+	last := 0
 	for k := 1; k < 64; {
 		rs, err := br.decode(ac)
 		if err != nil {
-			return badImage("the jpeg data is corrupt or truncated: %v", err)
+			return 0, badImage("the jpeg data is corrupt or truncated: %v", err)
 		}
 		r, s := int(rs>>4), rs&15
 		if s == 0 {
@@ -507,15 +515,16 @@ func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk []int16) erro
 		}
 		k += r
 		if k > 63 || s > 10 {
-			return badImage("the jpeg data is corrupt: bad AC coefficient")
+			return 0, badImage("the jpeg data is corrupt: bad AC coefficient")
 		}
 		blk[k] = int16(br.receiveExtend(s))
+		last = k
 		k++
 	}
 	if br.overrun() {
-		return badImage("the jpeg data is truncated")
+		return 0, badImage("the jpeg data is truncated")
 	}
-	return nil
+	return uint8(last), nil
 }
 
 // dcImage returns the 1/8-scale image the DC coefficients make: each block's mean. For three
@@ -580,31 +589,48 @@ func subsampleRatio(c []dctComponent) (image.YCbCrSubsampleRatio, bool) {
 
 // ---- Writing one component ----
 
-// dctWriter writes entropy-coded bits with 0xFF stuffing.
+// dctWriter writes entropy-coded bits with 0xFF stuffing (F.1.2.3), 32 bits at a time.
 type dctWriter struct {
-	w    *bytes.Buffer
-	acc  uint32
-	nacc uint
+	buf []byte
+	acc uint64 // the last n bits are pending, right-aligned
+	n   uint
 }
 
-func (w *dctWriter) put(code uint32, n uint) {
-	w.acc |= code << (32 - w.nacc - n)
-	w.nacc += n
-	for w.nacc >= 8 {
-		b := byte(w.acc >> 24)
-		w.w.WriteByte(b)
+// put appends the size low bits of code (size ≤ 16).
+func (w *dctWriter) put(code uint32, size uint) {
+	w.acc = w.acc<<size | uint64(code)
+	w.n += size
+	if w.n < 32 {
+		return
+	}
+	w.n -= 32
+	v := uint32(w.acc >> w.n)
+	if x := ^v; (x-0x01010101)&^x&0x80808080 == 0 { // no 0xFF byte in v: the common case
+		w.buf = append(w.buf, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
+		return
+	}
+	for shift := 24; shift >= 0; shift -= 8 {
+		b := byte(v >> shift)
+		w.buf = append(w.buf, b)
 		if b == 0xFF {
-			w.w.WriteByte(0)
+			w.buf = append(w.buf, 0)
 		}
-		w.acc <<= 8
-		w.nacc -= 8
 	}
 }
 
-// flush pads the last byte with one bits (F.1.2.3).
+// flush writes the pending bits, the last byte padded with one bits.
 func (w *dctWriter) flush() {
-	if w.nacc > 0 {
-		w.put(1<<(8-w.nacc)-1, 8-w.nacc)
+	if pad := (8 - w.n%8) % 8; pad > 0 {
+		w.acc = w.acc<<pad | (1<<pad - 1)
+		w.n += pad
+	}
+	for w.n > 0 {
+		w.n -= 8
+		b := byte(w.acc >> w.n)
+		w.buf = append(w.buf, b)
+		if b == 0xFF {
+			w.buf = append(w.buf, 0)
+		}
 	}
 }
 
@@ -711,41 +737,6 @@ func category(v int32) uint8 {
 	return uint8(bits.Len32(uint32(v)))
 }
 
-// walkBlocks calls fn for every block of c that holds image data, in raster order, with the DC
-// difference from the previous block.
-func walkBlocks(c *dctComponent, fn func(diff int32, blk []int16)) {
-	var pred int32
-	for by := range c.bh {
-		for bx := range c.bw {
-			blk := c.coef[(by*c.stride+bx)*64:][:64]
-			fn(int32(blk[0])-pred, blk)
-			pred = int32(blk[0])
-		}
-	}
-}
-
-// walkAC calls fn with the run/size symbol and value of each nonzero AC coefficient of blk, ZRL
-// (0xF0) for each run of 16 zeros before one, and EOB (0x00) when the block ends in zeros.
-func walkAC(blk []int16, fn func(sym uint8, v int32)) {
-	run := 0
-	for k := 1; k < 64; k++ {
-		v := int32(blk[k])
-		if v == 0 {
-			run++
-			continue
-		}
-		for run > 15 {
-			fn(0xF0, 0)
-			run -= 16
-		}
-		fn(uint8(run<<4)|category(v), v)
-		run = 0
-	}
-	if run > 0 {
-		fn(0x00, 0)
-	}
-}
-
 // encodeGrayJPEG writes component c of img (its coefficients unchanged) as a baseline, one-component
 // JPEG of the image's size, with Huffman tables made for it. No metadata is written.
 func (img *dctImage) encodeGrayJPEG(w io.Writer, ci int) error {
@@ -756,11 +747,32 @@ func (img *dctImage) encodeGrayJPEG(w io.Writer, ci int) error {
 	// The component's own size: for luma, the image's.
 	width := (img.width*c.h + img.hmax - 1) / img.hmax
 	height := (img.height*c.v + img.vmax - 1) / img.vmax
+	// Two passes over the blocks (raster order, those holding image data): count the symbols, then
+	// code them with tables made from the counts. AC symbols are run/size pairs, with ZRL (0xF0) for
+	// each 16 zeros before a coefficient and EOB (0x00) when a block ends in zeros (F.1.2.2).
 	var dcFreq, acFreq [256]int64
-	walkBlocks(c, func(diff int32, blk []int16) {
-		dcFreq[category(diff)]++
-		walkAC(blk, func(sym uint8, _ int32) { acFreq[sym]++ })
-	})
+	var pred int32
+	for by := range c.bh {
+		for bx := range c.bw {
+			b := by*c.stride + bx
+			blk := c.coef[b*64 : b*64+64]
+			dcFreq[category(int32(blk[0])-pred)]++
+			pred = int32(blk[0])
+			run, end := 0, int(c.last[b])
+			for k := 1; k <= end; k++ {
+				if blk[k] == 0 {
+					run++
+					continue
+				}
+				acFreq[0xF0] += int64(run >> 4)
+				acFreq[uint8(run&15)<<4|category(int32(blk[k]))]++
+				run = 0
+			}
+			if end < 63 {
+				acFreq[0x00]++
+			}
+		}
+	}
 	dcBits, dcVals := optimalTable(dcFreq)
 	acBits, acVals := optimalTable(acFreq)
 	dcCode, acCode := codes(dcBits, dcVals), codes(acBits, acVals)
@@ -799,29 +811,56 @@ func (img *dctImage) encodeGrayJPEG(w io.Writer, ci int) error {
 	dht = append(dht, acVals...)
 	seg(0xC4, dht)
 	seg(0xDA, []byte{1, 1, 0x00, 0, 63, 0})
-	bw := &dctWriter{w: &out}
-	walkBlocks(c, func(diff int32, blk []int16) {
-		s := category(diff)
-		bw.put(dcCode.code[s], uint(dcCode.size[s]))
-		if s > 0 {
-			if diff < 0 {
-				diff--
-			}
-			bw.put(uint32(diff)&(1<<s-1), uint(s))
+	// About 6 bytes a block for a photo at quality 85: start with room for 8.
+	bw := &dctWriter{buf: make([]byte, 0, c.bw*c.bh*8)}
+	// putValue writes the s low bits of v's code: v itself, or v-1 for negatives (F.1.2.1).
+	putValue := func(v int32, s uint8) {
+		if v < 0 {
+			v--
 		}
-		walkAC(blk, func(sym uint8, v int32) {
-			bw.put(acCode.code[sym], uint(acCode.size[sym]))
-			if s := sym & 15; s > 0 {
-				if v < 0 {
-					v--
-				}
-				bw.put(uint32(v)&(1<<s-1), uint(s))
+		bw.put(uint32(v)&(1<<s-1), uint(s))
+	}
+	pred = 0
+	for by := range c.bh {
+		for bx := range c.bw {
+			b := by*c.stride + bx
+			blk := c.coef[b*64 : b*64+64]
+			diff := int32(blk[0]) - pred
+			pred = int32(blk[0])
+			s := category(diff)
+			bw.put(dcCode.code[s], uint(dcCode.size[s]))
+			if s > 0 {
+				putValue(diff, s)
 			}
-		})
-	})
+			run, end := 0, int(c.last[b])
+			for k := 1; k <= end; k++ {
+				v := int32(blk[k])
+				if v == 0 {
+					run++
+					continue
+				}
+				for ; run > 15; run -= 16 {
+					bw.put(acCode.code[0xF0], uint(acCode.size[0xF0]))
+				}
+				s := category(v)
+				sym := uint8(run)<<4 | s
+				bw.put(acCode.code[sym], uint(acCode.size[sym]))
+				putValue(v, s)
+				run = 0
+			}
+			if end < 63 {
+				bw.put(acCode.code[0x00], uint(acCode.size[0x00]))
+			}
+		}
+	}
 	bw.flush()
-	out.Write([]byte{0xFF, 0xD9})
-	_, err := w.Write(out.Bytes())
+	if _, err := w.Write(out.Bytes()); err != nil { // the headers
+		return err
+	}
+	if _, err := w.Write(bw.buf); err != nil {
+		return err
+	}
+	_, err := w.Write([]byte{0xFF, 0xD9})
 	return err
 }
 

@@ -20,6 +20,7 @@ type metrics struct {
 	uploadBytes   atomic.Int64
 	uploadRefused atomic.Int64
 	jobsDone      atomic.Int64
+	jobsDCT       atomic.Int64 // of jobsDone, those made in the DCT domain
 	jobsFailed    atomic.Int64
 	jobsRetried   atomic.Int64
 	jobsRequeued  atomic.Int64 // published again by the sweeper
@@ -58,6 +59,7 @@ func (a *app) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	metric("imageapi_upload_bytes_total", "counter", "Bytes of images accepted.", val(m.uploadBytes.Load()))
 	metric("imageapi_uploads_refused_total", "counter", "Uploads refused with a 4xx.", val(m.uploadRefused.Load()))
 	metric("imageapi_jobs_done_total", "counter", "Images processed.", val(m.jobsDone.Load()))
+	metric("imageapi_jobs_dct_total", "counter", "Images processed in the DCT domain (JPEG_DCT).", val(m.jobsDCT.Load()))
 	metric("imageapi_jobs_failed_total", "counter", "Images failed for good.", val(m.jobsFailed.Load()))
 	metric("imageapi_jobs_retried_total", "counter", "Failed attempts that will be retried.", val(m.jobsRetried.Load()))
 	metric("imageapi_jobs_requeued_total", "counter", "Jobs published again by the sweeper.", val(m.jobsRequeued.Load()))

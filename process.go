@@ -161,6 +161,7 @@ func badImage(format string, args ...any) error {
 type processOptions struct {
 	jpegQuality int
 	maxPixels   int64
+	dct         bool // JPEG_DCT: JPEGs in the DCT domain where that path can take them
 }
 
 // variantImage is a finished variant, encoded into a temp file.
@@ -171,9 +172,92 @@ type variantImage struct {
 	file    variantFile // Key is set when the file is placed
 }
 
+// Processing paths, as logs and metrics name them.
+const (
+	pathDCT      = "dct"      // JPEG in the DCT domain (jpeg.go)
+	pathStandard = "standard" // the standard decoders
+)
+
 // makeVariants decodes the original at path (of contentType) and writes every variant in
-// variantSpecs to a temp file of blobs. On error no temp file is left.
-func makeVariants(ctx context.Context, blobs *blobStore, path, contentType string, opts processOptions) (out []variantImage, err error) {
+// variantSpecs to a temp file of blobs, returning them and the path that made them. A JPEG goes the
+// DCT way when opts.dct is set and that path can take it; anything else, and anything the DCT path
+// refuses, goes the standard way. On error no temp file is left.
+func makeVariants(ctx context.Context, blobs *blobStore, path, contentType string, opts processOptions) ([]variantImage, string, error) {
+	if contentType == "image/jpeg" && opts.dct {
+		out, err := makeVariantsDCT(ctx, blobs, path, opts)
+		if err == nil || ctx.Err() != nil {
+			return out, pathDCT, err
+		}
+		// Unsupported, or broken as the DCT decoder reads it: the standard decoder decides.
+	}
+	out, err := makeVariantsStandard(ctx, blobs, path, contentType, opts)
+	return out, pathStandard, err
+}
+
+// makeVariantsDCT makes a JPEG's variants from its DCT coefficients: the grayscale is its luma
+// coefficients re-encoded (lossless), the thumbnails come from the DC coefficients (a 1/8-scale image,
+// no IDCT). It returns errDCTUnsupported for what it does not do yet: EXIF orientations other than 1,
+// and images whose 1/8 scale is smaller than the largest thumbnail.
+func makeVariantsDCT(ctx context.Context, blobs *blobStore, path string, opts processOptions) (out []variantImage, err error) {
+	defer func() {
+		if err != nil {
+			for _, v := range out {
+				os.Remove(v.tmpPath)
+			}
+			out = nil
+		}
+	}()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if exifOrientation(bytes.NewReader(data)) != 1 {
+		return nil, errDCTUnsupported
+	}
+	// Chroma keeps only its DC coefficients: the thumbnails need no more, and memory stays near
+	// 2 bytes a pixel.
+	img, err := decodeDCT(data, opts.maxPixels, func(i int) bool { return i > 0 })
+	if err != nil {
+		return nil, err
+	}
+	dc, err := img.dcImage()
+	if err != nil {
+		return nil, err
+	}
+	for _, spec := range variantSpecs {
+		if spec.box == 0 {
+			continue
+		}
+		nw, nh := fitSize(img.width, img.height, spec.box)
+		if b := dc.Bounds(); b.Dx() < nw || b.Dy() < nh {
+			return nil, errDCTUnsupported
+		}
+	}
+	var thumbSrc image.Image = dc
+	for _, spec := range variantSpecsBySize() {
+		if err := ctx.Err(); err != nil {
+			return out, err
+		}
+		var v variantImage
+		if spec.grayscale {
+			v, err = writeTemp(blobs, spec.name, img.width, img.height, "image/jpeg", func(w io.Writer) error {
+				return img.encodeGrayJPEG(w, 0)
+			})
+		} else {
+			th := fit(thumbSrc, spec.box, thumbSrc == dc)
+			thumbSrc = th
+			v, err = writeVariant(blobs, spec.name, th, "image/jpeg", opts.jpegQuality)
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// makeVariantsStandard makes the variants with the standard decoders.
+func makeVariantsStandard(ctx context.Context, blobs *blobStore, path, contentType string, opts processOptions) (out []variantImage, err error) {
 	defer func() {
 		if err != nil {
 			for _, v := range out {
@@ -287,12 +371,20 @@ func outputType(inputType string) string {
 
 // writeVariant encodes img as contentType into a temp file. Encoders write no metadata.
 func writeVariant(blobs *blobStore, name string, img image.Image, contentType string, quality int) (variantImage, error) {
+	b := img.Bounds()
+	return writeTemp(blobs, name, b.Dx(), b.Dy(), contentType, func(w io.Writer) error {
+		return encodeImage(w, img, contentType, quality)
+	})
+}
+
+// writeTemp writes a width×height variant of contentType into a temp file with write.
+func writeTemp(blobs *blobStore, name string, width, height int, contentType string, write func(io.Writer) error) (variantImage, error) {
 	f, err := blobs.createTemp("variant-*")
 	if err != nil {
 		return variantImage{}, err
 	}
 	w := bufio.NewWriterSize(f, 64<<10)
-	err = encodeImage(w, img, contentType, quality)
+	err = write(w)
 	if err == nil {
 		err = w.Flush()
 	}
@@ -307,9 +399,8 @@ func writeVariant(blobs *blobStore, name string, img image.Image, contentType st
 		os.Remove(f.Name())
 		return variantImage{}, fmt.Errorf("encode %s: %w", name, err)
 	}
-	b := img.Bounds()
 	return variantImage{name: name, tmpPath: f.Name(), ext: extensionFor(contentType),
-		file: variantFile{Width: b.Dx(), Height: b.Dy(), Size: size, ContentType: contentType}}, nil
+		file: variantFile{Width: width, Height: height, Size: size, ContentType: contentType}}, nil
 }
 
 // encodeImage writes img as contentType.
@@ -343,18 +434,24 @@ func fit(src image.Image, box int, preShrink bool) image.Image {
 	if w <= box && h <= box {
 		return src
 	}
-	nw, nh := box, box
-	if w >= h {
-		nh = max(1, (h*box+w/2)/w)
-	} else {
-		nw = max(1, (w*box+h/2)/h)
-	}
+	nw, nh := fitSize(w, h, box)
 	if k := min(w/nw, h/nh) / 2; preShrink && k >= 2 {
 		src = boxShrink(src, k)
 	}
 	dst := image.NewRGBA(image.Rect(0, 0, nw, nh))
 	draw.CatmullRom.Scale(dst, dst.Rect, src, src.Bounds(), draw.Src, nil)
 	return dst
+}
+
+// fitSize is the size a w×h image has once fitted inside box×box (never enlarged).
+func fitSize(w, h, box int) (int, int) {
+	if w <= box && h <= box {
+		return w, h
+	}
+	if w >= h {
+		return box, max(1, (h*box+w/2)/w)
+	}
+	return max(1, (w*box+h/2)/h), box
 }
 
 // boxShrink averages k×k blocks of src (partial blocks at the right and bottom edges included). It

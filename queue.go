@@ -431,8 +431,8 @@ func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duratio
 	}
 	a.cache.invalidate(bg, im.OwnerID)
 	start := time.Now()
-	outs, err := makeVariants(ctx, a.blobs, a.blobs.path(im.FileKey), im.ContentType,
-		processOptions{jpegQuality: a.cfg.JPEGQuality, maxPixels: a.cfg.MaxPixels})
+	outs, via, err := makeVariants(ctx, a.blobs, a.blobs.path(im.FileKey), im.ContentType,
+		processOptions{jpegQuality: a.cfg.JPEGQuality, maxPixels: a.cfg.MaxPixels, dct: a.cfg.JPEGDCT})
 	var placed []string
 	if err == nil {
 		variants := map[string]variantFile{}
@@ -464,9 +464,12 @@ func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duratio
 	switch {
 	case err == nil:
 		a.metrics.jobsDone.Add(1)
+		if via == pathDCT {
+			a.metrics.jobsDCT.Add(1)
+		}
 		a.metrics.jobNanos.Add(int64(time.Since(start)))
 		a.cache.invalidate(bg, im.OwnerID)
-		log.Info("image processed", slog.Int("attempt", attempt), slog.Duration("took", time.Since(start)))
+		log.Info("image processed", slog.Int("attempt", attempt), slog.String("path", via), slog.Duration("took", time.Since(start)))
 		return jobDone, 0
 	case ctx.Err() != nil:
 		// Shutting down: hand the job back untouched; the message is requeued.
