@@ -2,11 +2,18 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	stdimage "image"
 	"image/jpeg"
+	"io"
+	"log/slog"
+	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"golang.org/x/image/draw"
 )
@@ -171,4 +178,81 @@ func FuzzDecodeDCT(f *testing.F) {
 			t.Fatal("grayscale differs from image/jpeg's luma plane")
 		}
 	})
+}
+
+// TestDCTOrientation: turning the luma coefficients for each EXIF orientation gives exactly the
+// image jpegtran's lossless transform gives (decoded by image/jpeg, both), the turned size, and a
+// picture within rounding of the pixels turned (the IDCT is not exactly symmetric under transposes).
+func TestDCTOrientation(t *testing.T) {
+	data := readTestdata(t, "jpeg/m16.jpg")
+	img, err := decodeDCT(data, 50_000_000, func(i int) bool { return i > 0 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	upright := lumaOf(t, data)
+	for o := orientation(2); o <= 8; o++ {
+		c, w, h, q, err := img.orientComponent(0, o)
+		if err != nil {
+			t.Fatalf("orientation %d: %v", o, err)
+		}
+		var out bytes.Buffer
+		if err := encodeGray(&out, c, w, h, q); err != nil {
+			t.Fatal(err)
+		}
+		got := lumaOf(t, out.Bytes())
+		oracle := lumaOf(t, readTestdata(t, fmt.Sprintf("jpeg/m16.orient%d.jpegtran-gray.jpg", o)))
+		if !sameGray(got, oracle) {
+			t.Errorf("orientation %d: differs from jpegtran's transform", o)
+		}
+		turned := orientImage(upright, o).(*stdimage.Gray)
+		if got.Rect.Size() != turned.Rect.Size() {
+			t.Fatalf("orientation %d: %v, want %v", o, got.Rect, turned.Rect)
+		}
+		if p := lumaPSNR(turned, got); p < 45 {
+			t.Errorf("orientation %d: PSNR %.1f dB against the pixels turned", o, p)
+		}
+	}
+	// 301×217 is not a whole number of blocks: flipping it cannot be lossless.
+	odd, _ := decodeDCT(readTestdata(t, "jpeg/s2x2.jpg"), 50_000_000, nil)
+	for _, o := range []orientation{2, 3, 4, 6, 7, 8} {
+		if _, _, _, _, err := odd.orientComponent(0, o); !errors.Is(err, errDCTUnsupported) {
+			t.Errorf("orientation %d of a 301x217 image: %v", o, err)
+		}
+	}
+	if _, _, _, _, err := odd.orientComponent(0, 5); err != nil {
+		t.Errorf("a transpose needs no flip: %v", err)
+	}
+}
+
+// TestDCTPathTurnsPhotos: a large photo stored sideways (EXIF orientation 6, 4224x3168 as stored)
+// takes the DCT path and comes out portrait: every variant, the grayscale lossless.
+func TestDCTPathTurnsPhotos(t *testing.T) {
+	src := readTestdata(t, "large.jpg")
+	// large.jpg with an EXIF segment declaring orientation 6, right after SOI.
+	prefix := exifJPEG(tiffWithOrientation(binary.BigEndian, 6), false) // SOI, APP1, then an SOS to drop
+	turned := append(prefix[:len(prefix)-4], src[2:]...)
+	path := filepath.Join(t.TempDir(), "turned.jpg")
+	os.WriteFile(path, turned, 0o600)
+	blobs, _ := newBlobStore(t.TempDir(), time.Hour, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	out, via, err := makeVariants(context.Background(), blobs, path, "image/jpeg", processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: true})
+	if err != nil || via != pathDCT {
+		t.Fatalf("via %s: %v", via, err)
+	}
+	for _, v := range out {
+		b, _ := os.ReadFile(v.tmpPath)
+		os.Remove(v.tmpPath)
+		img, _, err := stdimage.Decode(bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := img.Bounds(); r.Dx() >= r.Dy() || r.Dx() != v.file.Width || r.Dy() != v.file.Height {
+			t.Errorf("%s is %v (recorded %dx%d): want portrait", v.name, r, v.file.Width, v.file.Height)
+		}
+		if v.name == "grayscale" {
+			want := orientImage(lumaOf(t, src), 6)
+			if p := lumaPSNR(want, img); p < 45 {
+				t.Errorf("grayscale: PSNR %.1f dB against the luma plane turned", p)
+			}
+		}
+	}
 }

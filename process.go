@@ -196,8 +196,9 @@ func makeVariants(ctx context.Context, blobs *blobStore, path, contentType strin
 
 // makeVariantsDCT makes a JPEG's variants from its DCT coefficients: the grayscale is its luma
 // coefficients re-encoded (lossless), the thumbnails come from the DC coefficients (a 1/8-scale image,
-// no IDCT). It returns errDCTUnsupported for what it does not do yet: EXIF orientations other than 1,
-// and images whose 1/8 scale is smaller than the largest thumbnail.
+// no IDCT); both are turned upright for the EXIF orientation. It returns errDCTUnsupported for what it
+// does not do (yet): images whose 1/8 scale is smaller than the largest thumbnail, and orientations
+// that would flip a side that is not a whole number of 8-pixel blocks.
 func makeVariantsDCT(ctx context.Context, blobs *blobStore, path string, opts processOptions) (out []variantImage, err error) {
 	defer func() {
 		if err != nil {
@@ -211,9 +212,7 @@ func makeVariantsDCT(ctx context.Context, blobs *blobStore, path string, opts pr
 	if err != nil {
 		return nil, err
 	}
-	if exifOrientation(bytes.NewReader(data)) != 1 {
-		return nil, errDCTUnsupported
-	}
+	orient := exifOrientation(bytes.NewReader(data))
 	// Chroma keeps only its DC coefficients: the thumbnails need no more, and memory stays near
 	// 2 bytes a pixel.
 	img, err := decodeDCT(data, opts.maxPixels, func(i int) bool { return i > 0 })
@@ -233,6 +232,14 @@ func makeVariantsDCT(ctx context.Context, blobs *blobStore, path string, opts pr
 			return nil, errDCTUnsupported
 		}
 	}
+	// The grayscale is turned upright in the DCT domain; when that cannot be lossless (a flipped
+	// side that is not a whole number of blocks), this path steps aside.
+	gray, gw, gh, gq := &img.comps[0], img.width, img.height, img.quant[img.comps[0].tq]
+	if orient != 1 {
+		if gray, gw, gh, gq, err = img.orientComponent(0, orient); err != nil {
+			return nil, err
+		}
+	}
 	var thumbSrc image.Image = dc
 	for _, spec := range variantSpecsBySize() {
 		if err := ctx.Err(); err != nil {
@@ -240,13 +247,14 @@ func makeVariantsDCT(ctx context.Context, blobs *blobStore, path string, opts pr
 		}
 		var v variantImage
 		if spec.grayscale {
-			v, err = writeTemp(blobs, spec.name, img.width, img.height, "image/jpeg", func(w io.Writer) error {
-				return img.encodeGrayJPEG(w, 0)
+			v, err = writeTemp(blobs, spec.name, gw, gh, "image/jpeg", func(w io.Writer) error {
+				return encodeGray(w, gray, gw, gh, gq)
 			})
 		} else {
 			th := fit(thumbSrc, spec.box, thumbSrc == dc)
 			thumbSrc = th
-			v, err = writeVariant(blobs, spec.name, th, "image/jpeg", opts.jpegQuality)
+			// Thumbnails are small: they are turned as pixels.
+			v, err = writeVariant(blobs, spec.name, orientImage(th, orient), "image/jpeg", opts.jpegQuality)
 		}
 		if err != nil {
 			return out, err
