@@ -448,17 +448,27 @@ func TestStatusChangesReachTheCache(t *testing.T) {
 	}
 }
 
-// BenchmarkEndToEnd uploads 200 copies of the 4.1 MP photo (8 clients at once) to a process running
-// the API and one worker on RabbitMQ, and reports images per second from the first upload to the
-// last one ready; it fails if any image is lost or fails. Run it with -benchtime 1x.
+// BenchmarkEndToEnd uploads n copies of a photo (8 clients at once) to a process running the API and
+// one worker on RabbitMQ, and reports images per second from the first upload to the last one ready;
+// it fails if any image is lost or fails. Run it with -benchtime 1x (and -cpu 1 for one core).
 func BenchmarkEndToEnd(b *testing.B) {
-	const n = 200
-	s := newTestServer(b, map[string]string{"BROKER_URL": testBrokerURL, "QUEUE_NAME": testQueue(b), "LOG_LEVEL": "error"})
+	for _, tc := range []struct {
+		file string
+		n    int
+		dct  string
+	}{{"mid.jpg", 200, "on"}, {"large.jpg", 50, "on"}, {"large.jpg", 50, "off"}} {
+		b.Run(fmt.Sprintf("%s/%d/dct=%s", tc.file, tc.n, tc.dct), func(b *testing.B) { benchEndToEnd(b, tc.file, tc.n, tc.dct) })
+	}
+}
+
+func benchEndToEnd(b *testing.B, file string, n int, dct string) {
+	s := newTestServer(b, map[string]string{"BROKER_URL": testBrokerURL, "QUEUE_NAME": testQueue(b), "LOG_LEVEL": "error", "JPEG_DCT": dct})
 	startWorker(b, s)
 	_, auth := s.signupAndLogin()
-	body, ct := multipartBody(b, "file", "mid.jpg", readTestdata(b, "mid.jpg"))
+	body, ct := multipartBody(b, "file", file, readTestdata(b, file))
 	var uid int64
 	s.pool.QueryRow(context.Background(), "SELECT id FROM users ORDER BY id DESC LIMIT 1").Scan(&uid)
+	s.metrics.jobsDCT.Store(0)
 	for b.Loop() {
 		s.pool.Exec(context.Background(), "DELETE FROM images WHERE owner_id = $1", uid)
 		start := time.Now()
@@ -501,8 +511,9 @@ func BenchmarkEndToEnd(b *testing.B) {
 			time.Sleep(10 * time.Millisecond)
 		}
 		elapsed := time.Since(start)
-		b.ReportMetric(n/elapsed.Seconds(), "images/s")
+		b.ReportMetric(float64(n)/elapsed.Seconds(), "images/s")
 		b.ReportMetric(uploaded.Seconds(), "upload-s")
 		b.ReportMetric(elapsed.Seconds(), "total-s")
+		b.ReportMetric(float64(s.metrics.jobsDCT.Load()), "dct-jobs")
 	}
 }
