@@ -145,7 +145,7 @@ func TestDCTThumbnails(t *testing.T) {
 // FuzzDecodeDCT: on any input the DCT decoder does not panic or allocate past the pixel limit, and
 // whenever both it and image/jpeg decode, its grayscale equals image/jpeg's luma plane.
 func FuzzDecodeDCT(f *testing.F) {
-	for _, name := range dctJPEGs[3:] {
+	for _, name := range append(dctJPEGs[3:], "jpeg/m16.jpg") {
 		f.Add(readTestdata(f, name))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -176,6 +176,20 @@ func FuzzDecodeDCT(f *testing.F) {
 		}
 		if !sameGray(got.(*stdimage.Gray), wantY) {
 			t.Fatal("grayscale differs from image/jpeg's luma plane")
+		}
+		// Turned in the DCT domain, it still decodes, at the turned size.
+		if c, w, h, q, err := img.orientComponent(0, 6); err == nil {
+			var turned bytes.Buffer
+			if err := encodeGray(&turned, c, w, h, q); err != nil {
+				t.Fatal(err)
+			}
+			g, err := jpeg.Decode(&turned)
+			if err != nil {
+				t.Fatalf("turned grayscale does not decode: %v", err)
+			}
+			if g.Bounds().Dx() != wantY.Rect.Dy() || g.Bounds().Dy() != wantY.Rect.Dx() {
+				t.Fatalf("turned %v, from %v", g.Bounds(), wantY.Rect)
+			}
 		}
 	})
 }
