@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"image"
 	"io"
+	"math"
 	"math/bits"
 )
 
@@ -51,6 +52,10 @@ type dctComponent struct {
 	coef   []int16
 	last   []uint8 // per block: the zigzag index of its last nonzero coefficient (0: DC only)
 	dcOnly bool
+	// acFreq counts the AC symbols (run/size, ZRL, EOB) the scan coded for this component, when
+	// acCounted: the same symbols a re-encoding of these coefficients codes, in any block order.
+	acFreq    [256]int64
+	acCounted bool
 }
 
 // dctImage is a JPEG decoded down to its quantized DCT coefficients.
@@ -468,14 +473,14 @@ func (img *dctImage) readScan(seg, data []byte, dc, ac *[4]dctHuffman, scanned m
 				for bx := bx0; bx < bx0+nx; bx++ {
 					b := by*s.c.stride + bx
 					if s.c.dcOnly {
-						if _, err := decodeBlock(br, s.dc, s.ac, &s.pred, scratch[:]); err != nil {
+						if _, err := decodeBlock(br, s.dc, s.ac, &s.pred, scratch[:], nil); err != nil {
 							return 0, err
 						}
 						s.c.coef[b] = scratch[0]
 						clear(scratch[:])
 						continue
 					}
-					last, err := decodeBlock(br, s.dc, s.ac, &s.pred, s.c.coef[b*64:b*64+64])
+					last, err := decodeBlock(br, s.dc, s.ac, &s.pred, s.c.coef[b*64:b*64+64], &s.c.acFreq)
 					if err != nil {
 						return 0, err
 					}
@@ -484,12 +489,16 @@ func (img *dctImage) readScan(seg, data []byte, dc, ac *[4]dctHuffman, scanned m
 			}
 		}
 	}
+	for i := range sc {
+		sc[i].c.acCounted = !sc[i].c.dcOnly
+	}
 	return end, nil
 }
 
 // decodeBlock reads one block's coefficients (zigzag order) into blk, which must be zero, and
-// returns the index of its last nonzero coefficient; pred is the DC prediction.
-func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk []int16) (uint8, error) {
+// returns the index of its last nonzero coefficient; pred is the DC prediction. With acFreq, it
+// counts the AC symbols it reads there.
+func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk []int16, acFreq *[256]int64) (uint8, error) {
 	t, err := br.decode(dc)
 	if err != nil {
 		return 0, badImage("the jpeg data is corrupt or truncated: %v", err)
@@ -504,6 +513,9 @@ func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk []int16) (uin
 		rs, err := br.decode(ac)
 		if err != nil {
 			return 0, badImage("the jpeg data is corrupt or truncated: %v", err)
+		}
+		if acFreq != nil {
+			acFreq[rs]++
 		}
 		r, s := int(rs>>4), rs&15
 		if s == 0 {
@@ -560,6 +572,102 @@ func (img *dctImage) dcImage() (image.Image, error) {
 	// The chroma planes must cover what the ratio says they cover for this rectangle.
 	if want := image.NewYCbCr(r, ratio); len(yc.Cb) < len(want.Cb) || cb.bw < want.CStride {
 		return nil, errDCTUnsupported
+	}
+	return yc, nil
+}
+
+// quarterWeights[k] is how much coefficient k of an 8-point IDCT adds to the mean of the first four
+// samples: C(k)/2 · ¼ Σ_{x<4} cos((2x+1)kπ/16). It is zero for even k > 0; for odd k the last four
+// samples' mean gets the same weight negated. So the 2×2 means of a block need only the coefficients
+// at frequencies 0, 1, 3, 5 and 7 in each direction: a 1/4-scale image without a full IDCT.
+var quarterWeights = func() (w [8]float64) {
+	for k := range 8 {
+		c := 0.5
+		if k == 0 {
+			c = 0.5 / math.Sqrt2
+		}
+		var sum float64
+		for x := range 4 {
+			sum += math.Cos(float64(2*x+1) * float64(k) * math.Pi / 16)
+		}
+		if w[k] = c * sum / 4; math.Abs(w[k]) < 1e-12 {
+			w[k] = 0
+		}
+	}
+	return w
+}()
+
+// quarterFreqs are the frequencies whose weight is not zero.
+var quarterFreqs = [5]int{0, 1, 3, 5, 7}
+
+// quarterImage returns the 1/4-scale image of 4×4 means, computed from each block's coefficients
+// (every component must have kept them all). Its type follows dcImage's.
+func (img *dctImage) quarterImage() (image.Image, error) {
+	var zz [64]int // natural index → zigzag index
+	for i, z := range zigzag {
+		zz[z] = i
+	}
+	plane := func(c *dctComponent, w, h int) ([]byte, error) {
+		if c.dcOnly {
+			return nil, errors.New("jpeg: the 1/4 scale needs every coefficient")
+		}
+		q := img.quant[c.tq]
+		out := make([]byte, w*h)
+		var f [5][5]float64
+		for by := range c.bh {
+			for bx := range c.bw {
+				blk := c.coef[(by*c.stride+bx)*64:][:64]
+				for a, u := range quarterFreqs {
+					for b, v := range quarterFreqs {
+						i := zz[u*8+v]
+						f[a][b] = float64(blk[i]) * float64(q[i]) * quarterWeights[u] * quarterWeights[v]
+					}
+				}
+				for i := range 2 { // top, bottom
+					for j := range 2 { // left, right
+						sum := 128.0
+						for a, u := range quarterFreqs {
+							for b, v := range quarterFreqs {
+								t := f[a][b]
+								if i == 1 && u&1 == 1 {
+									t = -t
+								}
+								if j == 1 && v&1 == 1 {
+									t = -t
+								}
+								sum += t
+							}
+						}
+						if x, y := 2*bx+j, 2*by+i; x < w && y < h {
+							out[y*w+x] = uint8(min(max(math.Round(sum), 0), 255))
+						}
+					}
+				}
+			}
+		}
+		return out, nil
+	}
+	y := &img.comps[0]
+	r := image.Rect(0, 0, (img.width+3)/4, (img.height+3)/4)
+	yp, err := plane(y, r.Dx(), r.Dy())
+	if err != nil {
+		return nil, err
+	}
+	if len(img.comps) == 1 {
+		return &image.Gray{Pix: yp, Stride: r.Dx(), Rect: r}, nil
+	}
+	ratio, ok := subsampleRatio(img.comps)
+	if !ok {
+		return nil, errDCTUnsupported
+	}
+	yc := image.NewYCbCr(r, ratio)
+	yc.Y = yp
+	for i, dst := range []*[]byte{&yc.Cb, &yc.Cr} {
+		p, err := plane(&img.comps[1+i], yc.CStride, len(yc.Cb)/yc.CStride)
+		if err != nil {
+			return nil, err
+		}
+		*dst = p
 	}
 	return yc, nil
 }
@@ -777,7 +885,8 @@ func (img *dctImage) orientComponent(ci int, o orientation) (*dctComponent, int,
 		}
 		q = nq
 	}
-	out := &dctComponent{id: c.id, h: 1, v: 1, tq: c.tq, bw: c.bw, bh: c.bh}
+	// Flips only change signs, so the coded symbols stay the same; a transpose reorders the zigzag.
+	out := &dctComponent{id: c.id, h: 1, v: 1, tq: c.tq, bw: c.bw, bh: c.bh, acFreq: c.acFreq, acCounted: c.acCounted && !o.swapsAxes()}
 	if transpose {
 		out.bw, out.bh, w, h = c.bh, c.bw, h, w
 	}
@@ -842,7 +951,14 @@ func encodeGray(w io.Writer, c *dctComponent, width, height int, q [64]uint16) e
 	// Two passes over the blocks (raster order, those holding image data): count the symbols, then
 	// code them with tables made from the counts. AC symbols are run/size pairs, with ZRL (0xF0) for
 	// each 16 zeros before a coefficient and EOB (0x00) when a block ends in zeros (F.1.2.2).
-	var dcFreq, acFreq [256]int64
+	var dcFreq [256]int64
+	acFreq := c.acFreq
+	countAC := !c.acCounted
+	if !countAC {
+		// A block that ends early is coded with EOB; the original may have padded it with ZRLs
+		// instead, and never have used EOB at all. Every other symbol of ours is one it coded.
+		acFreq[0x00] = max(acFreq[0x00], 1)
+	}
 	var pred int32
 	for by := range c.bh {
 		for bx := range c.bw {
@@ -850,6 +966,9 @@ func encodeGray(w io.Writer, c *dctComponent, width, height int, q [64]uint16) e
 			blk := c.coef[b*64 : b*64+64]
 			dcFreq[category(int32(blk[0])-pred)]++
 			pred = int32(blk[0])
+			if !countAC {
+				continue
+			}
 			run, end := 0, int(c.last[b])
 			for k := 1; k <= end; k++ {
 				if blk[k] == 0 {

@@ -10,6 +10,7 @@ import (
 	"image/jpeg"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -267,6 +268,34 @@ func TestDCTPathTurnsPhotos(t *testing.T) {
 			if p := lumaPSNR(want, img); p < 45 {
 				t.Errorf("grayscale: PSNR %.1f dB against the luma plane turned", p)
 			}
+		}
+	}
+}
+
+// TestDCTQuarterScale: the 2×2 means computed from the coefficients equal 4×4 box averages of the
+// full decode, within its rounding.
+func TestDCTQuarterScale(t *testing.T) {
+	for _, name := range []string{"mid.jpg", "jpeg/s1x1.jpg", "jpeg/s2x1.jpg", "jpeg/s4x1.jpg", "jpeg/gray.jpg"} {
+		data := readTestdata(t, name)
+		img, err := decodeDCT(data, 50_000_000, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := img.quarterImage()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		ref := boxShrink(decodeTestdata(t, name), 4)
+		if q.Bounds() != ref.Bounds() {
+			t.Fatalf("%s: %v, want %v", name, q.Bounds(), ref.Bounds())
+		}
+		p := lumaPSNR(ref, q)
+		t.Logf("%s: 1/4 scale %v, luma PSNR %.1f dB against 4×4 means of the full decode", name, q.Bounds(), p)
+		if p < 45 {
+			t.Errorf("%s: PSNR %.1f dB", name, p)
+		}
+		if mr, mq := meanColour(ref), meanColour(q); math.Abs(mr[0]-mq[0])+math.Abs(mr[1]-mq[1])+math.Abs(mr[2]-mq[2]) > 3 {
+			t.Errorf("%s: mean colour %v, want %v", name, mq, mr)
 		}
 	}
 }

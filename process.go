@@ -196,9 +196,10 @@ func makeVariants(ctx context.Context, blobs *blobStore, path, contentType strin
 
 // makeVariantsDCT makes a JPEG's variants from its DCT coefficients: the grayscale is its luma
 // coefficients re-encoded (lossless), the thumbnails come from the DC coefficients (a 1/8-scale image,
-// no IDCT); both are turned upright for the EXIF orientation. It returns errDCTUnsupported for what it
-// does not do (yet): images whose 1/8 scale is smaller than the largest thumbnail, and orientations
-// that would flip a side that is not a whole number of 8-pixel blocks.
+// no IDCT), or for images under 8×500 pixels across from each block's 2×2 means (1/4 scale, from 25
+// coefficients a block); both are turned upright for the EXIF orientation. It returns
+// errDCTUnsupported for what it does not do (yet): images whose 1/4 scale is smaller than the largest
+// thumbnail, and orientations that would flip a side that is not a whole number of 8-pixel blocks.
 func makeVariantsDCT(ctx context.Context, blobs *blobStore, path string, opts processOptions) (out []variantImage, err error) {
 	defer func() {
 		if err != nil {
@@ -213,24 +214,42 @@ func makeVariantsDCT(ctx context.Context, blobs *blobStore, path string, opts pr
 		return nil, err
 	}
 	orient := exifOrientation(bytes.NewReader(data))
-	// Chroma keeps only its DC coefficients: the thumbnails need no more, and memory stays near
-	// 2 bytes a pixel.
-	img, err := decodeDCT(data, opts.maxPixels, func(i int) bool { return i > 0 })
+	cfg, err := jpeg.DecodeConfig(bytes.NewReader(data))
 	if err != nil {
 		return nil, err
 	}
-	dc, err := img.dcImage()
+	// The thumbnails start from a reduced image: the DC coefficients (1/8 scale) when that covers
+	// the largest thumbnail, else the 2×2 means of each block (1/4 scale). Smaller images go the
+	// standard way.
+	scale := 0
+	for _, k := range []int{8, 4} {
+		covers := true
+		for _, spec := range variantSpecs {
+			if nw, nh := fitSize(cfg.Width, cfg.Height, spec.box); spec.box > 0 && ((cfg.Width+k-1)/k < nw || (cfg.Height+k-1)/k < nh) {
+				covers = false
+			}
+		}
+		if covers {
+			scale = k
+			break
+		}
+	}
+	if scale == 0 {
+		return nil, errDCTUnsupported
+	}
+	// At 1/8 scale chroma keeps only its DC coefficients, and memory stays near 2 bytes a pixel.
+	img, err := decodeDCT(data, opts.maxPixels, func(i int) bool { return scale == 8 && i > 0 })
 	if err != nil {
 		return nil, err
 	}
-	for _, spec := range variantSpecs {
-		if spec.box == 0 {
-			continue
-		}
-		nw, nh := fitSize(img.width, img.height, spec.box)
-		if b := dc.Bounds(); b.Dx() < nw || b.Dy() < nh {
-			return nil, errDCTUnsupported
-		}
+	var reduced image.Image
+	if scale == 8 {
+		reduced, err = img.dcImage()
+	} else {
+		reduced, err = img.quarterImage()
+	}
+	if err != nil {
+		return nil, err
 	}
 	// The grayscale is turned upright in the DCT domain; when that cannot be lossless (a flipped
 	// side that is not a whole number of blocks), this path steps aside.
@@ -240,7 +259,7 @@ func makeVariantsDCT(ctx context.Context, blobs *blobStore, path string, opts pr
 			return nil, err
 		}
 	}
-	var thumbSrc image.Image = dc
+	thumbSrc := reduced
 	for _, spec := range variantSpecsBySize() {
 		if err := ctx.Err(); err != nil {
 			return out, err
@@ -251,7 +270,7 @@ func makeVariantsDCT(ctx context.Context, blobs *blobStore, path string, opts pr
 				return encodeGray(w, gray, gw, gh, gq)
 			})
 		} else {
-			th := fit(thumbSrc, spec.box, thumbSrc == dc)
+			th := fit(thumbSrc, spec.box, thumbSrc == reduced)
 			thumbSrc = th
 			// Thumbnails are small: they are turned as pixels.
 			v, err = writeVariant(blobs, spec.name, orientImage(th, orient), "image/jpeg", opts.jpegQuality)
