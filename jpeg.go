@@ -4,17 +4,23 @@
 // a 1/8-scale image with no IDCT).
 //
 // What of ITU T.81 is implemented here:
+//
 //   - B.2, B.3: the marker syntax — SOI, APPn/COM (skipped, APP14 read for the colour transform),
-//     DQT (8- and 16-bit tables), DHT, DRI, SOF0 and SOF1 (baseline and extended sequential Huffman,
-//     8-bit samples, 1 or 3 components, any sampling factors 1–4), SOS, RSTn, EOI.
+//     DQT (8- and 16-bit tables), DHT, DRI, SOF0, SOF1 and SOF2 (baseline, extended sequential and
+//     progressive Huffman, 8-bit samples, 1 or 3 components, any sampling factors 1–4), SOS, RSTn, EOI.
+//
 //   - F.2.2: sequential Huffman decoding of interleaved and non-interleaved scans, with restart
 //     intervals (F.2.2.5 receive/extend; F.2.2.3 with a 9-bit lookup table before the code-length
 //     search of F.2.2.3's DECODE).
+//
 //   - F.1.2 and Annex C: Huffman encoding of one component, with tables from symbol frequencies
 //     (Annex K.2, code lengths limited to 16 bits as K.3 adjusts them).
 //
-// Not implemented, and sent to the standard decoder instead (errDCTUnsupported): progressive (SOF2)
-// and hierarchical, lossless and arithmetic-coded processes, 12-bit samples, DNL, RGB- or CMYK-coded
+//   - G.1.2: progressive Huffman decoding (SOF2): DC first and refinement scans, AC first scans with
+//     EOB runs, AC refinement scans. AC scans of components kept at DC only are skipped undecoded.
+//
+// Not implemented, and sent to the standard decoder instead (errDCTUnsupported): hierarchical,
+// lossless and arithmetic-coded processes, 12-bit samples, DNL, RGB- or CMYK-coded
 // colour, and scans other than one full sequential pass per component.
 package main
 
@@ -67,6 +73,7 @@ type dctImage struct {
 	quantSet      [4]bool
 	restart       int // MCUs per restart interval; 0: none
 	adobe         int // APP14 colour transform; -1: no APP14
+	progressive   bool
 }
 
 // dctHuffman is a Huffman table for decoding: a 9-bit lookup for short codes, then the F.2.2.3 search.
@@ -285,12 +292,13 @@ func decodeDCT(data []byte, maxPixels int64, dcOnly func(index int) bool) (*dctI
 			if len(seg) >= 12 && bytes.HasPrefix(seg, []byte("Adobe")) {
 				img.adobe = int(seg[11])
 			}
-		case m == 0xC0 || m == 0xC1: // SOF0, SOF1
+		case m == 0xC0 || m == 0xC1 || m == 0xC2: // SOF0, SOF1, SOF2
+			img.progressive = m == 0xC2
 			if err := img.readFrame(seg, maxPixels, dcOnly); err != nil {
 				return nil, err
 			}
-		case m >= 0xC2 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC:
-			return nil, errDCTUnsupported // progressive, lossless, hierarchical, arithmetic
+		case m >= 0xC3 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC:
+			return nil, errDCTUnsupported // lossless, hierarchical, arithmetic
 		case m == 0xDC: // DNL
 			return nil, errDCTUnsupported
 		case m == 0xDA: // SOS
@@ -310,6 +318,23 @@ func decodeDCT(data []byte, maxPixels int64, dcOnly func(index int) bool) (*dctI
 	for i := range img.comps {
 		if !scanned[i] {
 			return nil, badImage("the jpeg data is truncated: a component was never coded")
+		}
+	}
+	if img.progressive {
+		// Successive scans filled the blocks in: find each one's last nonzero coefficient now.
+		for i := range img.comps {
+			c := &img.comps[i]
+			if c.dcOnly {
+				continue
+			}
+			for b := range c.last {
+				blk := c.coef[b*64 : b*64+64]
+				last := 63
+				for last > 0 && blk[last] == 0 {
+					last--
+				}
+				c.last[b] = uint8(last)
+			}
 		}
 	}
 	if len(img.comps) == 3 && (img.adobe == 0 || img.comps[0].id == 'R' && img.comps[1].id == 'G' && img.comps[2].id == 'B') {
@@ -409,18 +434,28 @@ func (img *dctImage) readScan(seg, data []byte, dc, ac *[4]dctHuffman, scanned m
 				found = j
 			}
 		}
-		if found < 0 || scanned[found] {
-			return 0, errDCTUnsupported // unknown component, or a second scan of it (successive passes)
+		if found < 0 {
+			return 0, badImage("the jpeg data is corrupt: a scan of an unknown component")
 		}
-		d, a := &dc[tables>>4&3], &ac[tables&3]
-		if !d.defined || !a.defined || !img.quantSet[img.comps[found].tq] {
-			return 0, badImage("the jpeg data is corrupt: a scan uses a table never defined")
+		if scanned[found] && !img.progressive {
+			return 0, errDCTUnsupported // a second sequential scan of one component
 		}
-		sc[i] = scanComp{c: &img.comps[found], index: found, dc: d, ac: a}
+		sc[i] = scanComp{c: &img.comps[found], index: found, dc: &dc[tables>>4&3], ac: &ac[tables&3]}
 		scanned[found] = true
 	}
-	if ss, se, ahal := seg[1+2*ns], seg[2+2*ns], seg[3+2*ns]; ss != 0 || se != 63 || ahal != 0 {
+	ss, se, ah, al := int(seg[1+2*ns]), int(seg[2+2*ns]), int(seg[3+2*ns]>>4), int(seg[3+2*ns]&15)
+	if !img.progressive && (ss != 0 || se != 63 || ah != 0 || al != 0) {
 		return 0, errDCTUnsupported
+	}
+	if img.progressive && (se > 63 || ss > se || ss == 0 && se != 0 || ss > 0 && ns != 1 || ah > 13 || al > 13) {
+		return 0, badImage("the jpeg data is corrupt: bad progressive scan")
+	}
+	for _, c := range sc {
+		needDC := ss == 0 && ah == 0
+		needAC := !img.progressive || ss > 0
+		if needDC && !c.dc.defined || needAC && !c.ac.defined || !img.quantSet[c.c.tq] {
+			return 0, badImage("the jpeg data is corrupt: a scan uses a table never defined")
+		}
 	}
 	// The scan's extent: the entropy-coded bytes run to the first marker that is not RSTn.
 	end := 0
@@ -441,9 +476,13 @@ func (img *dctImage) readScan(seg, data []byte, dc, ac *[4]dctHuffman, scanned m
 	if ns == 1 {
 		total = blocksX * blocksY
 	}
+	if img.progressive && ss > 0 && sc[0].c.dcOnly {
+		return end, nil // an AC band of a component kept at DC only: skipped, not decoded
+	}
 	br := &dctBits{data: data[:end]}
 	var scratch [64]int16
 	rst := 0
+	eobrun := 0
 	for mcu := 0; mcu < total; mcu++ {
 		if img.restart > 0 && mcu > 0 && mcu%img.restart == 0 {
 			// Expect RSTn: discard the byte's leftover bits, find the marker, reset predictions.
@@ -459,6 +498,7 @@ func (img *dctImage) readScan(seg, data []byte, dc, ac *[4]dctHuffman, scanned m
 			}
 			rst++
 			*br = dctBits{data: br.data, pos: p + 2}
+			eobrun = 0
 			for i := range sc {
 				sc[i].pred = 0
 			}
@@ -472,6 +512,32 @@ func (img *dctImage) readScan(seg, data []byte, dc, ac *[4]dctHuffman, scanned m
 			for by := by0; by < by0+ny; by++ {
 				for bx := bx0; bx < bx0+nx; bx++ {
 					b := by*s.c.stride + bx
+					if img.progressive {
+						var blk []int16
+						if s.c.dcOnly {
+							blk = s.c.coef[b : b+1]
+						} else {
+							blk = s.c.coef[b*64 : b*64+64]
+						}
+						var err error
+						switch {
+						case ss == 0 && ah == 0:
+							err = decodeDCFirst(br, s.dc, &s.pred, blk, al)
+						case ss == 0:
+							blk[0] |= int16(br.bits(1) << al)
+						case ah == 0:
+							err = decodeACFirst(br, s.ac, blk, ss, se, al, &eobrun)
+						default:
+							err = decodeACRefine(br, s.ac, blk, ss, se, al, &eobrun)
+						}
+						if err == nil && br.overrun() {
+							err = badImage("the jpeg data is truncated")
+						}
+						if err != nil {
+							return 0, err
+						}
+						continue
+					}
 					if s.c.dcOnly {
 						if _, err := decodeBlock(br, s.dc, s.ac, &s.pred, scratch[:], nil); err != nil {
 							return 0, err
@@ -490,9 +556,126 @@ func (img *dctImage) readScan(seg, data []byte, dc, ac *[4]dctHuffman, scanned m
 		}
 	}
 	for i := range sc {
-		sc[i].c.acCounted = !sc[i].c.dcOnly
+		// Progressive scans code other symbols than a sequential re-encoding: those are counted then.
+		sc[i].c.acCounted = !sc[i].c.dcOnly && !img.progressive
 	}
 	return end, nil
+}
+
+// decodeDCFirst reads a block's DC coefficient in a first progressive DC scan (G.1.2.1): the
+// difference from pred, scaled by the point transform al.
+func decodeDCFirst(br *dctBits, dc *dctHuffman, pred *int32, blk []int16, al int) error {
+	t, err := br.decode(dc)
+	if err != nil {
+		return badImage("the jpeg data is corrupt or truncated: %v", err)
+	}
+	if t > 11 {
+		return badImage("the jpeg data is corrupt: bad DC difference")
+	}
+	*pred += br.receiveExtend(t)
+	blk[0] = int16(*pred << al)
+	return nil
+}
+
+// decodeACFirst reads band ss–se of a block in a first progressive AC scan (G.1.2.2), with runs of
+// blocks that end early (EOBRUN) carried across blocks in eobrun.
+func decodeACFirst(br *dctBits, ac *dctHuffman, blk []int16, ss, se, al int, eobrun *int) error {
+	if *eobrun > 0 {
+		*eobrun--
+		return nil
+	}
+	for k := ss; k <= se; {
+		rs, err := br.decode(ac)
+		if err != nil {
+			return badImage("the jpeg data is corrupt or truncated: %v", err)
+		}
+		r, s := int(rs>>4), rs&15
+		if s == 0 {
+			if r < 15 {
+				*eobrun = 1<<r - 1
+				if r > 0 {
+					*eobrun += int(br.bits(uint(r)))
+				}
+				return nil
+			}
+			k += 16
+			continue
+		}
+		k += r
+		if k > se || s > 10 {
+			return badImage("the jpeg data is corrupt: bad AC coefficient")
+		}
+		blk[k] = int16(br.receiveExtend(s) << al)
+		k++
+	}
+	return nil
+}
+
+// decodeACRefine reads a progressive AC refinement scan of band ss–se (G.1.2.3): one more bit of
+// each coefficient already nonzero, and the coefficients that become nonzero (±1 at this bit).
+func decodeACRefine(br *dctBits, ac *dctHuffman, blk []int16, ss, se, al int, eobrun *int) error {
+	p1, m1 := int16(1)<<al, int16(-1)<<al
+	refine := func(c *int16) {
+		if br.bits(1) == 1 && *c&p1 == 0 {
+			if *c >= 0 {
+				*c += p1
+			} else {
+				*c += m1
+			}
+		}
+	}
+	k := ss
+	if *eobrun == 0 {
+		for ; k <= se; k++ {
+			rs, err := br.decode(ac)
+			if err != nil {
+				return badImage("the jpeg data is corrupt or truncated: %v", err)
+			}
+			r, s := int(rs>>4), rs&15
+			var value int16
+			if s != 0 {
+				if s != 1 {
+					return badImage("the jpeg data is corrupt: bad refinement")
+				}
+				value = m1
+				if br.bits(1) == 1 {
+					value = p1
+				}
+			} else if r != 15 {
+				*eobrun = 1 << r
+				if r > 0 {
+					*eobrun += int(br.bits(uint(r)))
+				}
+				break
+			}
+			// Skip the coefficients already nonzero (refining them) and r zero ones.
+			for ; k <= se; k++ {
+				if blk[k] != 0 {
+					refine(&blk[k])
+				} else {
+					if r == 0 {
+						break
+					}
+					r--
+				}
+			}
+			if value != 0 {
+				if k > se {
+					return badImage("the jpeg data is corrupt: bad refinement")
+				}
+				blk[k] = value
+			}
+		}
+	}
+	if *eobrun > 0 {
+		for ; k <= se; k++ {
+			if blk[k] != 0 {
+				refine(&blk[k])
+			}
+		}
+		*eobrun--
+	}
+	return nil
 }
 
 // decodeBlock reads one block's coefficients (zigzag order) into blk, which must be zero, and

@@ -19,10 +19,11 @@ import (
 	"golang.org/x/image/draw"
 )
 
-// dctJPEGs are the sequential JPEGs the DCT path must handle: the real photos and files made with
-// cjpeg covering each chroma subsampling at an odd size, restart markers (every block, and every MCU
-// row with optimized tables), a grayscale JPEG, and 16-bit quantization tables (testdata/SOURCES.md).
-var dctJPEGs = []string{"large.jpg", "mid.jpg", "mid-orient6.jpg", "jpeg/s1x1.jpg", "jpeg/s2x1.jpg", "jpeg/s2x2.jpg",
+// dctJPEGs are the JPEGs the DCT path must handle: the real photos (baseline and progressive) and
+// files made with cjpeg covering progressive scans (with restart markers, and grayscale), each chroma
+// subsampling at an odd size, restart markers (every block, and every MCU row with optimized
+// tables), a grayscale JPEG, and 16-bit quantization tables (testdata/SOURCES.md).
+var dctJPEGs = []string{"large.jpg", "mid.jpg", "mid-orient6.jpg", "large-progressive.jpg", "jpeg/progressive.jpg", "jpeg/progressive-restart.jpg", "jpeg/progressive-gray.jpg", "jpeg/s1x1.jpg", "jpeg/s2x1.jpg", "jpeg/s2x2.jpg",
 	"jpeg/s1x2.jpg", "jpeg/s4x1.jpg", "jpeg/restart.jpg", "jpeg/restart-rows.jpg", "jpeg/gray.jpg", "jpeg/q16bit.jpg"}
 
 // lumaOf returns the luma plane image/jpeg decodes from data, cropped to the image.
@@ -79,7 +80,11 @@ func TestDCTGrayscaleIsLossless(t *testing.T) {
 			data := readTestdata(t, name)
 			gray := dctGray(t, data)
 			got := lumaOf(t, gray)
-			if want := lumaOf(t, data); !sameGray(got, want) {
+			if _, err := jpeg.Decode(bytes.NewReader(data)); err != nil {
+				// image/jpeg refuses some files libjpeg reads (progressive scans with restart
+				// markers): jpegtran is the oracle for those.
+				t.Logf("image/jpeg cannot decode %s (%v): compared with jpegtran only", name, err)
+			} else if want := lumaOf(t, data); !sameGray(got, want) {
 				t.Fatalf("grayscale differs from image/jpeg's luma plane (%v vs %v)", got.Rect, want.Rect)
 			}
 			if filepath.Dir(name) == "jpeg" {
@@ -99,11 +104,6 @@ func TestDCTGrayscaleIsLossless(t *testing.T) {
 // TestDCTUnsupported: what the DCT path does not do is said with errDCTUnsupported (the standard
 // path then serves), and a broken file is a bad image, never a panic.
 func TestDCTUnsupported(t *testing.T) {
-	for _, name := range []string{"large-progressive.jpg", "jpeg/progressive.jpg"} {
-		if _, err := decodeDCT(readTestdata(t, name), 50_000_000, nil); !errors.Is(err, errDCTUnsupported) {
-			t.Errorf("%s: %v, want errDCTUnsupported", name, err)
-		}
-	}
 	for _, name := range []string{"bad/truncated.jpg", "bad/huge-sof.jpg", "bad/text.jpg"} {
 		if _, err := decodeDCT(readTestdata(t, name), 50_000_000, nil); !errors.Is(err, errBadImage) {
 			t.Errorf("%s: %v, want a bad-image error", name, err)
@@ -146,7 +146,7 @@ func TestDCTThumbnails(t *testing.T) {
 // FuzzDecodeDCT: on any input the DCT decoder does not panic or allocate past the pixel limit, and
 // whenever both it and image/jpeg decode, its grayscale equals image/jpeg's luma plane.
 func FuzzDecodeDCT(f *testing.F) {
-	for _, name := range append(dctJPEGs[3:], "jpeg/m16.jpg") {
+	for _, name := range append(dctJPEGs[4:], "jpeg/m16.jpg") { // the small files
 		f.Add(readTestdata(f, name))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
