@@ -11,7 +11,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"image"
 	"image/gif"
 	"image/jpeg"
@@ -172,17 +171,6 @@ type upload struct {
 	height      int
 }
 
-// countingHash counts and hashes what passes through it.
-type countingHash struct {
-	h hash.Hash
-	n int64
-}
-
-func (c *countingHash) Write(p []byte) (int, error) {
-	c.n += int64(len(p))
-	return c.h.Write(p)
-}
-
 // receive streams r into a temp file while hashing it, then checks that it is an image we take,
 // within maxBytes and maxPixels. Memory use does not grow with the file. On any error the temp file
 // is gone; errors are apiErrors: 413 too large (bytes or pixels), 415 not an image we decode, 422 empty.
@@ -197,7 +185,7 @@ func (b *blobStore) receive(r io.Reader, maxBytes, maxPixels int64) (_ *upload, 
 			os.Remove(f.Name())
 		}
 	}()
-	sum := &countingHash{h: sha256.New()}
+	sum := sha256.New()
 	// multipart hands out a few KiB per Read: buffer the writes, or each one is a write(2).
 	w := bufio.NewWriterSize(f, uploadBufferSize)
 	// One byte past the limit tells "exactly at the limit" from "over it" without reading on.
@@ -214,7 +202,7 @@ func (b *blobStore) receive(r io.Reader, maxBytes, maxPixels int64) (_ *upload, 
 	if n == 0 {
 		return nil, newError(http.StatusUnprocessableEntity, "file is empty")
 	}
-	up := &upload{tmpPath: f.Name(), size: n, sha256: hex.EncodeToString(sum.h.Sum(nil))}
+	up := &upload{tmpPath: f.Name(), size: n, sha256: hex.EncodeToString(sum.Sum(nil))}
 	if err := inspectImage(f, up, maxPixels); err != nil {
 		return nil, err
 	}

@@ -28,7 +28,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"image"
 	"io"
 	"math"
@@ -1255,9 +1254,4 @@ func encodeGray(w io.Writer, c *dctComponent, width, height int, q [64]uint16) e
 	}
 	_, err := w.Write([]byte{0xFF, 0xD9})
 	return err
-}
-
-// String describes the frame, for logs and errors.
-func (img *dctImage) String() string {
-	return fmt.Sprintf("%dx%d, %d components, sampling %dx%d", img.width, img.height, len(img.comps), img.hmax, img.vmax)
 }

@@ -16,7 +16,9 @@ import (
 	"image/jpeg"
 	"image/png"
 	"io"
+	"math"
 	"os"
+	"slices"
 
 	"golang.org/x/image/draw"
 )
@@ -325,18 +327,14 @@ func makeVariantsStandard(ctx context.Context, blobs *blobStore, path, contentTy
 // variantSpecsBySize returns the table with the thumbnails largest first (so each can be made from
 // the one before) and full-size variants first of all.
 func variantSpecsBySize() []variantSpec {
-	specs := append([]variantSpec(nil), variantSpecs...)
+	specs := slices.Clone(variantSpecs)
 	size := func(v variantSpec) int {
 		if v.box == 0 {
-			return 1 << 30
+			return math.MaxInt
 		}
 		return v.box
 	}
-	for i := 1; i < len(specs); i++ {
-		for j := i; j > 0 && size(specs[j]) > size(specs[j-1]); j-- {
-			specs[j], specs[j-1] = specs[j-1], specs[j]
-		}
-	}
+	slices.SortStableFunc(specs, func(a, b variantSpec) int { return size(b) - size(a) })
 	return specs
 }
 
