@@ -212,32 +212,59 @@ func (b *blobStore) receive(r io.Reader, maxBytes, maxPixels int64) (_ *upload, 
 	return up, nil
 }
 
-// inspectImage sniffs f's format and reads its dimensions from the header alone (no pixel is
-// decoded), refusing what we cannot decode (415) and what is over maxPixels (413).
-func inspectImage(f *os.File, up *upload, maxPixels int64) error {
+// imageFile is an image file on disk, its format recognised from its first bytes.
+type imageFile struct {
+	f      *os.File
+	size   int64
+	format imageFormat
+}
+
+// sniffFile recognises the format of the first size bytes of f; false when it is none we take.
+func sniffFile(f *os.File, size int64) (imageFile, bool) {
 	head := make([]byte, 16)
 	n, _ := f.ReadAt(head, 0)
 	format, ok := sniffFormat(head[:n])
+	return imageFile{f: f, size: size, format: format}, ok
+}
+
+// reader returns a new reader over the whole file, as the format's decoder wants it: buffered, or for
+// TIFF an io.ReaderAt (the TIFF decoder reads everything into memory unless it gets one).
+func (im imageFile) reader() io.Reader {
+	section := io.NewSectionReader(im.f, 0, im.size)
+	if im.format.name == "tiff" {
+		return section
+	}
+	return bufio.NewReaderSize(section, 64<<10)
+}
+
+// orientation is the file's EXIF orientation: read from a JPEG, 1 for anything else.
+func (im imageFile) orientation() orientation {
+	if im.format.name != "jpeg" {
+		return 1
+	}
+	return exifOrientation(io.NewSectionReader(im.f, 0, im.size))
+}
+
+// inspectImage sniffs f's format and reads its dimensions from the header alone (no pixel is
+// decoded), refusing what we cannot decode (415) and what is over maxPixels (413).
+func inspectImage(f *os.File, up *upload, maxPixels int64) error {
+	im, ok := sniffFile(f, up.size)
 	if !ok {
 		return newError(http.StatusUnsupportedMediaType, "not an image this service accepts: send JPEG, PNG, GIF, WebP, BMP or TIFF")
 	}
-	var src io.Reader = bufio.NewReader(io.NewSectionReader(f, 0, up.size))
-	if format.name == "tiff" {
-		// The TIFF decoder reads everything into memory unless it gets an io.ReaderAt.
-		src = io.NewSectionReader(f, 0, up.size)
-	}
-	cfg, err := format.decodeConfig(src)
+	name := strings.ToUpper(im.format.name)
+	cfg, err := im.format.decodeConfig(im.reader())
 	if err != nil {
-		return newError(http.StatusUnsupportedMediaType, "not a valid %s image: %v", strings.ToUpper(format.name), err)
+		return newError(http.StatusUnsupportedMediaType, "not a valid %s image: %v", name, err)
 	}
 	if cfg.Width <= 0 || cfg.Height <= 0 {
-		return newError(http.StatusUnsupportedMediaType, "not a valid %s image: it declares %d×%d pixels", strings.ToUpper(format.name), cfg.Width, cfg.Height)
+		return newError(http.StatusUnsupportedMediaType, "not a valid %s image: it declares %d×%d pixels", name, cfg.Width, cfg.Height)
 	}
 	if px := int64(cfg.Width) * int64(cfg.Height); px > maxPixels {
 		return newError(http.StatusRequestEntityTooLarge, "image is %d×%d = %d pixels, over the limit of %d", cfg.Width, cfg.Height, px, maxPixels)
 	}
-	up.contentType, up.width, up.height = format.contentType, cfg.Width, cfg.Height
-	if format.name == "jpeg" && exifOrientation(io.NewSectionReader(f, 0, up.size)).swapsAxes() {
+	up.contentType, up.width, up.height = im.format.contentType, cfg.Width, cfg.Height
+	if im.orientation().swapsAxes() {
 		up.width, up.height = cfg.Height, cfg.Width
 	}
 	return nil

@@ -347,41 +347,26 @@ func decodeFile(path string, maxPixels int64) (image.Image, orientation, error) 
 		return nil, 1, err
 	}
 	defer f.Close()
-	head := make([]byte, 16)
-	n, _ := f.ReadAt(head, 0)
-	format, ok := sniffFormat(head[:n])
-	if !ok {
-		return nil, 1, badImage("not an image format this service decodes")
-	}
 	st, err := f.Stat()
 	if err != nil {
 		return nil, 1, err
 	}
-	section := io.NewSectionReader(f, 0, st.Size())
-	var r io.Reader = bufio.NewReaderSize(section, 64<<10)
-	if format.name == "tiff" {
-		r = section // the TIFF decoder wants an io.ReaderAt, or it reads everything into memory first
+	im, ok := sniffFile(f, st.Size())
+	if !ok {
+		return nil, 1, badImage("not an image format this service decodes")
 	}
-	cfg, err := format.decodeConfig(r)
+	cfg, err := im.format.decodeConfig(im.reader())
 	if err != nil {
-		return nil, 1, badImage("cannot read the %s header: %v", format.name, err)
+		return nil, 1, badImage("cannot read the %s header: %v", im.format.name, err)
 	}
 	if px := int64(cfg.Width) * int64(cfg.Height); px > maxPixels || cfg.Width <= 0 || cfg.Height <= 0 {
 		return nil, 1, badImage("image is %dx%d pixels, over the limit of %d", cfg.Width, cfg.Height, maxPixels)
 	}
-	section.Seek(0, io.SeekStart)
-	if format.name != "tiff" {
-		r = bufio.NewReaderSize(section, 64<<10)
-	}
-	img, err := format.decode(r)
+	img, err := im.format.decode(im.reader())
 	if err != nil {
-		return nil, 1, badImage("the %s data is corrupt or truncated: %v", format.name, err)
+		return nil, 1, badImage("the %s data is corrupt or truncated: %v", im.format.name, err)
 	}
-	o := orientation(1)
-	if format.name == "jpeg" {
-		o = exifOrientation(io.NewSectionReader(f, 0, st.Size()))
-	}
-	return img, o, nil
+	return img, im.orientation(), nil
 }
 
 // outputType is the content type variants of an input get: JPEG stays JPEG, PNG and GIF stay
