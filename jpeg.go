@@ -26,12 +26,14 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"image"
 	"io"
 	"math"
 	"math/bits"
+	"slices"
 )
 
 // errDCTUnsupported means the file is a JPEG this decoder does not handle; the standard path will.
@@ -966,13 +968,23 @@ func optimalTable(freq [256]int64) ([16]uint8, []uint8) {
 			v2 = others[v2]
 		}
 	}
-	var count [33]int
+	// With 257 symbols a code can be up to 256 bits long (Fibonacci-like counts make such chains),
+	// so the lengths are counted up to there, and K.3's adjustment, applied from the longest length
+	// down, brings every one to 16 at most. Each step keeps the Kraft sum at 1 (two codes of length
+	// i become one of i-1; one of j becomes two of j+1), and a shorter code to split always exists:
+	// were every code of length i-1 or i > 16, there would be at least 2^16 of them.
+	var count [len(f)]int
+	maxLen := 0
 	for _, s := range codesize {
 		if s > 0 {
 			count[s]++
+			maxLen = max(maxLen, s)
 		}
 	}
-	for i := 32; i > 16; i-- {
+	if maxLen == 0 {
+		return [16]uint8{}, nil // no symbol in use: the reserved code stood alone
+	}
+	for i := maxLen; i > 16; i-- {
 		for count[i] > 0 {
 			j := i - 2
 			for count[j] == 0 {
@@ -993,15 +1005,21 @@ func optimalTable(freq [256]int64) ([16]uint8, []uint8) {
 	for l := 1; l <= 16; l++ {
 		out[l-1] = uint8(count[l])
 	}
+	// Symbols in order of their unadjusted lengths, the more frequent first among equals: the
+	// adjustment keeps that order, so the longest codes still go to the rarest symbols.
 	var vals []uint8
-	for size := 1; size <= 32; size++ {
-		for sym := range 256 {
-			if codesize[sym] == size {
-				vals = append(vals, uint8(sym))
-			}
+	for sym := range 256 {
+		if codesize[sym] > 0 {
+			vals = append(vals, uint8(sym))
 		}
 	}
-	return out, vals // ordered by code length, then symbol
+	slices.SortStableFunc(vals, func(a, b uint8) int {
+		if d := codesize[a] - codesize[b]; d != 0 {
+			return d
+		}
+		return cmp.Compare(freq[b], freq[a])
+	})
+	return out, vals
 }
 
 // codes assigns canonical codes (Annex C) to BITS and HUFFVAL.

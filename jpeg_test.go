@@ -13,6 +13,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -297,5 +298,150 @@ func TestDCTQuarterScale(t *testing.T) {
 		if mr, mq := meanColour(ref), meanColour(q); math.Abs(mr[0]-mq[0])+math.Abs(mr[1]-mq[1])+math.Abs(mr[2]-mq[2]) > 3 {
 			t.Errorf("%s: mean colour %v, want %v", name, mq, mr)
 		}
+	}
+}
+
+// checkHuffmanTable fails t unless BITS and HUFFVAL from optimalTable(freq) form a code JPEG allows:
+// lengths 1–16, every symbol with a count present once, no code all ones, a prefix code (Kraft sum
+// below 1), and no symbol given a longer code than a rarer one.
+func checkHuffmanTable(t *testing.T, freq [256]int64) {
+	t.Helper()
+	counts, vals := optimalTable(freq)
+	total, kraft := 0, 0.0
+	for l, n := range counts {
+		total += int(n)
+		kraft += float64(n) / float64(uint64(1)<<(l+1))
+	}
+	used := 0
+	for _, f := range freq {
+		if f > 0 {
+			used++
+		}
+	}
+	if total != len(vals) || total != max(used, 0) {
+		t.Fatalf("%d codes for %d values and %d symbols in use", total, len(vals), used)
+	}
+	if kraft >= 1 {
+		t.Fatalf("Kraft sum %v: not a prefix code with the all-ones code free", kraft)
+	}
+	code := codes(counts, vals)
+	seen := map[uint8]bool{}
+	for _, v := range vals {
+		if seen[v] || freq[v] == 0 {
+			t.Fatalf("symbol %d listed twice or without a count", v)
+		}
+		seen[v] = true
+		if size := code.size[v]; size < 1 || size > 16 || code.code[v] == 1<<size-1 {
+			t.Fatalf("symbol %d: code %b of length %d", v, code.code[v], size)
+		}
+	}
+	for _, a := range vals {
+		for _, b := range vals {
+			if freq[a] > freq[b] && code.size[a] > code.size[b] {
+				t.Fatalf("symbol %d (count %d) has a longer code than %d (count %d)", a, freq[a], b, freq[b])
+			}
+		}
+	}
+}
+
+// TestOptimalTableDeep: symbol counts that grow like the Fibonacci sequence make the Huffman tree
+// as deep as there are symbols (far past 32 bits, which once indexed past an array and crashed the
+// worker); the lengths still come out limited to 16.
+func TestOptimalTableDeep(t *testing.T) {
+	for _, n := range []int{17, 33, 40, 90, 256} {
+		var freq [256]int64
+		a, b := int64(1), int64(1)
+		for i := range n {
+			freq[i] = a
+			a, b = b, min(a+b, 1<<50) // saturate (past 70 terms) so that no sum overflows
+		}
+		checkHuffmanTable(t, freq)
+	}
+	checkHuffmanTable(t, [256]int64{})       // no symbol at all
+	checkHuffmanTable(t, [256]int64{7: 100}) // one symbol
+}
+
+// FuzzOptimalTable: for any symbol counts the code is one JPEG allows (checkHuffmanTable). Each pair
+// of input bytes sets one symbol's count to a power of two plus a small part, so deep trees are easy
+// to reach.
+func FuzzOptimalTable(f *testing.F) {
+	f.Add([]byte{0, 0, 1, 1, 2, 2, 3, 3, 4, 5, 5, 8})
+	f.Add([]byte{0xFF, 40, 0xFE, 39, 0xFD, 38})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var freq [256]int64
+		for i := 0; i+1 < len(data); i += 2 {
+			freq[data[i]] = int64(1)<<(data[i+1]%48) + int64(data[i+1]>>6)
+		}
+		checkHuffmanTable(t, freq)
+	})
+}
+
+// fibonacciComponent is a grayscale component whose AC symbols (run/size pairs) are coded with
+// counts 2, 3, 5, 8… (the Fibonacci sequence) over nsym symbols, every block full to its 63rd
+// coefficient but the last, whose one EOB makes the 1 that, with the encoder's reserved code, starts
+// the sequence. Huffman's tree for such counts is a chain as deep as there are symbols: the crafted
+// upload that once made the grayscale's optimal code longer than 32 bits.
+func fibonacciComponent(nsym int) *dctComponent {
+	type sym struct{ run, size int }
+	var syms []sym // the most frequent first: runs of 0 use one position each
+	for run := 0; run < 4 && len(syms) < nsym; run++ {
+		for size := 1; size <= 10 && len(syms) < nsym; size++ {
+			syms = append(syms, sym{run, size})
+		}
+	}
+	left := make([]int64, len(syms))
+	positions := int64(0)
+	a, b := int64(2), int64(3)
+	for i := range left {
+		left[len(left)-1-i] = a
+		positions += a * int64(syms[len(left)-1-i].run+1)
+		a, b = b, a+b
+	}
+	w := 500
+	h := int((positions + 63*int64(w) - 1) / (63 * int64(w)))
+	c := &dctComponent{h: 1, v: 1, bw: w, bh: h, stride: w, coef: make([]int16, w*h*64), last: make([]uint8, w*h)}
+	s := len(syms) - 1 // the rarest first; the most frequent fills every block (its count only grows)
+	for blk := range w * h {
+		coef := c.coef[blk*64:][:64]
+		end := 63
+		if blk == w*h-1 {
+			end = 62 // the one block that ends early
+		}
+		for k := 1; k <= end; k++ {
+			for s >= 0 && left[s] == 0 {
+				s--
+			}
+			pick := s
+			if s < 0 || k+syms[s].run > end {
+				pick = 0
+			}
+			k += syms[pick].run
+			coef[k] = int16(1) << (syms[pick].size - 1)
+			c.last[blk] = uint8(k)
+			left[pick]--
+		}
+	}
+	return c
+}
+
+// TestGrayscaleOfFibonacciCounts: the crafted grayscale JPEG's coefficients re-encode (no panic),
+// and the result decodes back to the very same coefficients.
+func TestGrayscaleOfFibonacciCounts(t *testing.T) {
+	c := fibonacciComponent(32) // 4000×3824 pixels; a 33-bit code before the length limit
+	w, h := c.bw, c.bh
+	var q [64]uint16
+	for i := range q {
+		q[i] = 1
+	}
+	var out bytes.Buffer
+	if err := encodeGray(&out, c, w*8, h*8, q); err != nil {
+		t.Fatal(err)
+	}
+	back, err := decodeDCT(out.Bytes(), 1<<30, nil)
+	if err != nil {
+		t.Fatalf("the grayscale does not decode: %v", err)
+	}
+	if !slices.Equal(back.comps[0].coef, c.coef) {
+		t.Fatal("coefficients differ after the round trip")
 	}
 }
