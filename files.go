@@ -174,7 +174,7 @@ type upload struct {
 // receive streams r into a temp file while hashing it, then checks that it is an image we take,
 // within maxBytes and maxPixels. Memory use does not grow with the file. On any error the temp file
 // is gone; errors are apiErrors: 413 too large (bytes or pixels), 415 not an image we decode, 422 empty.
-func (b *blobStore) receive(r io.Reader, maxBytes, maxPixels int64) (_ *upload, err error) {
+func (b *blobStore) receive(r io.Reader, lim uploadLimits) (_ *upload, err error) {
 	f, err := b.createTemp("upload-*")
 	if err != nil {
 		return nil, err
@@ -189,6 +189,7 @@ func (b *blobStore) receive(r io.Reader, maxBytes, maxPixels int64) (_ *upload, 
 	// multipart hands out a few KiB per Read: buffer the writes, or each one is a write(2).
 	w := bufio.NewWriterSize(f, uploadBufferSize)
 	// One byte past the limit tells "exactly at the limit" from "over it" without reading on.
+	maxBytes := lim.maxBytes
 	n, err := io.Copy(w, io.TeeReader(io.LimitReader(r, maxBytes+1), sum))
 	if err == nil {
 		err = w.Flush()
@@ -203,7 +204,7 @@ func (b *blobStore) receive(r io.Reader, maxBytes, maxPixels int64) (_ *upload, 
 		return nil, newError(http.StatusUnprocessableEntity, "file is empty")
 	}
 	up := &upload{tmpPath: f.Name(), size: n, sha256: hex.EncodeToString(sum.Sum(nil))}
-	if err := inspectImage(f, up, maxPixels); err != nil {
+	if err := inspectImage(f, up, lim); err != nil {
 		return nil, err
 	}
 	if err := f.Close(); err != nil {
@@ -228,14 +229,37 @@ func sniffFile(f *os.File, size int64) (imageFile, bool) {
 }
 
 // reader returns a new reader over the whole file, as the format's decoder wants it: buffered, or for
-// TIFF an io.ReaderAt (the TIFF decoder reads everything into memory unless it gets one).
-func (im imageFile) reader() io.Reader {
-	section := io.NewSectionReader(im.f, 0, im.size)
+// TIFF an io.ReaderAt (the TIFF decoder reads everything into memory unless it gets one). Once ctx
+// ends, its reads fail with ctx's error: the decoders take no context, but they all read.
+func (im imageFile) reader(ctx context.Context) io.Reader {
+	section := &ctxReaderAt{ctx: ctx, r: io.NewSectionReader(im.f, 0, im.size)}
 	if im.format.name == "tiff" {
 		return section
 	}
 	return bufio.NewReaderSize(section, 64<<10)
 }
+
+// ctxReaderAt is a section of a file whose reads fail once ctx ends.
+type ctxReaderAt struct {
+	ctx context.Context
+	r   *io.SectionReader
+}
+
+func (c *ctxReaderAt) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+func (c *ctxReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.ReadAt(p, off)
+}
+
+func (c *ctxReaderAt) Seek(off int64, whence int) (int64, error) { return c.r.Seek(off, whence) }
 
 // orientation is the file's EXIF orientation: read from a JPEG, 1 for anything else.
 func (im imageFile) orientation() orientation {
@@ -245,27 +269,43 @@ func (im imageFile) orientation() orientation {
 	return exifOrientation(io.NewSectionReader(im.f, 0, im.size))
 }
 
-// inspectImage sniffs f's format and reads its dimensions from the header alone (no pixel is
-// decoded), refusing what we cannot decode (415) and what is over maxPixels (413).
-func inspectImage(f *os.File, up *upload, maxPixels int64) error {
+// uploadLimits bound what an upload may be.
+type uploadLimits struct {
+	maxBytes    int64 // MAX_UPLOAD_BYTES
+	maxPixels   int64 // MAX_PIXELS
+	maxJobBytes int64 // WORKER_MEMORY: no job may need more
+	dct         bool  // JPEG_DCT: whether the job may take the DCT path (its memory differs)
+}
+
+// inspectImage sniffs f's format and reads its header alone (no pixel is decoded), refusing what we
+// cannot decode (415), what is over the pixel limit or would need more memory to process than a
+// worker has (413), and a JPEG of more scans than any decoder here walks (422).
+func inspectImage(f *os.File, up *upload, lim uploadLimits) error {
 	im, ok := sniffFile(f, up.size)
 	if !ok {
 		return newError(http.StatusUnsupportedMediaType, "not an image this service accepts: send JPEG, PNG, GIF, WebP, BMP or TIFF")
 	}
 	name := strings.ToUpper(im.format.name)
-	cfg, err := im.format.decodeConfig(im.reader())
+	h, err := readImageHeader(context.Background(), im)
+	if errors.Is(err, errTooManyScans) {
+		return newError(http.StatusUnprocessableEntity, "the JPEG has more than %d scans (progressive passes); at most %d are accepted", maxJPEGScans, maxJPEGScans)
+	}
 	if err != nil {
 		return newError(http.StatusUnsupportedMediaType, "not a valid %s image: %v", name, err)
 	}
-	if cfg.Width <= 0 || cfg.Height <= 0 {
-		return newError(http.StatusUnsupportedMediaType, "not a valid %s image: it declares %d×%d pixels", name, cfg.Width, cfg.Height)
+	if h.width <= 0 || h.height <= 0 {
+		return newError(http.StatusUnsupportedMediaType, "not a valid %s image: it declares %d×%d pixels", name, h.width, h.height)
 	}
-	if px := int64(cfg.Width) * int64(cfg.Height); px > maxPixels {
-		return newError(http.StatusRequestEntityTooLarge, "image is %d×%d = %d pixels, over the limit of %d", cfg.Width, cfg.Height, px, maxPixels)
+	if px := int64(h.width) * int64(h.height); px > lim.maxPixels {
+		return newError(http.StatusRequestEntityTooLarge, "image is %d×%d = %d pixels, over the limit of %d", h.width, h.height, px, lim.maxPixels)
 	}
-	up.contentType, up.width, up.height = im.format.contentType, cfg.Width, cfg.Height
-	if im.orientation().swapsAxes() {
-		up.width, up.height = cfg.Height, cfg.Width
+	if need := h.jobBytes(lim.dct); need > lim.maxJobBytes {
+		return newError(http.StatusRequestEntityTooLarge, "processing this %d×%d %s needs about %s of memory, over this server's limit of %s: send it with fewer pixels or fewer bits per pixel",
+			h.width, h.height, name, formatMiB(need), formatMiB(lim.maxJobBytes))
+	}
+	up.contentType, up.width, up.height = im.format.contentType, h.width, h.height
+	if h.orient.swapsAxes() {
+		up.width, up.height = h.height, h.width
 	}
 	return nil
 }

@@ -231,7 +231,8 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 			part = p
 		}
 	}
-	up, err := a.blobs.receive(requestReader{part}, a.cfg.MaxUploadBytes, a.cfg.MaxPixels)
+	up, err := a.blobs.receive(requestReader{part}, uploadLimits{maxBytes: a.cfg.MaxUploadBytes, maxPixels: a.cfg.MaxPixels,
+		maxJobBytes: a.cfg.WorkerMemory, dct: a.cfg.JPEGDCT})
 	if err != nil {
 		return imageRecord{}, err
 	}

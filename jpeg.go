@@ -25,8 +25,10 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"cmp"
+	"context"
 	"encoding/binary"
 	"errors"
 	"image"
@@ -35,6 +37,19 @@ import (
 	"math/bits"
 	"slices"
 )
+
+// maxJPEGScans is the most scans a JPEG may have. Each scan, however few its bytes, walks every
+// block of the image (a progressive AC scan can be a single EOB run), so the count, not the size,
+// bounds the work: 447,679 scans of 56 bytes fit in 24 MiB and would cost image/jpeg over three
+// hours on a 49 MP frame. Encoders write far fewer: libjpeg's progressive script has 10 scans for
+// colour and 6 for gray; a hand-written script with successive approximation of every coefficient
+// band of three components stays in the low hundreds (libjpeg-turbo suggests a limit of a few
+// hundred for untrusted input). 1000 keeps every real file, and bounds a 50 MP frame's worst case
+// to about 10 s in the DCT path and 30 s in image/jpeg, within JOB_TIMEOUT.
+const maxJPEGScans = 1000
+
+// errTooManyScans refuses a JPEG of more than maxJPEGScans scans.
+var errTooManyScans = badImage("the jpeg has more than %d scans (progressive passes), the most this service decodes", maxJPEGScans)
 
 // errDCTUnsupported means the file is a JPEG this decoder does not handle; the standard path will.
 var errDCTUnsupported = errors.New("jpeg: not supported by the DCT path")
@@ -202,11 +217,13 @@ func (b *dctBits) decode(h *dctHuffman) (uint8, error) {
 	return 0, errors.New("jpeg: bad Huffman code")
 }
 
-// decodeDCT reads a sequential Huffman JPEG down to its coefficients. It checks the frame's size
-// against maxPixels before allocating anything for it. Components listed in dcOnly (by index) keep
+// decodeDCT reads a sequential or progressive Huffman JPEG down to its coefficients. It checks the
+// frame's size against maxPixels before allocating anything for it, refuses a file of more than
+// maxJPEGScans scans, and stops with ctx's error once ctx ends (checked for every segment and every
+// row of blocks). Components listed in dcOnly (by index) keep
 // only their DC coefficients. Errors: errDCTUnsupported for what the standard path must do, an error
 // wrapping errBadImage for a JPEG that is broken.
-func decodeDCT(data []byte, maxPixels int64, dcOnly func(index int) bool) (*dctImage, error) {
+func decodeDCT(ctx context.Context, data []byte, maxPixels int64, dcOnly func(index int) bool) (*dctImage, error) {
 	if len(data) < 4 || data[0] != 0xFF || data[1] != 0xD8 {
 		return nil, badImage("not a JPEG")
 	}
@@ -214,7 +231,11 @@ func decodeDCT(data []byte, maxPixels int64, dcOnly func(index int) bool) (*dctI
 	var dc, ac [4]dctHuffman
 	pos := 2
 	scanned := map[int]bool{}
+	scans := 0
 	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		// Find the next marker (fill bytes allowed).
 		for pos < len(data) && data[pos] != 0xFF {
 			pos++
@@ -306,7 +327,10 @@ func decodeDCT(data []byte, maxPixels int64, dcOnly func(index int) bool) (*dctI
 			if img.comps == nil {
 				return nil, badImage("the jpeg data is corrupt: a scan before the frame header")
 			}
-			n, err := img.readScan(seg, data[pos:], &dc, &ac, scanned)
+			if scans++; scans > maxJPEGScans {
+				return nil, errTooManyScans
+			}
+			n, err := img.readScan(ctx, seg, data[pos:], &dc, &ac, scanned)
 			if err != nil {
 				return nil, err
 			}
@@ -412,7 +436,7 @@ func (img *dctImage) readFrame(seg []byte, maxPixels int64, dcOnly func(int) boo
 
 // readScan decodes one scan (its header seg, its entropy-coded data starting data) and returns how
 // many bytes of data it used, up to the next marker that is not a restart.
-func (img *dctImage) readScan(seg, data []byte, dc, ac *[4]dctHuffman, scanned map[int]bool) (int, error) {
+func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]dctHuffman, scanned map[int]bool) (int, error) {
 	if len(seg) < 1 {
 		return 0, badImage("the jpeg data is corrupt: short scan header")
 	}
@@ -484,7 +508,14 @@ func (img *dctImage) readScan(seg, data []byte, dc, ac *[4]dctHuffman, scanned m
 	var scratch [64]int16
 	rst := 0
 	eobrun := 0
+	perRow := max(1, blocksX, mcusX)
 	for mcu := 0; mcu < total; mcu++ {
+		if mcu%perRow == 0 {
+			// Once a row: a deadline or a shutdown stops even the largest scan within milliseconds.
+			if err := ctx.Err(); err != nil {
+				return 0, err
+			}
+		}
 		if img.restart > 0 && mcu > 0 && mcu%img.restart == 0 {
 			// Expect RSTn: discard the byte's leftover bits, find the marker, reset predictions.
 			if !br.marker {
@@ -877,6 +908,108 @@ func subsampleRatio(c []dctComponent) (image.YCbCrSubsampleRatio, bool) {
 		return image.YCbCrSubsampleRatio410, true
 	}
 	return 0, false
+}
+
+// jpegLayout is what a JPEG's markers say before any scan is decoded.
+type jpegLayout struct {
+	scans       int
+	progressive bool
+	components  int
+	samples     float64 // samples per pixel over all components (1.5 for 4:2:0 colour)
+}
+
+// scanJPEG reads the markers of the JPEG in r: its frame's layout, and how many scans it has. It
+// skips entropy-coded data without decoding it, and returns errTooManyScans as soon as the count
+// passes maxJPEGScans. A file that ends before EOI is not an error here: what its scans hold is the
+// decoders' to judge. One pass over the bytes, no allocation beyond its buffer.
+func scanJPEG(r io.Reader) (jpegLayout, error) {
+	var lay jpegLayout
+	br := bufio.NewReaderSize(r, 64<<10)
+	var soi [2]byte
+	if _, err := io.ReadFull(br, soi[:]); err != nil || soi != [2]byte{0xFF, 0xD8} {
+		return lay, badImage("not a JPEG")
+	}
+	inScan := false // after an SOS header: entropy-coded bytes until the next marker
+	for {
+		if inScan {
+			// Entropy-coded data: only a 0xFF can start a marker.
+			if _, err := br.ReadSlice(0xFF); err == bufio.ErrBufferFull {
+				continue
+			} else if err != nil {
+				return lay, nil
+			}
+		} else if b, err := br.ReadByte(); err != nil {
+			return lay, nil
+		} else if b != 0xFF {
+			continue // garbage between segments: the decoders decide what it means
+		}
+		m, err := br.ReadByte()
+		for err == nil && m == 0xFF { // fill bytes
+			m, err = br.ReadByte()
+		}
+		if err != nil {
+			return lay, nil
+		}
+		switch {
+		case m == 0x00 || m >= 0xD0 && m <= 0xD7: // stuffed byte, or a restart inside the scan
+			continue
+		case m == 0xD9: // EOI
+			return lay, nil
+		case m == 0x01 || m == 0xD8: // no length field
+			inScan = false
+			continue
+		}
+		inScan = false
+		var l [2]byte
+		if _, err := io.ReadFull(br, l[:]); err != nil {
+			return lay, nil
+		}
+		n := int(binary.BigEndian.Uint16(l[:])) - 2
+		if n < 0 {
+			return lay, badImage("the jpeg data is corrupt: a segment length under 2")
+		}
+		switch {
+		case m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC && lay.components == 0: // SOFn
+			seg := make([]byte, n)
+			if _, err := io.ReadFull(br, seg); err != nil {
+				return lay, nil
+			}
+			lay.progressive = m == 0xC2 || m == 0xC6 || m == 0xCA || m == 0xCE
+			lay.components, lay.samples = frameSamples(seg)
+			continue
+		case m == 0xDA:
+			if lay.scans++; lay.scans > maxJPEGScans {
+				return lay, errTooManyScans
+			}
+			inScan = true
+		}
+		if _, err := br.Discard(n); err != nil {
+			return lay, nil
+		}
+	}
+}
+
+// frameSamples reads a frame header's components and how many samples per pixel they hold together
+// (each component's sampling factors over the largest ones).
+func frameSamples(seg []byte) (int, float64) {
+	if len(seg) < 6 {
+		return 0, 3
+	}
+	n := int(seg[5])
+	if n == 0 || len(seg) < 6+3*n {
+		return n, 3
+	}
+	hmax, vmax := 1, 1
+	for i := range n {
+		h, v := int(seg[7+3*i]>>4), int(seg[7+3*i]&15)
+		hmax, vmax = max(hmax, h), max(vmax, v)
+	}
+	samples := 0.0
+	for i := range n {
+		h, v := int(seg[7+3*i]>>4), int(seg[7+3*i]&15)
+		samples += float64(max(h, 1)*max(v, 1)) / float64(hmax*vmax)
+	}
+	return n, samples
 }
 
 // ---- Writing one component ----

@@ -62,7 +62,7 @@ func sameGray(a, b *stdimage.Gray) bool {
 // dctGray runs the DCT path's grayscale on data.
 func dctGray(t testing.TB, data []byte) []byte {
 	t.Helper()
-	img, err := decodeDCT(data, 50_000_000, func(i int) bool { return i > 0 })
+	img, err := decodeDCT(context.Background(), data, 50_000_000, func(i int) bool { return i > 0 })
 	if err != nil {
 		t.Fatalf("decodeDCT: %v", err)
 	}
@@ -106,12 +106,12 @@ func TestDCTGrayscaleIsLossless(t *testing.T) {
 // path then serves), and a broken file is a bad image, never a panic.
 func TestDCTUnsupported(t *testing.T) {
 	for _, name := range []string{"bad/truncated.jpg", "bad/huge-sof.jpg", "bad/text.jpg"} {
-		if _, err := decodeDCT(readTestdata(t, name), 50_000_000, nil); !errors.Is(err, errBadImage) {
+		if _, err := decodeDCT(context.Background(), readTestdata(t, name), 50_000_000, nil); !errors.Is(err, errBadImage) {
 			t.Errorf("%s: %v, want a bad-image error", name, err)
 		}
 	}
 	// The frame's size is checked before anything is allocated for it.
-	if _, err := decodeDCT(readTestdata(t, "large.jpg"), 1_000_000, nil); !errors.Is(err, errBadImage) {
+	if _, err := decodeDCT(context.Background(), readTestdata(t, "large.jpg"), 1_000_000, nil); !errors.Is(err, errBadImage) {
 		t.Errorf("over MAX_PIXELS: %v", err)
 	}
 }
@@ -120,7 +120,7 @@ func TestDCTUnsupported(t *testing.T) {
 // to thumbnails within 38 dB (luma) of a full-decode Catmull-Rom reference.
 func TestDCTThumbnails(t *testing.T) {
 	data := readTestdata(t, "large.jpg")
-	img, err := decodeDCT(data, 50_000_000, func(i int) bool { return i > 0 })
+	img, err := decodeDCT(context.Background(), data, 50_000_000, func(i int) bool { return i > 0 })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +151,7 @@ func FuzzDecodeDCT(f *testing.F) {
 		f.Add(readTestdata(f, name))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		img, err := decodeDCT(data, 1<<20, nil)
+		img, err := decodeDCT(context.Background(), data, 1<<20, nil)
 		if err != nil {
 			return
 		}
@@ -201,7 +201,7 @@ func FuzzDecodeDCT(f *testing.F) {
 // picture within rounding of the pixels turned (the IDCT is not exactly symmetric under transposes).
 func TestDCTOrientation(t *testing.T) {
 	data := readTestdata(t, "jpeg/m16.jpg")
-	img, err := decodeDCT(data, 50_000_000, func(i int) bool { return i > 0 })
+	img, err := decodeDCT(context.Background(), data, 50_000_000, func(i int) bool { return i > 0 })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +229,7 @@ func TestDCTOrientation(t *testing.T) {
 		}
 	}
 	// 301×217 is not a whole number of blocks: flipping it cannot be lossless.
-	odd, _ := decodeDCT(readTestdata(t, "jpeg/s2x2.jpg"), 50_000_000, nil)
+	odd, _ := decodeDCT(context.Background(), readTestdata(t, "jpeg/s2x2.jpg"), 50_000_000, nil)
 	for _, o := range []orientation{2, 3, 4, 6, 7, 8} {
 		if _, _, _, _, err := odd.orientComponent(0, o); !errors.Is(err, errDCTUnsupported) {
 			t.Errorf("orientation %d of a 301x217 image: %v", o, err)
@@ -278,7 +278,7 @@ func TestDCTPathTurnsPhotos(t *testing.T) {
 func TestDCTQuarterScale(t *testing.T) {
 	for _, name := range []string{"mid.jpg", "jpeg/s1x1.jpg", "jpeg/s2x1.jpg", "jpeg/s4x1.jpg", "jpeg/gray.jpg"} {
 		data := readTestdata(t, name)
-		img, err := decodeDCT(data, 50_000_000, nil)
+		img, err := decodeDCT(context.Background(), data, 50_000_000, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -437,7 +437,7 @@ func TestGrayscaleOfFibonacciCounts(t *testing.T) {
 	if err := encodeGray(&out, c, w*8, h*8, q); err != nil {
 		t.Fatal(err)
 	}
-	back, err := decodeDCT(out.Bytes(), 1<<30, nil)
+	back, err := decodeDCT(context.Background(), out.Bytes(), 1<<30, nil)
 	if err != nil {
 		t.Fatalf("the grayscale does not decode: %v", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,6 +79,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	cfg.Mode = *mode
 
 	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	if cfg.MemoryLimit > 0 {
+		debug.SetMemoryLimit(cfg.MemoryLimit)
+	}
 	pool, err := connectDB(ctx, cfg.DatabaseURL, log)
 	if err != nil {
 		return err
@@ -216,6 +220,10 @@ type app struct {
 	tokens  *tokenIssuer
 	hasher  *passwordHasher
 	docs    docAssets
+	budget  *memoryBudget // WORKER_MEMORY, shared by the jobs running at once
+	// process makes an image's variants: makeVariants, replaced only by tests that need a job to
+	// misbehave (a panic) in a way no image can make it any more.
+	process func(ctx context.Context, blobs *blobStore, path, contentType string, opts processOptions) ([]variantImage, string, error)
 }
 
 // newApp wires the services for cfg.Mode over an open, migrated database.
@@ -268,6 +276,8 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 		metrics: m,
 		tokens:  &tokenIssuer{key: key, ttl: cfg.TokenTTL, issuer: tokenIssuerName, now: time.Now},
 		hasher:  hasher,
+		budget:  newMemoryBudget(cfg.WorkerMemory),
+		process: makeVariants,
 	}, nil
 }
 
@@ -284,9 +294,8 @@ func (a *app) background(ctx context.Context) {
 	wg.Go(func() { a.cache.repair(ctx, time.Second) })
 	wg.Go(func() { a.sweepLostJobs(ctx, a.cfg.SweepInterval) })
 	wg.Go(func() {
-		const lockKey int64 = 0x696d6761_73776570 // "imgaswep"
 		for ctx.Err() == nil {
-			a.holdingLock(ctx, lockKey, orphanGrace, func() { a.sweepOrphans(ctx) })
+			a.holdingLock(ctx, lockSweepFiles, orphanGrace, func() { a.sweepOrphans(ctx) })
 			select {
 			case <-ctx.Done():
 			case <-time.After(orphanGrace):
@@ -318,6 +327,9 @@ type config struct {
 	JobLease        time.Duration
 	JobRetryDelay   time.Duration
 	JobMaxAttempts  int
+	JobTimeout      time.Duration // deadline of one job
+	WorkerMemory    int64         // bytes the jobs running at once may need together (their estimates)
+	MemoryLimit     int64         // the Go runtime's soft memory limit; 0: GOMEMLIMIT decides
 	SweepInterval   time.Duration
 	SecretKey       []byte // empty: generated once and kept in the database
 	Addr            string
@@ -377,6 +389,25 @@ func loadConfig(getenv func(string) string) (config, error) {
 		}
 		return v
 	}
+	// sizeVar reads a byte count: a whole number, with an optional KiB, MiB or GiB suffix.
+	sizeVar := func(name string, def, lo, hi int64) int64 {
+		s := strings.TrimSpace(getenv(name))
+		if s == "" {
+			return def
+		}
+		unit := int64(1)
+		for suffix, u := range map[string]int64{"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30} {
+			if num, ok := strings.CutSuffix(s, suffix); ok {
+				s, unit = strings.TrimSpace(num), u
+			}
+		}
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || v > hi/unit || v*unit < lo {
+			errs = append(errs, fmt.Errorf("%s=%q: want a byte count from %d to %d (KiB, MiB and GiB suffixes allowed)", name, getenv(name), lo, hi))
+			return def
+		}
+		return v * unit
+	}
 	durVar := func(name string, def, lo, hi time.Duration) time.Duration {
 		s := getenv(name)
 		if s == "" {
@@ -402,7 +433,15 @@ func loadConfig(getenv func(string) string) (config, error) {
 	c.JobLease = durVar("JOB_LEASE", 5*time.Minute, time.Second, 24*time.Hour)
 	c.JobRetryDelay = durVar("JOB_RETRY_DELAY", 2*time.Second, time.Millisecond, time.Hour)
 	c.JobMaxAttempts = int(intVar("JOB_MAX_ATTEMPTS", 3, 1, 100))
+	c.JobTimeout = durVar("JOB_TIMEOUT", 2*time.Minute, 100*time.Millisecond, 24*time.Hour)
 	c.SweepInterval = durVar("SWEEP_INTERVAL", 30*time.Second, 10*time.Millisecond, 24*time.Hour)
+	c.WorkerMemory = sizeVar("WORKER_MEMORY", defaultWorkerMemory(systemMemory()), 32<<20, 1<<40)
+	if getenv("GOMEMLIMIT") == "" {
+		// The heap may grow to what the jobs may hold, the password hashes in flight, and a margin for
+		// the rest (requests, pools, buffers); past it the collector works harder, not the kernel's
+		// OOM killer.
+		c.MemoryLimit = c.WorkerMemory + int64(c.HashConcurrency)*128*8*int64(c.ScryptN) + 96<<20
+	}
 	if c.ScryptN&(c.ScryptN-1) != 0 {
 		errs = append(errs, fmt.Errorf("SCRYPT_N=%d: want a power of two", c.ScryptN))
 	}

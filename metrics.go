@@ -23,6 +23,7 @@ type metrics struct {
 	jobsDCT       atomic.Int64 // of jobsDone, those made in the DCT domain
 	jobsFailed    atomic.Int64
 	jobsRetried   atomic.Int64
+	jobPanics     atomic.Int64 // jobs that panicked (each image failed, the worker went on)
 	jobsRequeued  atomic.Int64 // published again by the sweeper
 	jobNanos      atomic.Int64 // time spent on jobs that succeeded
 	publishErrors atomic.Int64
@@ -61,6 +62,7 @@ func (a *app) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	metric("imageapi_jobs_done_total", "counter", "Images processed.", val(m.jobsDone.Load()))
 	metric("imageapi_jobs_dct_total", "counter", "Images processed in the DCT domain (JPEG_DCT).", val(m.jobsDCT.Load()))
 	metric("imageapi_jobs_failed_total", "counter", "Images failed for good.", val(m.jobsFailed.Load()))
+	metric("imageapi_job_panics_total", "counter", "Jobs that panicked: a bug; the image failed and the worker went on.", val(m.jobPanics.Load()))
 	metric("imageapi_jobs_retried_total", "counter", "Failed attempts that will be retried.", val(m.jobsRetried.Load()))
 	metric("imageapi_jobs_requeued_total", "counter", "Jobs published again by the sweeper.", val(m.jobsRequeued.Load()))
 	metric("imageapi_job_seconds_total", "counter", "Time spent on jobs that succeeded.", fmt.Sprintf(" %.3f", float64(m.jobNanos.Load())/1e9))

@@ -16,7 +16,6 @@ import (
 	"image/jpeg"
 	"image/png"
 	"io"
-	"math"
 	"os"
 	"slices"
 
@@ -150,13 +149,22 @@ func tiffOrientation(t []byte) orientation {
 	return 1
 }
 
-// errBadImage wraps what makes an image unprocessable (corrupt or truncated data, too many pixels);
-// its text is shown to the user as the image's error.
+// errBadImage is what every imageError matches with errors.Is: the image itself is unprocessable
+// (corrupt or truncated data, too many pixels, scans or bytes), not the server.
 var errBadImage = errors.New("bad image")
 
-// badImage returns an errBadImage with a reason a user can read.
+// imageError says why an image cannot be processed, in words its owner reads as the image's error.
+// Processing it again would fail the same way, so a job ends at the first one.
+type imageError struct {
+	reason string
+}
+
+func (e *imageError) Error() string        { return "bad image: " + e.reason }
+func (e *imageError) Is(target error) bool { return target == errBadImage }
+
+// badImage returns an imageError with a reason a user can read.
 func badImage(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", errBadImage, fmt.Sprintf(format, args...))
+	return &imageError{reason: fmt.Sprintf(format, args...)}
 }
 
 // processOptions are the settings a job runs with.
@@ -203,8 +211,9 @@ func makeVariants(ctx context.Context, blobs *blobStore, path, contentType strin
 // errDCTUnsupported for what it does not do (yet): images whose 1/4 scale is smaller than the largest
 // thumbnail, and orientations that would flip a side that is not a whole number of 8-pixel blocks.
 func makeVariantsDCT(ctx context.Context, blobs *blobStore, path string, opts processOptions) (out []variantImage, err error) {
+	finished := false // not err: a panic leaves err nil, and the files must go then too
 	defer func() {
-		if err != nil {
+		if !finished || err != nil {
 			for _, v := range out {
 				os.Remove(v.tmpPath)
 			}
@@ -240,7 +249,7 @@ func makeVariantsDCT(ctx context.Context, blobs *blobStore, path string, opts pr
 		return nil, errDCTUnsupported
 	}
 	// At 1/8 scale chroma keeps only its DC coefficients, and memory stays near 2 bytes a pixel.
-	img, err := decodeDCT(data, opts.maxPixels, func(i int) bool { return scale == 8 && i > 0 })
+	img, err := decodeDCT(ctx, data, opts.maxPixels, func(i int) bool { return scale == 8 && i > 0 })
 	if err != nil {
 		return nil, err
 	}
@@ -282,32 +291,36 @@ func makeVariantsDCT(ctx context.Context, blobs *blobStore, path string, opts pr
 		}
 		out = append(out, v)
 	}
+	finished = true
 	return out, nil
 }
 
 // makeVariantsStandard makes the variants with the standard decoders.
 func makeVariantsStandard(ctx context.Context, blobs *blobStore, path, contentType string, opts processOptions) (out []variantImage, err error) {
+	finished := false // not err: a panic leaves err nil, and the files must go then too
 	defer func() {
-		if err != nil {
+		if !finished || err != nil {
 			for _, v := range out {
 				os.Remove(v.tmpPath)
 			}
 			out = nil
 		}
 	}()
-	src, orient, err := decodeFile(path, opts.maxPixels)
+	src, orient, err := decodeFile(ctx, path, opts.maxPixels)
 	if err != nil {
 		return nil, err
 	}
 	outType := outputType(contentType)
 	var thumbSrc image.Image = src
-	for _, spec := range variantSpecsBySize() {
+	specs := variantSpecsBySize()
+	for i, spec := range specs {
 		if err := ctx.Err(); err != nil {
 			return out, err
 		}
 		var img image.Image
 		if spec.grayscale {
-			img = grayscale(src)
+			// The last variant may write over the decoded pixels: no memory beyond the image's own.
+			img = grayscale(src, i == len(specs)-1)
 		} else {
 			// Each thumbnail is made from the next larger one: 100 from 500, not from the original.
 			// Only the original is box-shrunk first: a camera image is soft at the pixel level, so
@@ -321,27 +334,29 @@ func makeVariantsStandard(ctx context.Context, blobs *blobStore, path, contentTy
 		}
 		out = append(out, v)
 	}
+	finished = true
 	return out, nil
 }
 
-// variantSpecsBySize returns the table with the thumbnails largest first (so each can be made from
-// the one before) and full-size variants first of all.
+// variantSpecsBySize returns the table with the thumbnails first, largest first (so each can be
+// made from the one before), and the full-size variants last: the last of them may then reuse the
+// decoded pixels, which no other variant needs any more.
 func variantSpecsBySize() []variantSpec {
 	specs := slices.Clone(variantSpecs)
-	size := func(v variantSpec) int {
+	order := func(v variantSpec) int {
 		if v.box == 0 {
-			return math.MaxInt
+			return 1 // full size: last
 		}
-		return v.box
+		return -v.box
 	}
-	slices.SortStableFunc(specs, func(a, b variantSpec) int { return size(b) - size(a) })
+	slices.SortStableFunc(specs, func(a, b variantSpec) int { return order(a) - order(b) })
 	return specs
 }
 
 // decodeFile decodes the image at path with the decoder its bytes call for, after checking its
 // declared size against maxPixels, and returns it with its EXIF orientation (JPEG only; 1 otherwise).
 // GIFs decode to their first frame.
-func decodeFile(path string, maxPixels int64) (image.Image, orientation, error) {
+func decodeFile(ctx context.Context, path string, maxPixels int64) (image.Image, orientation, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, 1, err
@@ -355,14 +370,24 @@ func decodeFile(path string, maxPixels int64) (image.Image, orientation, error) 
 	if !ok {
 		return nil, 1, badImage("not an image format this service decodes")
 	}
-	cfg, err := im.format.decodeConfig(im.reader())
+	cfg, err := im.format.decodeConfig(im.reader(ctx))
 	if err != nil {
 		return nil, 1, badImage("cannot read the %s header: %v", im.format.name, err)
 	}
 	if px := int64(cfg.Width) * int64(cfg.Height); px > maxPixels || cfg.Width <= 0 || cfg.Height <= 0 {
 		return nil, 1, badImage("image is %dx%d pixels, over the limit of %d", cfg.Width, cfg.Height, maxPixels)
 	}
-	img, err := im.format.decode(im.reader())
+	if im.format.name == "jpeg" {
+		// image/jpeg has no limit of its own: count the scans before it walks them.
+		if _, err := scanJPEG(im.reader(ctx)); err != nil {
+			return nil, 1, err
+		}
+	}
+	// The decoders take no context; their reads do, so a deadline stops them at their next read.
+	img, err := im.format.decode(im.reader(ctx))
+	if err := ctx.Err(); err != nil {
+		return nil, 1, err
+	}
 	if err != nil {
 		return nil, 1, badImage("the %s data is corrupt or truncated: %v", im.format.name, err)
 	}
@@ -488,15 +513,18 @@ func boxShrink(src image.Image, k int) image.Image {
 			func(y int) (int, int) { return y * k, min(y*k+k, b.Dy()) })
 		return dst
 	}
-	rgba := toRGBA(src)
+	// Any other type: k source rows at a time converted to RGBA (premultiplied, so transparent
+	// pixels lend no colour), never the whole image.
+	rows := image.NewRGBA(image.Rect(0, 0, b.Dx(), k))
 	dst := image.NewRGBA(image.Rect(0, 0, w, h))
 	for y := range h {
 		y0, y1 := y*k, min(y*k+k, b.Dy())
+		stddraw.Draw(rows, image.Rect(0, 0, b.Dx(), y1-y0), src, image.Pt(b.Min.X, b.Min.Y+y0), stddraw.Src)
 		for x := range w {
 			x0, x1 := x*k, min(x*k+k, b.Dx())
 			var sum [4]uint32
-			for sy := y0; sy < y1; sy++ {
-				row := rgba.Pix[sy*rgba.Stride+x0*4 : sy*rgba.Stride+x1*4]
+			for sy := range y1 - y0 {
+				row := rows.Pix[sy*rows.Stride+x0*4 : sy*rows.Stride+x1*4]
 				for i := 0; i < len(row); i += 4 {
 					sum[0] += uint32(row[i])
 					sum[1] += uint32(row[i+1])
@@ -568,8 +596,10 @@ func luma(r, g, b uint8) uint8 {
 
 // grayscale returns src truly gray (R = G = B) at full size, keeping transparency where src has
 // any: a JPEG's Y plane as it is (no per-pixel work), a GIF's palette turned gray (pixels untouched),
-// an opaque image as *image.Gray, a translucent one as NRGBA with R = G = B.
-func grayscale(src image.Image) image.Image {
+// an opaque image as *image.Gray, a translucent one as NRGBA with R = G = B. With reuse, the result
+// may be written over src's own pixels (src must not be used afterwards), so that even a 16-bit
+// image needs no memory beyond its own to become gray.
+func grayscale(src image.Image, reuse bool) image.Image {
 	switch s := src.(type) {
 	case *image.YCbCr:
 		// The luma plane is the grayscale image: share it.
@@ -584,36 +614,133 @@ func grayscale(src image.Image) image.Image {
 			pal[i] = color.NRGBA{y, y, y, n.A}
 		}
 		return &image.Paletted{Pix: s.Pix, Stride: s.Stride, Rect: s.Rect, Palette: pal}
-	}
-	var n *image.NRGBA
-	if s, ok := src.(*image.NRGBA); ok {
-		n = s
-	} else {
-		b := src.Bounds()
-		n = image.NewNRGBA(b)
-		stddraw.Draw(n, b, src, b.Min, stddraw.Src)
-	}
-	if n.Opaque() {
-		g := image.NewGray(n.Rect)
-		for y := range n.Rect.Dy() {
-			row := n.Pix[y*n.Stride : y*n.Stride+4*n.Rect.Dx()]
-			out := g.Pix[y*g.Stride:]
-			for x := 0; x < len(row); x += 4 {
-				out[x/4] = luma(row[x], row[x+1], row[x+2])
+	case *image.NYCbCrA:
+		gray := &image.Gray{Pix: s.Y, Stride: s.YStride, Rect: s.Rect}
+		if s.Opaque() {
+			return gray
+		}
+		n := image.NewNRGBA(s.Rect)
+		for y := range s.Rect.Dy() {
+			out := n.Pix[y*n.Stride:]
+			for x := range s.Rect.Dx() {
+				l, a := s.Y[y*s.YStride+x], s.A[y*s.AStride+x]
+				out[4*x], out[4*x+1], out[4*x+2], out[4*x+3] = l, l, l, a
 			}
 		}
-		return g
+		return n
 	}
-	g := image.NewNRGBA(n.Rect)
-	for y := range n.Rect.Dy() {
-		row := n.Pix[y*n.Stride : y*n.Stride+4*n.Rect.Dx()]
-		out := g.Pix[y*g.Stride:]
-		for x := 0; x < len(row); x += 4 {
-			l := luma(row[x], row[x+1], row[x+2])
-			out[x], out[x+1], out[x+2], out[x+3] = l, l, l, row[x+3]
+	b := src.Bounds()
+	w, h := b.Dx(), b.Dy()
+	opaque := false
+	if o, ok := src.(interface{ Opaque() bool }); ok {
+		opaque = o.Opaque()
+	}
+	outBPP := 4
+	if opaque {
+		outBPP = 1
+	}
+	// The output's rows are never longer than the source's, so writing row y after reading it
+	// leaves every row after it intact: the conversion can run in place.
+	var pix []byte
+	if owned, stride := ownPixels(src); reuse && owned != nil && stride >= w*outBPP && b.Min == (image.Point{}) {
+		pix = owned[:w*h*outBPP]
+	} else {
+		pix = make([]byte, w*h*outBPP)
+	}
+	row := make([]byte, 4*w)
+	for y := range h {
+		nrgbaRow(src, b.Min.Y+y, row)
+		out := pix[y*w*outBPP : (y+1)*w*outBPP]
+		for x := range w {
+			p := row[4*x : 4*x+4]
+			l := luma(p[0], p[1], p[2])
+			if opaque {
+				out[x] = l
+			} else {
+				out[4*x], out[4*x+1], out[4*x+2], out[4*x+3] = l, l, l, p[3]
+			}
 		}
 	}
-	return g
+	r := image.Rect(0, 0, w, h)
+	if opaque {
+		return &image.Gray{Pix: pix, Stride: w, Rect: r}
+	}
+	return &image.NRGBA{Pix: pix, Stride: 4 * w, Rect: r}
+}
+
+// ownPixels returns the pixel slice and stride of the image types a decoder hands over whole (the
+// ones grayscale may convert in place), or nil.
+func ownPixels(img image.Image) ([]byte, int) {
+	switch s := img.(type) {
+	case *image.NRGBA:
+		return s.Pix, s.Stride
+	case *image.RGBA:
+		return s.Pix, s.Stride
+	case *image.NRGBA64:
+		return s.Pix, s.Stride
+	case *image.RGBA64:
+		return s.Pix, s.Stride
+	case *image.Gray16:
+		return s.Pix, s.Stride
+	case *image.CMYK:
+		return s.Pix, s.Stride
+	}
+	return nil, 0
+}
+
+// nrgbaRow writes row y of src as 8-bit non-premultiplied RGBA into row (4 bytes per pixel), the way
+// color.NRGBAModel converts each pixel, without widening the image: 16-bit samples keep their high
+// byte.
+func nrgbaRow(src image.Image, y int, row []byte) {
+	b := src.Bounds()
+	w := b.Dx()
+	// unpremul turns a 16-bit premultiplied sample back into 8-bit straight colour.
+	unpremul := func(c, a uint32) byte {
+		if a == 0 {
+			return 0
+		}
+		return byte((c * 0xffff / a) >> 8)
+	}
+	switch s := src.(type) {
+	case *image.NRGBA:
+		copy(row, s.Pix[s.PixOffset(b.Min.X, y):][:4*w])
+	case *image.RGBA:
+		p := s.Pix[s.PixOffset(b.Min.X, y):][:4*w]
+		for x := 0; x < 4*w; x += 4 {
+			a := uint32(p[x+3]) * 0x101
+			if a == 0xffff {
+				copy(row[x:x+4], p[x:x+4])
+				continue
+			}
+			row[x], row[x+1], row[x+2], row[x+3] = unpremul(uint32(p[x])*0x101, a), unpremul(uint32(p[x+1])*0x101, a), unpremul(uint32(p[x+2])*0x101, a), byte(a>>8)
+		}
+	case *image.NRGBA64:
+		p := s.Pix[s.PixOffset(b.Min.X, y):][:8*w]
+		for x := range w {
+			row[4*x], row[4*x+1], row[4*x+2], row[4*x+3] = p[8*x], p[8*x+2], p[8*x+4], p[8*x+6]
+		}
+	case *image.RGBA64:
+		p := s.Pix[s.PixOffset(b.Min.X, y):][:8*w]
+		at := func(i int) uint32 { return uint32(p[i])<<8 | uint32(p[i+1]) }
+		for x := range w {
+			a := at(8*x + 6)
+			row[4*x], row[4*x+1], row[4*x+2], row[4*x+3] = unpremul(at(8*x), a), unpremul(at(8*x+2), a), unpremul(at(8*x+4), a), byte(a>>8)
+		}
+	case *image.Gray16:
+		p := s.Pix[s.PixOffset(b.Min.X, y):][:2*w]
+		for x := range w {
+			row[4*x], row[4*x+1], row[4*x+2], row[4*x+3] = p[2*x], p[2*x], p[2*x], 0xff
+		}
+	case *image.CMYK:
+		p := s.Pix[s.PixOffset(b.Min.X, y):][:4*w]
+		for x := 0; x < 4*w; x += 4 {
+			row[x], row[x+1], row[x+2] = color.CMYKToRGB(p[x], p[x+1], p[x+2], p[x+3])
+			row[x+3] = 0xff
+		}
+	default:
+		dst := &image.NRGBA{Pix: row, Stride: 4 * w, Rect: image.Rect(b.Min.X, y, b.Max.X, y+1)}
+		stddraw.Draw(dst, dst.Rect, src, dst.Rect.Min, stddraw.Src)
+	}
 }
 
 // orientImage returns img turned upright for EXIF orientation o (img itself for 1). It handles the

@@ -342,7 +342,7 @@ func testVariantsLookRight(t *testing.T, dct bool) {
 			}
 		}
 	}
-	if g, ok := grayscale(decodeTestdata(t, "mid.jpg")).(*stdimage.Gray); !ok {
+	if g, ok := grayscale(decodeTestdata(t, "mid.jpg"), false).(*stdimage.Gray); !ok {
 		t.Error("a JPEG's grayscale is not its luma plane")
 	} else if y := decodeTestdata(t, "mid.jpg").(*stdimage.YCbCr); !bytes.Equal(g.Pix, y.Y) {
 		t.Error("a JPEG's grayscale differs from its luma plane")

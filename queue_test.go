@@ -240,7 +240,7 @@ func TestWorkerKilledMidJob(t *testing.T) {
 	v := s.mustUpload(auth, "victim", "", "a.png", tinyPNG(t, 64, 48))
 	// The dead worker: it claimed the job and its message went with it.
 	ctx := context.Background()
-	if _, _, err := s.store.claimImage(ctx, v.ID, time.Second); err != nil {
+	if _, _, err := s.store.claimImage(ctx, v.ID, time.Second, 3); err != nil {
 		t.Fatal(err)
 	}
 	purgeQueue(t, queue)

@@ -307,18 +307,35 @@ func (s *store) fileKeysExist(ctx context.Context, keys []string) (map[string]bo
 	return m, nil
 }
 
+// errAttemptsExhausted is claimImage's answer for an image whose attempts are used up: it is now
+// failed, and the returned row carries its owner.
+var errAttemptsExhausted = errors.New("attempts used up")
+
+// exhaustedReason is the error an image gets when no attempt of maxAttempts finished.
+func exhaustedReason(maxAttempts int) string {
+	return fmt.Sprintf("processing did not finish in %d attempts", maxAttempts)
+}
+
 // claimImage takes image id for processing: pending, or processing under an expired lease. It sets
 // status processing, counts the attempt and holds the image until now+lease. It returns the row and
 // the attempts made so far (this one included), or errNotFound when there is nothing to do: the image
-// is gone, finished, or held by a live worker.
-func (s *store) claimImage(ctx context.Context, id int64, lease time.Duration) (imageRecord, int, error) {
+// is gone, finished, or held by a live worker. An image that already had maxAttempts attempts (the
+// workers that took them died) is marked failed instead, and errAttemptsExhausted returned with the
+// row: an attempt counts from its claim, so a crash in the middle of one counts too.
+func (s *store) claimImage(ctx context.Context, id int64, lease time.Duration, maxAttempts int) (imageRecord, int, error) {
 	var attempts int
+	var status string
 	var im imageRecord
 	err := s.pool.QueryRow(ctx, `
-		UPDATE images SET status = 'processing', attempts = attempts + 1, error = '',
-		       lease_until = now() + $2::interval, updated_at = now()
+		UPDATE images SET
+		       status = CASE WHEN attempts >= $3 THEN 'failed' ELSE 'processing' END,
+		       attempts = CASE WHEN attempts >= $3 THEN attempts ELSE attempts + 1 END,
+		       error = CASE WHEN attempts >= $3 THEN $4 ELSE '' END,
+		       lease_until = CASE WHEN attempts >= $3 THEN NULL ELSE now() + $2::interval END,
+		       updated_at = now()
 		WHERE id = $1 AND (status = 'pending' OR (status = 'processing' AND lease_until < now()))
-		RETURNING owner_id, content_type, file_key, attempts`, id, lease).Scan(&im.OwnerID, &im.ContentType, &im.FileKey, &attempts)
+		RETURNING owner_id, content_type, file_key, attempts, status`,
+		id, lease, maxAttempts, exhaustedReason(maxAttempts)).Scan(&im.OwnerID, &im.ContentType, &im.FileKey, &attempts, &status)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return imageRecord{}, 0, fmt.Errorf("store: claim image %d: %w", id, errNotFound)
 	}
@@ -326,7 +343,27 @@ func (s *store) claimImage(ctx context.Context, id int64, lease time.Duration) (
 		return imageRecord{}, 0, fmt.Errorf("store: claim image %d: %w", id, err)
 	}
 	im.ID = id
+	if status == statusFailed {
+		return im, attempts, fmt.Errorf("store: claim image %d: %w", id, errAttemptsExhausted)
+	}
 	return im, attempts, nil
+}
+
+// failExhaustedJobs marks failed every image waiting for an attempt (pending, or held past its
+// lease) that has had maxAttempts already, and returns their owners (one entry per image).
+func (s *store) failExhaustedJobs(ctx context.Context, maxAttempts int) ([]int64, error) {
+	rows, err := s.pool.Query(ctx, `
+		UPDATE images SET status = 'failed', error = $2, lease_until = NULL, updated_at = now()
+		WHERE attempts >= $1 AND (status = 'pending' OR (status = 'processing' AND lease_until < now()))
+		RETURNING owner_id`, maxAttempts, exhaustedReason(maxAttempts))
+	if err != nil {
+		return nil, fmt.Errorf("store: fail exhausted jobs: %w", err)
+	}
+	owners, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("store: fail exhausted jobs: %w", err)
+	}
+	return owners, nil
 }
 
 // finishImage records the variants of an image this worker holds and marks it ready. It returns
@@ -381,14 +418,16 @@ func (s *store) markQueued(ctx context.Context, ids ...int64) error {
 
 // lostJobs returns up to limit images whose job may be lost: pending and never confirmed by the queue
 // (for longer than grace, so an upload's own publish is not raced), pending and confirmed longer than
-// requeueAfter ago, or processing under an expired lease (the worker died).
-func (s *store) lostJobs(ctx context.Context, grace, requeueAfter time.Duration, limit int) ([]int64, error) {
+// requeueAfter ago, or processing under an expired lease (the worker died); never one whose attempts
+// reached maxAttempts (failExhaustedJobs ends those).
+func (s *store) lostJobs(ctx context.Context, grace, requeueAfter time.Duration, maxAttempts, limit int) ([]int64, error) {
 	rows, err := s.pool.Query(ctx, `
 		SELECT id FROM images
-		WHERE (status = 'pending' AND ((queued_at IS NULL AND updated_at < now() - $1::interval)
-		                               OR queued_at < now() - $2::interval))
-		   OR (status = 'processing' AND lease_until < now())
-		ORDER BY id LIMIT $3`, grace, requeueAfter, limit)
+		WHERE attempts < $3
+		  AND ((status = 'pending' AND ((queued_at IS NULL AND updated_at < now() - $1::interval)
+		                                OR queued_at < now() - $2::interval))
+		       OR (status = 'processing' AND lease_until < now()))
+		ORDER BY id LIMIT $4`, grace, requeueAfter, maxAttempts, limit)
 	if err != nil {
 		return nil, fmt.Errorf("store: lost jobs: %w", err)
 	}

@@ -1,0 +1,266 @@
+// Memory budget: how many bytes a job will need at its peak, estimated from the image's header before
+// anything is decoded, and the weighted semaphore of WORKER_MEMORY bytes that running jobs share.
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"image/color"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// jobBaseBytes is what any job needs besides its pixels: encoders, row buffers, thumbnails (at most
+// a few 1000×1000 images after the box pre-shrink) and the file's read buffer.
+const jobBaseBytes = 16 << 20
+
+// memoryBudget is a weighted semaphore over bytes: a job holds its estimated peak while it runs,
+// so the jobs running at once never need more than the budget together. Waiters are served in
+// order, so a large job is not starved by a stream of small ones.
+type memoryBudget struct {
+	mu      sync.Mutex
+	size    int64
+	used    int64
+	waiters []*budgetWaiter
+}
+
+// budgetWaiter is one acquire waiting its turn; ready is closed when its bytes are granted.
+type budgetWaiter struct {
+	n     int64
+	ready chan struct{}
+}
+
+func newMemoryBudget(size int64) *memoryBudget { return &memoryBudget{size: size} }
+
+// errOverBudget means a job needs more than the whole budget: it could never run.
+var errOverBudget = errors.New("budget: more than the whole budget")
+
+// acquire waits until n bytes are free and takes them; it returns a function that gives them back
+// (call it once). It fails with errOverBudget when n exceeds the whole budget, or with ctx's error.
+func (b *memoryBudget) acquire(ctx context.Context, n int64) (func(), error) {
+	if n > b.size {
+		return nil, errOverBudget
+	}
+	b.mu.Lock()
+	if len(b.waiters) == 0 && b.used+n <= b.size {
+		b.used += n
+		b.mu.Unlock()
+		return func() { b.release(n) }, nil
+	}
+	w := &budgetWaiter{n: n, ready: make(chan struct{})}
+	b.waiters = append(b.waiters, w)
+	b.mu.Unlock()
+	select {
+	case <-w.ready:
+		return func() { b.release(n) }, nil
+	case <-ctx.Done():
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		select {
+		case <-w.ready: // granted meanwhile: give it back
+			b.used -= n
+			b.grant()
+		default:
+			for i, x := range b.waiters {
+				if x == w {
+					b.waiters = append(b.waiters[:i], b.waiters[i+1:]...)
+					break
+				}
+			}
+			b.grant() // the head may have changed
+		}
+		return nil, ctx.Err()
+	}
+}
+
+// release gives back n bytes and wakes the waiters that now fit.
+func (b *memoryBudget) release(n int64) {
+	b.mu.Lock()
+	b.used -= n
+	b.grant()
+	b.mu.Unlock()
+}
+
+// grant hands bytes to waiters in order while the first one fits. b.mu is held.
+func (b *memoryBudget) grant() {
+	for len(b.waiters) > 0 && b.used+b.waiters[0].n <= b.size {
+		w := b.waiters[0]
+		b.waiters = b.waiters[1:]
+		b.used += w.n
+		close(w.ready)
+	}
+}
+
+// inUse returns the bytes held now.
+func (b *memoryBudget) inUse() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used
+}
+
+// imageHeader is what a file's header tells about the memory its decoding takes.
+type imageHeader struct {
+	format        string // imageFormat.name
+	width, height int
+	model         color.Model
+	fileSize      int64
+	orient        orientation
+	jpeg          jpegLayout // JPEG only
+	pngInterlaced bool       // PNG only: the decoder holds every pass as well as the image
+}
+
+// readImageHeader reads im's header: dimensions and colour model, and for JPEG its frame layout and
+// scans (errTooManyScans past maxJPEGScans); errors are imageErrors.
+func readImageHeader(ctx context.Context, im imageFile) (imageHeader, error) {
+	cfg, err := im.format.decodeConfig(im.reader(ctx))
+	if err != nil {
+		return imageHeader{}, badImage("cannot read the %s header: %v", im.format.name, err)
+	}
+	h := imageHeader{format: im.format.name, width: cfg.Width, height: cfg.Height, model: cfg.ColorModel,
+		fileSize: im.size, orient: im.orientation()}
+	switch h.format {
+	case "jpeg":
+		if h.jpeg, err = scanJPEG(im.reader(ctx)); err != nil {
+			return imageHeader{}, err
+		}
+	case "png":
+		// IHDR is the first chunk: its last byte is the interlace method.
+		var ihdr [29]byte
+		if _, err := im.f.ReadAt(ihdr[:], 0); err == nil {
+			h.pngInterlaced = ihdr[28] == 1
+		}
+	}
+	return h, nil
+}
+
+// bytesPerPixel is the size of one pixel of the image type a decoder returns for model.
+func bytesPerPixel(m color.Model) float64 {
+	switch m {
+	case color.GrayModel, color.AlphaModel:
+		return 1
+	case color.Gray16Model, color.Alpha16Model:
+		return 2
+	case color.RGBAModel, color.NRGBAModel, color.CMYKModel:
+		return 4
+	case color.RGBA64Model, color.NRGBA64Model:
+		return 8
+	case color.YCbCrModel:
+		return 3 // 4:4:4 at most; JPEGs are sized from their frame instead
+	case color.NYCbCrAModel:
+		return 4
+	}
+	if _, ok := m.(color.Palette); ok {
+		return 1
+	}
+	return 8 // anything else: the widest
+}
+
+// standardBytes estimates the peak bytes of a job on the standard path (process.go): the decoded
+// image, what the decoder keeps beside it, the grayscale when it cannot reuse the decoded pixels,
+// and the turned copy an EXIF orientation needs.
+func (h imageHeader) standardBytes() int64 {
+	px := float64(h.width) * float64(h.height)
+	decoded := bytesPerPixel(h.model)
+	extra := 0.0 // beside the decoded image while decoding, or made from it afterwards
+	gray := 0.0  // the grayscale, when it is not made in place
+	switch h.format {
+	case "jpeg":
+		decoded = h.jpeg.samples
+		if h.jpeg.components == 4 {
+			decoded, gray = 4, 0 // CMYK: the grayscale is made in place
+		}
+		if h.jpeg.progressive {
+			extra = 2 * h.jpeg.samples // image/jpeg keeps every coefficient (an int16 per sample)
+		}
+		if h.orient != 1 {
+			gray += 1 // the grayscale (the luma plane) turned is a copy
+		}
+	case "png":
+		if h.pngInterlaced {
+			extra = decoded // the passes, then the image
+		}
+	case "webp":
+		switch h.model {
+		case color.NRGBAModel:
+			extra = 4 // lossless: a 32-bit pixel array under the NRGBA image
+		case color.NYCbCrAModel:
+			decoded, gray = 2.5, 4 // lossy with alpha: planes of 4:2:0 and a full alpha; a translucent gray is NRGBA
+		default:
+			decoded = 1.5 // lossy: 4:2:0
+		}
+	case "tiff":
+		extra = decoded // a strip's decompressed bytes, as large as the image for a single strip
+	}
+	return int64(px*(decoded+extra+gray)) + jobBaseBytes
+}
+
+// dctBytes estimates the peak bytes of a JPEG job on the DCT path (jpeg.go): the file in memory, the
+// luma coefficients (an int16 per sample), chroma's (all of them at 1/4 scale, one per block at
+// 1/8), the turned copy an orientation needs, and the grayscale as it is coded.
+func (h imageHeader) dctBytes() int64 {
+	px := float64(h.width) * float64(h.height)
+	luma := 2.0
+	chroma := 2 * (h.jpeg.samples - 1)
+	if min(h.width, h.height) >= 8*500 { // 1/8 scale: chroma keeps DC only
+		chroma /= 64
+	}
+	turned := 0.0
+	if h.orient != 1 {
+		turned = 2
+	}
+	return int64(px*(luma+chroma+turned+0.5)) + h.fileSize + jobBaseBytes
+}
+
+// jobBytes estimates the peak bytes of processing the image: the larger of the two paths when the
+// DCT path may run (it can fall back to the standard one, after its own memory is garbage).
+func (h imageHeader) jobBytes(dct bool) int64 {
+	n := h.standardBytes()
+	if dct && h.format == "jpeg" {
+		n = max(n, h.dctBytes())
+	}
+	return n
+}
+
+// systemMemory is the memory this process may use: the cgroup's limit when it has one (a container),
+// else the machine's; 0 when neither can be read.
+func systemMemory() int64 {
+	for _, p := range []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"} {
+		if b, err := os.ReadFile(p); err == nil {
+			if v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && v > 0 && v < 1<<50 {
+				return v
+			}
+		}
+	}
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for line := range bytes.Lines(b) {
+		if rest, ok := bytes.CutPrefix(line, []byte("MemTotal:")); ok {
+			var kb int64
+			if _, err := fmt.Sscan(string(rest), &kb); err == nil {
+				return kb << 10
+			}
+		}
+	}
+	return 0
+}
+
+// defaultWorkerMemory is WORKER_MEMORY's default: a quarter of the memory the process may use
+// (PostgreSQL, Redis and the rest share the machine), at most 512 MiB (a 50 MP image of 8 bytes a
+// pixel fits; an operator with larger images raises it), at least 128 MiB.
+func defaultWorkerMemory(system int64) int64 {
+	if system <= 0 {
+		return 512 << 20
+	}
+	return min(max(system/4, 128<<20), 512<<20)
+}
+
+// formatMiB writes n bytes in MiB for messages.
+func formatMiB(n int64) string {
+	return fmt.Sprintf("%d MiB", (n+(1<<20)-1)>>20)
+}

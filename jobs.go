@@ -1,0 +1,318 @@
+// Jobs: what a worker does with an image id (claim → produce the variants → settle the outcome),
+// publishing a job, and the sweeper that publishes again whatever job may have been lost, with the
+// advisory locks that let one replica at a time sweep.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"runtime/debug"
+	"time"
+)
+
+// Advisory lock keys: each names one housekeeping task that one replica at a time runs.
+const (
+	lockSweepJobs  int64 = 0x696d6761_6a6f6273 // "imgajobs": publishing lost jobs again
+	lockSweepFiles int64 = 0x696d6761_73776570 // "imgaswep": removing orphaned files
+)
+
+// maxRetryDelay caps the delay before a retry, however many attempts JOB_MAX_ATTEMPTS allows.
+const maxRetryDelay = time.Hour
+
+// errJobPanicked is what a job that panicked returns: a bug, met by this image. The image fails at
+// once (the same bytes would panic again) and the worker goes on.
+var errJobPanicked = errors.New("job: processing panicked")
+
+// handleJob makes the variants of image id. It claims the row (so a duplicate or redelivered message
+// does nothing, and a row whose attempts are used up ends failed), produces the variants under
+// JOB_TIMEOUT, records them in one update, and only then tells the queue the outcome. A server error
+// is retried with growing delays up to JOB_MAX_ATTEMPTS attempts; what is wrong with the image
+// itself, a timeout or a panic fails the image at once, with a reason its owner can read.
+func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duration) {
+	log := a.log.With(slog.Int64("image_id", id))
+	// Bookkeeping runs to completion even during shutdown; only the image work stops early.
+	bg := context.WithoutCancel(ctx)
+	im, attempt, err := a.store.claimImage(bg, id, a.cfg.JobLease, a.cfg.JobMaxAttempts)
+	switch {
+	case errors.Is(err, errNotFound):
+		return jobDone, 0 // gone, finished, or in a live worker's hands
+	case errors.Is(err, errAttemptsExhausted):
+		// Every attempt was claimed and none finished: the workers holding them died (a crash, an
+		// out-of-memory kill). The claim failed the image.
+		a.metrics.jobsFailed.Add(1)
+		a.cache.invalidate(bg, im.OwnerID)
+		log.Warn("image failed: attempts used up", slog.Int("attempts", a.cfg.JobMaxAttempts))
+		return jobDead, 0
+	case err != nil:
+		log.Warn("cannot claim job", slog.Any("error", err))
+		return jobRetry, a.cfg.JobRetryDelay
+	}
+	a.cache.invalidate(bg, im.OwnerID)
+	start := time.Now()
+	variants, via, err := a.produceVariants(ctx, log, im)
+	if err == nil {
+		err = a.store.finishImage(bg, id, variants)
+		if errors.Is(err, errNotFound) {
+			// Deleted (or taken over) while we worked: these files are nobody's.
+			a.removeVariants(log, variants)
+			return jobDone, 0
+		}
+		if err != nil {
+			a.removeVariants(log, variants)
+		}
+	}
+	defer a.cache.invalidate(bg, im.OwnerID)
+	var ie *imageError
+	switch {
+	case err == nil:
+		a.metrics.jobsDone.Add(1)
+		if via == pathDCT {
+			a.metrics.jobsDCT.Add(1)
+		}
+		a.metrics.jobNanos.Add(int64(time.Since(start)))
+		log.Info("image processed", slog.Int("attempt", attempt), slog.String("path", via), slog.Duration("took", time.Since(start)))
+		return jobDone, 0
+	case ctx.Err() != nil:
+		// Shutting down: hand the job back untouched; the message is requeued.
+		if rerr := a.store.releaseImage(bg, id, false, true); rerr != nil {
+			log.Warn("cannot release abandoned job", slog.Any("error", rerr))
+		}
+		return jobAbandoned, 0
+	case errors.As(err, &ie):
+		return a.failJob(bg, log, id, attempt, ie.reason, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return a.failJob(bg, log, id, attempt, fmt.Sprintf("processing took longer than the limit of %s", a.cfg.JobTimeout), err)
+	case errors.Is(err, errJobPanicked), attempt >= a.cfg.JobMaxAttempts:
+		// What went wrong here is the log's; the user reads only that it was not their image.
+		return a.failJob(bg, log, id, attempt, "processing failed because of a server error", err)
+	default:
+		delay := retryDelay(a.cfg.JobRetryDelay, attempt)
+		if rerr := a.store.releaseImage(bg, id, true, true); rerr != nil {
+			log.Warn("cannot release failed job", slog.Any("error", rerr))
+		}
+		a.metrics.jobsRetried.Add(1)
+		log.Info("image processing failed; will retry", slog.Int("attempt", attempt), slog.Duration("in", delay), slog.Any("error", err))
+		return jobRetry, delay
+	}
+}
+
+// failJob marks image id failed for good with reason (for its owner) after err (for the log).
+func (a *app) failJob(ctx context.Context, log *slog.Logger, id int64, attempt int, reason string, err error) (jobOutcome, time.Duration) {
+	if ferr := a.store.failImage(ctx, id, reason); ferr != nil {
+		log.Warn("cannot record failure", slog.Any("error", ferr))
+	}
+	a.metrics.jobsFailed.Add(1)
+	log.Warn("image failed", slog.Int("attempt", attempt), slog.String("reason", reason), slog.Any("error", err))
+	return jobDead, 0
+}
+
+// retryDelay is the delay before the attempt after attempt: base, then ×4 each time (2s, 8s, 32s…),
+// at most maxRetryDelay (and never a shift that overflows).
+func retryDelay(base time.Duration, attempt int) time.Duration {
+	d := base
+	for range max(0, attempt-1) {
+		if d >= maxRetryDelay/4 {
+			return maxRetryDelay
+		}
+		d *= 4
+	}
+	return min(d, maxRetryDelay)
+}
+
+// produceVariants makes image im's variants and places them under their keys. It first estimates
+// the job's peak memory from the file's header and waits for that much of WORKER_MEMORY (an image
+// that needs more than all of it fails), then works within JOB_TIMEOUT. A panic anywhere in it is
+// recovered, logged with its stack and counted, and returned as errJobPanicked; on any error no
+// file of it is left behind.
+func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRecord) (variants map[string]variantFile, via string, err error) {
+	var outs []variantImage
+	defer func() {
+		if v := recover(); v != nil {
+			a.metrics.jobPanics.Add(1)
+			log.Error("job panicked", slog.Any("panic", v), slog.String("stack", string(debug.Stack())))
+			err = fmt.Errorf("%w: %v", errJobPanicked, v)
+		}
+		if err != nil {
+			for _, v := range outs {
+				os.Remove(v.tmpPath)
+			}
+			a.removeVariants(log, variants)
+			variants = nil
+		}
+	}()
+	path := a.blobs.path(im.FileKey)
+	need, err := jobMemory(ctx, path, a.cfg.JPEGDCT)
+	if err != nil {
+		return nil, "", err
+	}
+	// Wait for the bytes before the clock starts: a job queued behind large ones is not late.
+	release, err := a.budget.acquire(ctx, need)
+	if errors.Is(err, errOverBudget) {
+		return nil, "", badImage("processing this image needs about %s of memory, over this server's limit of %s (WORKER_MEMORY)",
+			formatMiB(need), formatMiB(a.cfg.WorkerMemory))
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	defer release()
+	tctx, cancel := context.WithTimeout(ctx, a.cfg.JobTimeout)
+	defer cancel()
+	outs, via, err = a.process(tctx, a.blobs, path, im.ContentType,
+		processOptions{jpegQuality: a.cfg.JPEGQuality, maxPixels: a.cfg.MaxPixels, dct: a.cfg.JPEGDCT})
+	if err != nil {
+		return nil, via, err
+	}
+	variants = map[string]variantFile{}
+	for len(outs) > 0 {
+		v := outs[0]
+		// A fresh key each time: a variant's key names its content (it is its ETag).
+		key := variantKey(im.FileKey, v.name, v.ext)
+		if err := a.blobs.place(v.tmpPath, key); err != nil {
+			return nil, via, err
+		}
+		outs = outs[1:]
+		v.file.Key = key
+		variants[v.name] = v.file
+	}
+	return variants, via, nil
+}
+
+// jobMemory estimates the peak bytes of processing the image file at path, from its header alone.
+// Its errors are imageErrors (not an image, a broken header, too many scans) or the file's.
+func jobMemory(ctx context.Context, path string, dct bool) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	im, ok := sniffFile(f, st.Size())
+	if !ok {
+		return 0, badImage("not an image format this service decodes")
+	}
+	h, err := readImageHeader(ctx, im)
+	if err != nil {
+		return 0, err
+	}
+	return h.jobBytes(dct), nil
+}
+
+// variantKey is a new key for variant name (with file extension ext) of the original at key.
+// Variants sit beside their original, named "<original key>.<variant>.<random>.<ext>", so the
+// orphan sweep finds the original's key before the first dot.
+func variantKey(original, name, ext string) string {
+	return fmt.Sprintf("%s.%s.%08x%s", original, name, rand.Uint32(), ext)
+}
+
+// removeVariants deletes the placed files of variants; a file left behind is logged (the orphan
+// sweep removes it later).
+func (a *app) removeVariants(log *slog.Logger, variants map[string]variantFile) {
+	var keys []string
+	for _, v := range variants {
+		keys = append(keys, v.Key)
+	}
+	if err := a.blobs.remove(keys...); err != nil {
+		log.Warn("cannot remove variant files", slog.Any("error", err))
+	}
+}
+
+// enqueue publishes image id's job and records the confirm. A failure is only logged: the row stays
+// pending with no confirm, and the sweeper publishes it again.
+func (a *app) enqueue(ctx context.Context, id int64) {
+	ctx = context.WithoutCancel(ctx)
+	if err := a.queue.publish(ctx, id); err != nil {
+		a.metrics.publishErrors.Add(1)
+		a.log.Warn("job not queued; the sweeper will retry", slog.Int64("image_id", id), slog.Any("error", err))
+		return
+	}
+	if err := a.store.markQueued(ctx, id); err != nil {
+		a.log.Warn("job queued but not recorded", slog.Int64("image_id", id), slog.Any("error", err))
+	}
+}
+
+// sweepLostJobs publishes again, every interval, the jobs that may be lost (never confirmed, or
+// held past their lease by a worker that died), after failing those whose attempts are used up: a
+// job that keeps killing its worker ends instead of coming back for ever. One replica at a time
+// sweeps: the one holding the advisory lock; the others wait their turn.
+func (a *app) sweepLostJobs(ctx context.Context, interval time.Duration) {
+	for ctx.Err() == nil {
+		a.holdingLock(ctx, lockSweepJobs, interval, func() { a.sweepJobsOnce(ctx) })
+		select {
+		case <-ctx.Done():
+		case <-time.After(interval):
+		}
+	}
+}
+
+// sweepJobsOnce is one round of sweepLostJobs.
+func (a *app) sweepJobsOnce(ctx context.Context) {
+	owners, err := a.store.failExhaustedJobs(ctx, a.cfg.JobMaxAttempts)
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("sweep: cannot fail exhausted jobs", slog.Any("error", err))
+		}
+		return
+	}
+	for _, owner := range owners {
+		a.metrics.jobsFailed.Add(1)
+		a.cache.invalidate(ctx, owner)
+	}
+	if len(owners) > 0 {
+		a.log.Warn("sweep: images failed with their attempts used up", slog.Int("count", len(owners)))
+	}
+	ids, err := a.store.lostJobs(ctx, 5*time.Second, 15*time.Minute, a.cfg.JobMaxAttempts, 500)
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("sweep: cannot list lost jobs", slog.Any("error", err))
+		}
+		return
+	}
+	var queued []int64
+	for _, id := range ids {
+		if err := a.queue.publish(ctx, id); err != nil {
+			a.metrics.publishErrors.Add(1)
+			break // the broker is down: try again next round
+		}
+		queued = append(queued, id)
+	}
+	if len(queued) > 0 {
+		a.metrics.jobsRequeued.Add(int64(len(queued)))
+		a.log.Info("sweep: jobs published again", slog.Int("count", len(queued)))
+		if err := a.store.markQueued(ctx, queued...); err != nil {
+			a.log.Warn("sweep: cannot record", slog.Any("error", err))
+		}
+	}
+}
+
+// holdingLock runs fn every interval for as long as this process holds the session advisory lock
+// key (taking it if free), and returns when it cannot take it, loses it, or ctx ends.
+func (a *app) holdingLock(ctx context.Context, key int64, interval time.Duration, fn func()) {
+	conn, err := a.pool.Acquire(ctx)
+	if err != nil {
+		return
+	}
+	defer conn.Release()
+	var got bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&got); err != nil || !got {
+		return
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", key)
+	for {
+		fn()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+		if err := conn.Ping(ctx); err != nil {
+			return // the session, and with it the lock, is gone
+		}
+	}
+}
