@@ -174,7 +174,7 @@ func (h imageHeader) standardBytes() int64 {
 			decoded, gray = 4, 0 // CMYK: the grayscale is made in place
 		}
 		if h.jpeg.progressive {
-			extra = 2 * h.jpeg.samples // image/jpeg keeps every coefficient (an int16 per sample)
+			extra = 4 * h.jpeg.samples // image/jpeg keeps every coefficient, an int32 per sample
 		}
 		if h.orient != 1 {
 			gray += 1 // the grayscale (the luma plane) turned is a copy
@@ -195,7 +195,28 @@ func (h imageHeader) standardBytes() int64 {
 	case "tiff":
 		extra = decoded // a strip's decompressed bytes, as large as the image for a single strip
 	}
-	return int64(px*(decoded+extra+gray)) + jobBaseBytes
+	return int64(px*(decoded+extra+gray)) + thumbnailBytes(h.width, h.height) + jobBaseBytes
+}
+
+// thumbnailBytes is the working memory of the largest thumbnail made from a w×h image, as fit makes
+// it: the box pre-shrink's RGBA copy (when it shrinks), the Catmull-Rom scaler's float64 buffer of
+// one pass (the target width × the source height × 4 channels × 8 bytes) and the result.
+func thumbnailBytes(w, h int) int64 {
+	box := 0
+	for _, v := range variantSpecs {
+		box = max(box, v.box)
+	}
+	if w <= box && h <= box {
+		return 0
+	}
+	nw, nh := fitSize(w, h, box)
+	sw, sh := int64(w), int64(h)
+	var shrunk int64
+	if k := min(w/nw, h/nh) / 2; k >= 2 {
+		sw, sh = int64((w+k-1)/k), int64((h+k-1)/k)
+		shrunk = sw * sh * 4
+	}
+	return shrunk + int64(nw)*sh*32 + int64(nw*nh)*4
 }
 
 // dctBytes estimates the peak bytes of a JPEG job on the DCT path (jpeg.go): the file in memory, the
@@ -205,14 +226,17 @@ func (h imageHeader) dctBytes() int64 {
 	px := float64(h.width) * float64(h.height)
 	luma := 2.0
 	chroma := 2 * (h.jpeg.samples - 1)
-	if min(h.width, h.height) >= 8*500 { // 1/8 scale: chroma keeps DC only
-		chroma /= 64
+	rw, rh := (h.width+3)/4, (h.height+3)/4 // the reduced image the thumbnails start from
+	if dctScale(h.width, h.height) == 8 {
+		chroma /= 64 // chroma keeps its DC coefficients only
+		rw, rh = (h.width+7)/8, (h.height+7)/8
 	}
 	turned := 0.0
 	if h.orient != 1 {
 		turned = 2
 	}
-	return int64(px*(luma+chroma+turned+0.5)) + h.fileSize + jobBaseBytes
+	reduced := int64(rw) * int64(rh) * 3
+	return int64(px*(luma+chroma+turned+0.5)) + h.fileSize + reduced + thumbnailBytes(rw, rh) + jobBaseBytes
 }
 
 // jobBytes estimates the peak bytes of processing the image: the larger of the two paths when the

@@ -232,19 +232,7 @@ func makeVariantsDCT(ctx context.Context, blobs *blobStore, path string, opts pr
 	// The thumbnails start from a reduced image: the DC coefficients (1/8 scale) when that covers
 	// the largest thumbnail, else the 2×2 means of each block (1/4 scale). Smaller images go the
 	// standard way.
-	scale := 0
-	for _, k := range []int{8, 4} {
-		covers := true
-		for _, spec := range variantSpecs {
-			if nw, nh := fitSize(cfg.Width, cfg.Height, spec.box); spec.box > 0 && ((cfg.Width+k-1)/k < nw || (cfg.Height+k-1)/k < nh) {
-				covers = false
-			}
-		}
-		if covers {
-			scale = k
-			break
-		}
-	}
+	scale := dctScale(cfg.Width, cfg.Height)
 	if scale == 0 {
 		return nil, errDCTUnsupported
 	}
@@ -293,6 +281,23 @@ func makeVariantsDCT(ctx context.Context, blobs *blobStore, path string, opts pr
 	}
 	finished = true
 	return out, nil
+}
+
+// dctScale is the reduction (8 or 4) whose image of a w×h JPEG covers every thumbnail, or 0 when
+// neither does (the DCT path then steps aside).
+func dctScale(w, h int) int {
+	for _, k := range []int{8, 4} {
+		covers := true
+		for _, spec := range variantSpecs {
+			if nw, nh := fitSize(w, h, spec.box); spec.box > 0 && ((w+k-1)/k < nw || (h+k-1)/k < nh) {
+				covers = false
+			}
+		}
+		if covers {
+			return k
+		}
+	}
+	return 0
 }
 
 // makeVariantsStandard makes the variants with the standard decoders.
@@ -371,6 +376,9 @@ func decodeFile(ctx context.Context, path string, maxPixels int64) (image.Image,
 		return nil, 1, badImage("not an image format this service decodes")
 	}
 	cfg, err := im.format.decodeConfig(im.reader(ctx))
+	if cerr := ctx.Err(); cerr != nil {
+		return nil, 1, cerr
+	}
 	if err != nil {
 		return nil, 1, badImage("cannot read the %s header: %v", im.format.name, err)
 	}

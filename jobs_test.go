@@ -1,0 +1,256 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// imageAttempts reads an image's attempts straight from its row.
+func (s *testServer) imageAttempts(id int64) int {
+	s.t.Helper()
+	var n int
+	if err := s.pool.QueryRow(context.Background(), "SELECT attempts FROM images WHERE id = $1", id).Scan(&n); err != nil {
+		s.t.Fatal(err)
+	}
+	return n
+}
+
+// TestJobPanicFailsImage: a job that panics fails its image at once with a server-error reason,
+// is counted, leaves no file, and the worker goes on with the next job.
+func TestJobPanicFailsImage(t *testing.T) {
+	dir := t.TempDir()
+	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir})
+	var calls atomic.Int64
+	s.process = func(ctx context.Context, blobs *blobStore, path, ct string, opts processOptions) ([]variantImage, string, error) {
+		if calls.Add(1) == 1 {
+			var m map[string]int
+			m["boom"]++ // a nil map: the kind of bug that once took the process down
+		}
+		return makeVariants(ctx, blobs, path, ct, opts)
+	}
+	startWorker(t, s)
+	_, auth := s.signupAndLogin()
+	bad := s.mustUpload(auth, "unlucky", "", "a.png", tinyPNG(t, 20, 20))
+	v := s.waitStatus(auth, bad.ID, 30*time.Second, statusFailed, statusReady)
+	if v.Status != statusFailed || v.Error == nil || !strings.Contains(*v.Error, "server error") {
+		t.Fatalf("status %s, error %v", v.Status, v.Error)
+	}
+	if n := s.imageAttempts(bad.ID); n != 1 {
+		t.Errorf("attempts = %d, want 1: a panic is not retried", n)
+	}
+	if n := s.metrics.jobPanics.Load(); n != 1 {
+		t.Errorf("panics counted: %d", n)
+	}
+	good := s.mustUpload(auth, "next", "", "a.png", tinyPNG(t, 20, 20))
+	if v := s.waitStatus(auth, good.ID, 30*time.Second, statusReady, statusFailed); v.Status != statusReady {
+		t.Fatalf("the worker stopped: %s", v.Status)
+	}
+	// The two originals and the good image's variants.
+	if files := filesUnder(t, dir); len(files) != 2+len(variantSpecs) {
+		t.Errorf("files = %v", files)
+	}
+}
+
+// TestJobTimeout: a job past JOB_TIMEOUT stops (the decoders see the deadline) and its image fails
+// with the limit in its reason; it is not retried.
+func TestJobTimeout(t *testing.T) {
+	s := newTestServer(t, map[string]string{"JOB_TIMEOUT": "200ms"})
+	s.process = func(ctx context.Context, blobs *blobStore, path, ct string, opts processOptions) ([]variantImage, string, error) {
+		<-ctx.Done() // as a decoder stuck in a hostile file's scans would, checking its context
+		return nil, pathStandard, ctx.Err()
+	}
+	startWorker(t, s)
+	_, auth := s.signupAndLogin()
+	img := s.mustUpload(auth, "slow", "", "a.png", tinyPNG(t, 20, 20))
+	v := s.waitStatus(auth, img.ID, 30*time.Second, statusFailed, statusReady)
+	if v.Status != statusFailed || v.Error == nil || !strings.Contains(*v.Error, "longer than the limit of 200ms") {
+		t.Fatalf("status %s, error %v", v.Status, v.Error)
+	}
+	if n := s.imageAttempts(img.ID); n != 1 {
+		t.Errorf("attempts = %d, want 1", n)
+	}
+}
+
+// TestServerErrorsRetried: a failure that is the server's (not the image's) is retried, up to
+// JOB_MAX_ATTEMPTS, then the image fails without the error's text reaching its owner.
+func TestServerErrorsRetried(t *testing.T) {
+	queue := testQueue(t)
+	s := newTestServer(t, map[string]string{"BROKER_URL": testBrokerURL, "QUEUE_NAME": queue, "JOB_RETRY_DELAY": "20ms"})
+	var calls atomic.Int64
+	s.process = func(context.Context, *blobStore, string, string, processOptions) ([]variantImage, string, error) {
+		calls.Add(1)
+		return nil, pathStandard, errors.New("disk on fire at /srv/secret/path")
+	}
+	startWorker(t, s)
+	_, auth := s.signupAndLogin()
+	img := s.mustUpload(auth, "unlucky", "", "a.png", tinyPNG(t, 20, 20))
+	v := s.waitStatus(auth, img.ID, 30*time.Second, statusFailed, statusReady)
+	if v.Status != statusFailed || v.Error == nil || *v.Error != "processing failed because of a server error" {
+		t.Fatalf("status %s, error %v", v.Status, v.Error)
+	}
+	if n := s.imageAttempts(img.ID); n != 3 || calls.Load() != 3 {
+		t.Errorf("attempts = %d, calls = %d, want 3", n, calls.Load())
+	}
+}
+
+// TestAttemptsEnd: an image whose every attempt was claimed by a worker that then died (a crash, an
+// out-of-memory kill) ends failed: the sweeper fails it instead of publishing it again, and a claim
+// of it (a message still on its way) fails it too.
+func TestAttemptsEnd(t *testing.T) {
+	s := newTestServer(t, map[string]string{"JOB_MAX_ATTEMPTS": "2"})
+	_, auth := s.signupAndLogin()
+	ctx := context.Background()
+	crash := func(id int64) {
+		// A worker claims, then dies holding the lease, which runs out.
+		if _, _, err := s.store.claimImage(ctx, id, time.Millisecond, 2); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	swept := s.mustUpload(auth, "swept", "", "a.png", tinyPNG(t, 20, 20))
+	claimed := s.mustUpload(auth, "claimed", "", "a.png", tinyPNG(t, 20, 20))
+	for range 2 {
+		crash(swept.ID)
+		crash(claimed.ID)
+	}
+	// The claim of a spent image fails it.
+	if out, _ := s.handleJob(ctx, claimed.ID); out != jobDead {
+		t.Fatalf("claim of a spent image: outcome %v", out)
+	}
+	// The sweeper fails the other instead of publishing it.
+	ids, err := s.store.lostJobs(ctx, 0, time.Hour, 2, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.sweepJobsOnce(ctx)
+	for _, id := range ids {
+		if id == swept.ID {
+			t.Errorf("lostJobs lists the spent image %d", id)
+		}
+	}
+	for _, id := range []int64{swept.ID, claimed.ID} {
+		v := s.waitStatus(auth, id, time.Second, statusFailed)
+		if v.Error == nil || *v.Error != exhaustedReason(2) {
+			t.Errorf("image %d: error %v", id, v.Error)
+		}
+		if n := s.imageAttempts(id); n != 2 {
+			t.Errorf("image %d: attempts %d, want 2", id, n)
+		}
+	}
+	if s.metrics.jobsFailed.Load() != 2 {
+		t.Errorf("failed counted %d, want 2", s.metrics.jobsFailed.Load())
+	}
+}
+
+// TestRetryDelay: ×4 per attempt, capped, with no overflow for the largest JOB_MAX_ATTEMPTS.
+func TestRetryDelay(t *testing.T) {
+	for _, tc := range []struct {
+		attempt int
+		want    time.Duration
+	}{{1, 2 * time.Second}, {2, 8 * time.Second}, {3, 32 * time.Second}, {6, 2048 * time.Second}, {7, maxRetryDelay}, {100, maxRetryDelay}} {
+		if got := retryDelay(2*time.Second, tc.attempt); got != tc.want {
+			t.Errorf("attempt %d: %v, want %v", tc.attempt, got, tc.want)
+		}
+	}
+	if got := retryDelay(time.Hour, 2); got != maxRetryDelay {
+		t.Errorf("a delay past the cap: %v", got)
+	}
+}
+
+// TestMemoryBudget: acquisitions wait their turn in order, never exceed the budget together, give
+// up with their context, and one larger than the budget is refused outright.
+func TestMemoryBudget(t *testing.T) {
+	b := newMemoryBudget(100)
+	if _, err := b.acquire(context.Background(), 101); !errors.Is(err, errOverBudget) {
+		t.Fatalf("over the whole budget: %v", err)
+	}
+	release60, err := b.acquire(context.Background(), 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A waiter that gives up leaves no trace.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	if _, err := b.acquire(ctx, 50); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("waiter: %v", err)
+	}
+	cancel()
+	// In order: 50 waits for the 60 to go; 10 (which would fit) waits behind it.
+	var wg sync.WaitGroup
+	var peak, held atomic.Int64
+	for _, n := range []int64{50, 10} {
+		wg.Go(func() {
+			rel, err := b.acquire(context.Background(), n)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if h := held.Add(n); h > peak.Load() {
+				peak.Store(h)
+			}
+			time.Sleep(5 * time.Millisecond)
+			held.Add(-n)
+			rel()
+		})
+		time.Sleep(10 * time.Millisecond) // queue them in this order
+	}
+	if b.inUse() != 60 {
+		t.Fatalf("in use %d while both wait: the small one jumped the queue", b.inUse())
+	}
+	release60()
+	wg.Wait()
+	if b.inUse() != 0 || peak.Load() > 100 {
+		t.Fatalf("in use %d, peak %d", b.inUse(), peak.Load())
+	}
+}
+
+// TestJobMemoryEstimate: for real photos and made files on both paths, the heap a job grows by at
+// its peak stays within the estimate its header gives, and the estimate is not absurdly loose.
+func TestJobMemoryEstimate(t *testing.T) {
+	dir := t.TempDir()
+	blobs, err := newBlobStore(dir, 0, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{
+		"large.jpg": filepath.Join("testdata", "large.jpg"), "large-progressive.jpg": filepath.Join("testdata", "large-progressive.jpg"),
+		"mid-orient6.jpg": filepath.Join("testdata", "mid-orient6.jpg"), "photo.png": filepath.Join("testdata", "photo.png"),
+		"png16.png": writeTempFile(t, "png16.png", png16Bomb(t, 1500, 1200)),
+	}
+	for name, path := range files {
+		ct := "image/jpeg"
+		if strings.HasSuffix(name, ".png") {
+			ct = "image/png"
+		}
+		for _, dct := range []bool{true, false} {
+			want, err := jobMemory(context.Background(), path, dct)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop := sampleHeap()
+			outs, _, err := makeVariants(context.Background(), blobs, path, ct, processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: dct})
+			grew := stop()
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			for _, v := range outs {
+				os.Remove(v.tmpPath)
+			}
+			est := float64(want) / (1 << 20)
+			t.Logf("%s dct=%v: peak heap +%.1f MiB, estimate %.1f MiB", name, dct, grew, est)
+			if grew > est {
+				t.Errorf("%s dct=%v: the job grew the heap by %.1f MiB, over its estimate of %.1f MiB", name, dct, grew, est)
+			}
+			if est > 4*grew+float64(jobBaseBytes>>20) {
+				t.Errorf("%s dct=%v: estimate %.1f MiB for a job of %.1f MiB: too loose to be useful", name, dct, est, grew)
+			}
+		}
+	}
+}
