@@ -6,13 +6,28 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	stdimage "image"
 	"image/color"
+	"io"
 	"log/slog"
+	"maps"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // The hostile corpus: files an attacker would upload, made here by the tests (nothing large is
@@ -331,4 +346,262 @@ func TestGrayscaleInPlace(t *testing.T) {
 			}
 		}
 	}
+}
+
+// builtBinary builds the real program once per test run (without -race: it is the binary an
+// operator runs) and returns its path.
+var builtBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "imageapi-bin-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "imageapi")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// binaryServer is the real binary running as a child process.
+type binaryServer struct {
+	cmd   *exec.Cmd
+	base  string
+	dbURL string
+	log   *syncBuffer
+}
+
+// startBinary runs the built binary with the test environment plus env, waits for /healthz, and
+// stops it (SIGTERM) when the test ends.
+func startBinary(t *testing.T, env map[string]string) *binaryServer {
+	bin, err := builtBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	vars := map[string]string{"DATABASE_URL": freshDatabase(t), "UPLOAD_DIR": t.TempDir(), "ADDR": addr,
+		"SCRYPT_N": "1024", "LOG_LEVEL": "warn"}
+	maps.Copy(vars, env)
+	cmd := exec.Command(bin, "-env-file=")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+	for k, v := range vars {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	s := &binaryServer{cmd: cmd, base: "http://" + addr, dbURL: vars["DATABASE_URL"], log: &syncBuffer{}}
+	cmd.Stdout, cmd.Stderr = s.log, s.log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Signal(syscall.SIGTERM)
+		}
+		select {
+		case <-exited:
+		case <-time.After(40 * time.Second):
+			cmd.Process.Kill()
+			t.Error("the binary did not stop within 40 s of SIGTERM")
+		}
+		if t.Failed() {
+			t.Logf("server log:\n%s", s.log.String())
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if resp, err := http.Get(s.base + "/healthz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return s
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the binary did not come up:\n%s", s.log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// procStatusKiB reads a field (in kB) of the process's /proc status, such as VmHWM.
+func procStatusKiB(pid int, field string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			var kb int64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), &kb)
+			return kb
+		}
+	}
+	return 0
+}
+
+// scanBombJPEG is the scan bomb at its worst: a w×h progressive JPEG of as many whole-band AC scans
+// (a few dozen bytes each) as fit in maxBytes.
+func scanBombJPEG(w, h int, maxBytes int) []byte {
+	one, two := len(progressiveGrayJPEG(w, h, 1)), len(progressiveGrayJPEG(w, h, 2))
+	return progressiveGrayJPEG(w, h, 1+(maxBytes-one)/(two-one))
+}
+
+// TestHostileCorpus runs the real binary with its default settings (one process, API and worker),
+// a fresh one for each hostile file, and uploads the file: it is refused with a 4xx or ends failed
+// or ready within a minute, a normal photo uploaded right after still becomes ready, no image is
+// tried more than JOB_MAX_ATTEMPTS times, /healthz answers throughout, the process never exits,
+// and its peak resident memory stays under 512 MiB. Each file's outcome, time and peak memory are
+// logged (go test -run HostileCorpus -v).
+func TestHostileCorpus(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Fatal("this test reads /proc: it runs on Linux")
+	}
+	cases := []struct {
+		name string
+		data []byte
+		want string // a status code ("413") or the image's final status
+	}{
+		{"fibonacci-counts.jpg", fibonacciJPEG(t), statusReady},
+		{"scan-bomb-49mp.jpg", scanBombJPEG(7000, 7000, 25<<20-4096), "422"},
+		{"1000-scans-1mp.jpg", progressiveGrayJPEG(1000, 1000, 999), statusReady},
+		{"png16-bomb-49mp.png", png16Bomb(t, 7000, 7000), statusReady},
+		{"promises-49mp.jpg", promiseJPEG(t, 7000, 7000), statusFailed},
+		{"huge-chunk.png", hugeChunkPNG(), statusFailed},
+		{"huge-frame-49mp.gif", hugeFrameGIF(7000, 7000), statusFailed},
+		{"over-pixels.png", readTestdata(t, "bad/huge-header.png"), "413"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			outcome, took, peak := hostileUpload(t, tc.name, tc.data, tc.want)
+			t.Logf("%-22s %6d KiB  %-40s %6.2f s  peak RSS %4d MiB", tc.name, len(tc.data)>>10, outcome, took.Seconds(), peak>>20)
+		})
+	}
+}
+
+// hostileUpload uploads data to a fresh binary and checks what TestHostileCorpus promises. It
+// returns the outcome, how long until it was known, and the process's peak RSS in bytes.
+func hostileUpload(t *testing.T, filename string, data []byte, want string) (string, time.Duration, int64) {
+	srv := startBinary(t, nil)
+	pid := srv.cmd.Process.Pid
+	client := &http.Client{Timeout: 2 * time.Minute}
+	var healthFails, healthOK atomic.Int64
+	stopHealth := make(chan struct{})
+	healthDone := make(chan struct{})
+	go func() {
+		defer close(healthDone)
+		c := &http.Client{Timeout: 2 * time.Second}
+		for {
+			select {
+			case <-stopHealth:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			resp, err := c.Get(srv.base + "/healthz")
+			if err != nil || resp.StatusCode != 200 {
+				healthFails.Add(1)
+			} else {
+				healthOK.Add(1)
+			}
+			if resp != nil {
+				resp.Body.Close()
+			}
+		}
+	}()
+	name := "h_" + randomHex(4)
+	if r := doRequest(t, srv.base, "POST", "/api/v1/auth/signup", credentials{name, "correct horse"}); r.status != 200 {
+		t.Fatalf("signup: %d %s", r.status, r.body)
+	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	doRequest(t, srv.base, "POST", "/api/v1/auth/token", credentials{name, "correct horse"}).json(t, &tok)
+	auth := "Bearer " + tok.AccessToken
+	upload := func(filename string, data []byte) response {
+		body, ct := multipartBody(t, "file", filename, data)
+		req, _ := http.NewRequest("POST", srv.base+"/api/v1/images/?name="+filename, bytes.NewReader(body))
+		req.Header.Set("Authorization", auth)
+		req.Header.Set("Content-Type", ct)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("upload %s: %v", filename, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return response{status: resp.StatusCode, header: resp.Header, body: b}
+	}
+	wait := func(id int64, within time.Duration) imageView {
+		deadline := time.Now().Add(within)
+		for {
+			var v imageView
+			doRequest(t, srv.base, "GET", fmt.Sprint("/api/v1/images/", id), nil, "Authorization", auth).json(t, &v)
+			if v.Status == statusReady || v.Status == statusFailed {
+				return v
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("image %d still %s after %s", id, v.Status, within)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	start := time.Now()
+	r := upload(filename, data)
+	outcome := strconv.Itoa(r.status)
+	switch {
+	case r.status == http.StatusCreated:
+		var v imageView
+		r.json(t, &v)
+		got := wait(v.ID, time.Minute)
+		outcome = got.Status
+		if got.Error != nil {
+			outcome += ": " + *got.Error
+		}
+		db, err := pgx.Connect(context.Background(), srv.dbURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var attempts int
+		db.QueryRow(context.Background(), "SELECT attempts FROM images WHERE id = $1", v.ID).Scan(&attempts)
+		db.Close(context.Background())
+		if attempts > 3 {
+			t.Errorf("%d attempts, past JOB_MAX_ATTEMPTS", attempts)
+		}
+		if got.Status != want {
+			t.Errorf("%s, want %s", outcome, want)
+		}
+	case outcome != want:
+		t.Errorf("%d %s, want %s", r.status, r.body, want)
+	default:
+		var p problem
+		r.json(t, &p)
+		outcome += ": " + p.Detail
+	}
+	took := time.Since(start)
+	peak := procStatusKiB(pid, "VmHWM") << 10
+	// A normal photo right after still becomes ready.
+	if r := upload("after.jpg", readTestdata(t, "mid.jpg")); r.status != http.StatusCreated {
+		t.Fatalf("normal upload after: %d %s", r.status, r.body)
+	} else {
+		var v imageView
+		r.json(t, &v)
+		if got := wait(v.ID, time.Minute); got.Status != statusReady {
+			t.Fatalf("normal photo after: %s %v", got.Status, got.Error)
+		}
+	}
+	if err := srv.cmd.Process.Signal(syscall.Signal(0)); err != nil || srv.cmd.ProcessState != nil {
+		t.Fatalf("the process exited:\n%s", srv.log.String())
+	}
+	close(stopHealth)
+	<-healthDone
+	if healthFails.Load() > 0 || healthOK.Load() == 0 {
+		t.Errorf("/healthz: %d failures, %d answers", healthFails.Load(), healthOK.Load())
+	}
+	if peak>>20 >= 512 {
+		t.Errorf("peak RSS %d MiB, want under 512", peak>>20)
+	}
+	return outcome, took, peak
 }
