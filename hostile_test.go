@@ -251,7 +251,7 @@ func TestDecodersRefuseTooManyScans(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bomb := progressiveGrayJPEG(2048, 1024, 1500)
+	bomb := progressiveGrayJPEG(2000, 500, 1500)
 	if _, err := decodeDCT(ctx, bomb, 50_000_000, nil); !errors.Is(err, errTooManyScans) {
 		t.Errorf("DCT path: %v, want errTooManyScans", err)
 	}
@@ -263,7 +263,7 @@ func TestDecodersRefuseTooManyScans(t *testing.T) {
 			t.Errorf("dct=%v: %v, want the scan limit as the image's error", dct, err)
 		}
 	}
-	ok := writeTempFile(t, "ok.jpg", progressiveGrayJPEG(2048, 1024, 999))
+	ok := writeTempFile(t, "ok.jpg", progressiveGrayJPEG(2000, 500, 999))
 	for _, dct := range []bool{true, false} {
 		outs, _, err := makeVariants(ctx, blobs, ok, "image/jpeg", processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: dct})
 		if err != nil {

@@ -219,17 +219,24 @@ func TestJobMemoryEstimate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files := map[string]string{
-		"large.jpg": filepath.Join("testdata", "large.jpg"), "large-progressive.jpg": filepath.Join("testdata", "large-progressive.jpg"),
-		"mid-orient6.jpg": filepath.Join("testdata", "mid-orient6.jpg"), "photo.png": filepath.Join("testdata", "photo.png"),
-		"png16.png": writeTempFile(t, "png16.png", png16Bomb(t, 1500, 1200)),
-	}
-	for name, path := range files {
+	png16 := writeTempFile(t, "png16.png", png16Bomb(t, 1500, 1200))
+	for _, tc := range []struct {
+		name, path string
+		dct        bool
+	}{
+		{"large.jpg", filepath.Join("testdata", "large.jpg"), true},
+		{"large-progressive.jpg", filepath.Join("testdata", "large-progressive.jpg"), false},
+		{"mid-orient6.jpg", filepath.Join("testdata", "mid-orient6.jpg"), true},
+		{"mid-orient6.jpg", filepath.Join("testdata", "mid-orient6.jpg"), false},
+		{"photo.png", filepath.Join("testdata", "photo.png"), false},
+		{"png16.png", png16, false},
+	} {
+		name, path, dct := tc.name, tc.path, tc.dct
 		ct := "image/jpeg"
 		if strings.HasSuffix(name, ".png") {
 			ct = "image/png"
 		}
-		for _, dct := range []bool{true, false} {
+		{
 			want, err := jobMemory(context.Background(), path, dct)
 			if err != nil {
 				t.Fatal(err)
