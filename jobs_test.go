@@ -236,28 +236,26 @@ func TestJobMemoryEstimate(t *testing.T) {
 		if strings.HasSuffix(name, ".png") {
 			ct = "image/png"
 		}
-		{
-			want, err := jobMemory(context.Background(), path, dct)
-			if err != nil {
-				t.Fatal(err)
-			}
-			stop := sampleHeap()
-			outs, _, err := makeVariants(context.Background(), blobs, path, ct, processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: dct})
-			grew := stop()
-			if err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
-			for _, v := range outs {
-				os.Remove(v.tmpPath)
-			}
-			est := float64(want) / (1 << 20)
-			t.Logf("%s dct=%v: peak heap +%.1f MiB, estimate %.1f MiB", name, dct, grew, est)
-			if grew > est {
-				t.Errorf("%s dct=%v: the job grew the heap by %.1f MiB, over its estimate of %.1f MiB", name, dct, grew, est)
-			}
-			if est > 4*grew+float64(jobBaseBytes>>20) {
-				t.Errorf("%s dct=%v: estimate %.1f MiB for a job of %.1f MiB: too loose to be useful", name, dct, est, grew)
-			}
+		want, err := jobMemory(context.Background(), path, dct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := sampleHeap()
+		outs, _, err := makeVariants(context.Background(), blobs, path, ct, processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: dct})
+		grew := stop()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		for _, v := range outs {
+			os.Remove(v.tmpPath)
+		}
+		est := float64(want) / (1 << 20)
+		t.Logf("%s dct=%v: peak heap +%.1f MiB, estimate %.1f MiB", name, dct, grew, est)
+		if grew > est {
+			t.Errorf("%s dct=%v: the job grew the heap by %.1f MiB, over its estimate of %.1f MiB", name, dct, grew, est)
+		}
+		if est > 4*grew+float64(jobBaseBytes>>20) {
+			t.Errorf("%s dct=%v: estimate %.1f MiB for a job of %.1f MiB: too loose to be useful", name, dct, est, grew)
 		}
 	}
 }
