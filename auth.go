@@ -64,8 +64,17 @@ func (c credentials) validate() error {
 	return nil
 }
 
-// signup creates an account: 200 {id, username, created_at}; 409 when the name is taken in any case.
+// signup creates an account: 200 {id, username, created_at}; 409 when the name is taken in any case;
+// 403 with SIGNUP=closed; 429 past SIGNUP_RATE_PER_ADDR.
 func (a *app) signup(w http.ResponseWriter, r *http.Request) {
+	if !a.cfg.SignupOpen {
+		a.fail(w, r, newError(http.StatusForbidden, "sign-up is closed on this server: ask its operator for an account"))
+		return
+	}
+	if ok, wait := a.signupByAddr.allow(clientKey(r)); !ok {
+		a.fail(w, r, tooMany(w, wait, "sign-ups from your address"))
+		return
+	}
 	var c credentials
 	if err := decodeJSON(w, r, &c); err != nil {
 		a.fail(w, r, err)
@@ -105,7 +114,13 @@ var errBadCredentials = newError(http.StatusBadRequest, "incorrect username or p
 
 // token exchanges a username and password for a JWT. It takes JSON or an OAuth2 password-grant form.
 // A wrong password and an unknown user get the same answer after the same work: a full scrypt run.
+// Attempts are rate-limited per client address and per username (429 with Retry-After), before any
+// hashing.
 func (a *app) token(w http.ResponseWriter, r *http.Request) {
+	if ok, wait := a.authByAddr.allow(clientKey(r)); !ok {
+		a.fail(w, r, tooMany(w, wait, "sign-in attempts from your address"))
+		return
+	}
 	c, err := readCredentials(w, r)
 	if err != nil {
 		a.fail(w, r, err)
@@ -113,6 +128,12 @@ func (a *app) token(w http.ResponseWriter, r *http.Request) {
 	}
 	if c.Username == "" || c.Password == "" {
 		a.fail(w, r, newError(http.StatusUnprocessableEntity, "username and password are required"))
+		return
+	}
+	// Per username too, whether or not it exists (the answer must not tell): guessing one account's
+	// password from many addresses is as slow as from one.
+	if ok, wait := a.authByUser.allow(strings.ToLower(c.Username)); !ok {
+		a.fail(w, r, tooMany(w, wait, "sign-in attempts for this username"))
 		return
 	}
 	if len(c.Password) > maxPasswordLen || len(c.Username) > maxUsernameLen {

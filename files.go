@@ -76,8 +76,24 @@ func newBlobStore(root string, olderThan time.Duration, log *slog.Logger) (*blob
 	return b, nil
 }
 
-// path returns the file a key names. Keys are made by newKey and never contain "..".
-func (b *blobStore) path(key string) string { return filepath.Join(b.root, filepath.FromSlash(key)) }
+// errBadKey is path's answer for a key this store could not have made.
+var errBadKey = errors.New("blob store: not a storage key")
+
+// path returns the file a key names. A key comes from the database or the cache: it is data, not a
+// path, so anything but a key this store makes (under o/, of lowercase letters, digits, '.', '_',
+// '-' and '/', local, no "..") is refused with errBadKey instead of being joined to UPLOAD_DIR.
+func (b *blobStore) path(key string) (string, error) {
+	ok := strings.HasPrefix(key, originalDir+"/") && filepath.IsLocal(key) && !strings.Contains(key, "..")
+	for _, c := range key {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '/') {
+			ok = false
+		}
+	}
+	if !ok {
+		return "", fmt.Errorf("%w: %q", errBadKey, key)
+	}
+	return filepath.Join(b.root, filepath.FromSlash(key)), nil
+}
 
 // newKey returns a fresh random key for an original.
 func newKey() string {
@@ -94,7 +110,10 @@ func (b *blobStore) createTemp(pattern string) (*os.File, error) {
 
 // place moves the temp file at tmp into the place of key.
 func (b *blobStore) place(tmp, key string) error {
-	dst := b.path(key)
+	dst, err := b.path(key)
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
 		return err
 	}
@@ -108,7 +127,11 @@ func (b *blobStore) remove(keys ...string) error {
 		if k == "" {
 			continue
 		}
-		if err := os.Remove(b.path(k)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		p, err := b.path(k)
+		if err == nil {
+			err = os.Remove(p)
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 )
@@ -32,6 +33,8 @@ const (
 	multipartSlack = 64 << 10 // multipart framing and small fields allowed beyond MAX_UPLOAD_BYTES
 	// uploadBufferSize is the read buffer, and the write buffer, of one upload in flight.
 	uploadBufferSize = 128 << 10
+	// minRateWindow is the span over which MIN_UPLOAD_RATE is judged.
+	minRateWindow = 10 * time.Second
 )
 
 // imageView is the API's Image. Width and height are as displayed (after EXIF orientation).
@@ -175,12 +178,16 @@ func (a *app) uploadImage(w http.ResponseWriter, r *http.Request) {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			err = newError(http.StatusRequestEntityTooLarge, "upload is larger than the limit of %d bytes", a.cfg.MaxUploadBytes)
+		} else if errors.Is(err, errTooSlow) {
+			err = newError(http.StatusRequestTimeout, "the upload arrived slower than the minimum of %d bytes a second: %v", a.cfg.MinUploadRate, err)
+		} else if errors.Is(err, errQuota) {
+			err = newError(http.StatusRequestEntityTooLarge, "this upload would take your images past your storage quota of %d bytes; delete some to make room", a.cfg.UserQuota)
 		} else if re := (readError{}); errors.As(err, &re) {
 			err = newError(http.StatusBadRequest, "the upload ended early or is malformed: %v", re.err)
 		}
 		if errors.As(err, &ae) && ae.status < 500 {
 			a.metrics.uploadRefused.Add(1)
-			if ae.status == http.StatusRequestEntityTooLarge {
+			if ae.status == http.StatusRequestEntityTooLarge || ae.status == http.StatusRequestTimeout {
 				// Do not read the rest of a body we refused.
 				w.Header().Set("Connection", "close")
 			}
@@ -215,9 +222,29 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 	if mt != "multipart/form-data" || params["boundary"] == "" {
 		return imageRecord{}, newError(http.StatusUnsupportedMediaType, "want a multipart/form-data body with the image in field \"file\"")
 	}
+	uid := userID(r.Context())
+	release, err := a.uploads.take(w, uid)
+	if err != nil {
+		return imageRecord{}, err
+	}
+	defer release()
+	if a.cfg.UserQuota > 0 {
+		// A user already at the quota is refused before a byte is read; the insert checks again.
+		if used, err := a.store.bytesStored(r.Context(), uid); err != nil {
+			return imageRecord{}, err
+		} else if used >= a.cfg.UserQuota {
+			return imageRecord{}, errQuota
+		}
+	}
+	body := io.Reader(r.Body)
+	if a.cfg.MinUploadRate > 0 {
+		mr := newMinRateReader(w, r.Body, a.cfg.MinUploadRate, minRateWindow)
+		defer mr.done()
+		body = mr
+	}
 	// multipart reads through a bufio.Reader of 4 KiB unless it is given a larger one, which it then
 	// uses as is: large reads cost far fewer copies and syscalls per megabyte.
-	mr := multipart.NewReader(bufio.NewReaderSize(http.MaxBytesReader(w, r.Body, limit), uploadBufferSize), params["boundary"])
+	mr := multipart.NewReader(bufio.NewReaderSize(http.MaxBytesReader(w, io.NopCloser(body), limit), uploadBufferSize), params["boundary"])
 	var part io.Reader
 	for part == nil {
 		p, err := mr.NextPart()
@@ -241,8 +268,8 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 		os.Remove(up.tmpPath)
 		return imageRecord{}, fmt.Errorf("place upload: %w", err)
 	}
-	im, err := a.store.insertImage(r.Context(), imageRecord{
-		OwnerID: userID(r.Context()), Name: name, Tags: tags, ContentType: up.contentType,
+	im, err := a.store.insertImage(r.Context(), a.cfg.UserQuota, imageRecord{
+		OwnerID: uid, Name: name, Tags: tags, ContentType: up.contentType,
 		Width: up.width, Height: up.height, Size: up.size, SHA256: up.sha256, FileKey: key,
 	})
 	if err != nil {
@@ -445,7 +472,12 @@ func (a *app) downloadImage(w http.ResponseWriter, r *http.Request) {
 		// A variant's key is new each time it is written, so it names this content.
 		key, contentType, etag = vf.Key, vf.ContentType, `"`+strings.ReplaceAll(vf.Key[strings.LastIndexByte(vf.Key, '/')+1:], ".", "-")+`"`
 	}
-	f, err := os.Open(a.blobs.path(key))
+	p, err := a.blobs.path(key)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	f, err := os.Open(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		// Deleted between reading the row and opening the file.
 		a.fail(w, r, errImageNotFound)

@@ -500,6 +500,16 @@ func TestStartupCleansTemp(t *testing.T) {
 	}
 }
 
+// keyPath is b.path(key) for keys a test knows to be good.
+func keyPath(t testing.TB, b *blobStore, key string) string {
+	t.Helper()
+	p, err := b.path(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // TestSweepOrphans: files no row refers to (a crash between placing and inserting, or between
 // deleting a row and its files) are removed once old enough; files with rows stay.
 func TestSweepOrphans(t *testing.T) {
@@ -508,24 +518,24 @@ func TestSweepOrphans(t *testing.T) {
 	_, auth := s.signupAndLogin()
 	v := s.mustUpload(auth, "kept", "", "a.png", tinyPNG(t, 2, 2))
 	orphan := newKey()
-	os.MkdirAll(filepath.Dir(s.blobs.path(orphan)), 0o750)
+	os.MkdirAll(filepath.Dir(keyPath(t, s.blobs, orphan)), 0o750)
 	for _, k := range []string{orphan, orphan + ".thumb_100.abc.png"} {
-		os.WriteFile(s.blobs.path(k), []byte("x"), 0o600)
+		os.WriteFile(keyPath(t, s.blobs, k), []byte("x"), 0o600)
 		past := time.Now().Add(-2 * orphanGrace)
-		os.Chtimes(s.blobs.path(k), past, past)
+		os.Chtimes(keyPath(t, s.blobs, k), past, past)
 	}
 	young := newKey()
-	os.MkdirAll(filepath.Dir(s.blobs.path(young)), 0o750)
-	os.WriteFile(s.blobs.path(young), []byte("x"), 0o600)
+	os.MkdirAll(filepath.Dir(keyPath(t, s.blobs, young)), 0o750)
+	os.WriteFile(keyPath(t, s.blobs, young), []byte("x"), 0o600)
 	// The kept image's original is old too: age alone must not remove it.
 	var key string
 	s.pool.QueryRow(context.Background(), "SELECT file_key FROM images WHERE id = $1", v.ID).Scan(&key)
 	past := time.Now().Add(-2 * orphanGrace)
-	os.Chtimes(s.blobs.path(key), past, past)
+	os.Chtimes(keyPath(t, s.blobs, key), past, past)
 
 	s.sweepOrphans(context.Background())
 	for k, want := range map[string]bool{orphan: false, orphan + ".thumb_100.abc.png": false, young: true, key: true} {
-		_, err := os.Stat(s.blobs.path(k))
+		_, err := os.Stat(keyPath(t, s.blobs, k))
 		if (err == nil) != want {
 			t.Errorf("%s exists=%v, want %v", k, err == nil, want)
 		}

@@ -144,7 +144,10 @@ func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRec
 			variants = nil
 		}
 	}()
-	path := a.blobs.path(im.FileKey)
+	path, err := a.blobs.path(im.FileKey)
+	if err != nil {
+		return nil, "", err
+	}
 	need, err := jobMemory(ctx, path, a.cfg.JPEGDCT)
 	if err != nil {
 		return nil, "", err

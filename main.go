@@ -136,6 +136,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("listening", slog.String("addr", ln.Addr().String()), slog.String("mode", cfg.Mode))
+	if cfg.MetricsAddr != "" {
+		// /metrics on a listener of its own, kept off the public port.
+		mln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			srv.Close()
+			return fmt.Errorf("listen %s (METRICS_ADDR): %w", cfg.MetricsAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /metrics", a.serveMetrics)
+		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, WriteTimeout: time.Minute}
+		go msrv.Serve(mln)
+		defer msrv.Close()
+		log.Info("metrics listening", slog.String("addr", mln.Addr().String()))
+	}
 
 	select {
 	case err := <-serveErr:
@@ -171,7 +185,9 @@ func (a *app) routeTable() []route {
 	rs := []route{
 		{"GET", "/healthz", a.healthz, false},
 		{"GET", "/readyz", a.readyz, false},
-		{"GET", "/metrics", a.serveMetrics, false},
+	}
+	if a.cfg.MetricsAddr == "" {
+		rs = append(rs, route{"GET", "/metrics", a.serveMetrics, false})
 	}
 	if a.cfg.Mode == modeWorker {
 		return rs
@@ -221,6 +237,9 @@ type app struct {
 	hasher  *passwordHasher
 	docs    docAssets
 	budget  *memoryBudget // WORKER_MEMORY, shared by the jobs running at once
+	// Abuse limits (limits.go).
+	authByAddr, authByUser, signupByAddr *rateLimiter
+	uploads                              *uploadSlots
 	// process makes an image's variants: makeVariants, replaced only by tests that need a job to
 	// misbehave (a panic) in a way no image can make it any more.
 	process func(ctx context.Context, blobs *blobStore, path, contentType string, opts processOptions) ([]variantImage, string, error)
@@ -277,6 +296,11 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 		tokens:  &tokenIssuer{key: key, ttl: cfg.TokenTTL, issuer: tokenIssuerName, now: time.Now},
 		hasher:  hasher,
 		budget:  newMemoryBudget(cfg.WorkerMemory),
+		// A limit of 0 turns that limiter off (allow answers yes to a nil one).
+		authByAddr:   newRateLimiter(cfg.AuthAddrRate, time.Minute, maxRateKeys),
+		authByUser:   newRateLimiter(cfg.AuthUserRate, time.Minute, maxRateKeys),
+		signupByAddr: newRateLimiter(cfg.SignupAddrRate, time.Hour, maxRateKeys),
+		uploads:      newUploadSlots(cfg.UploadsPerUser, cfg.UploadsTotal),
 		process: makeVariants,
 	}, nil
 }
@@ -329,6 +353,15 @@ type config struct {
 	JobMaxAttempts  int
 	JobTimeout      time.Duration // deadline of one job
 	WorkerMemory    int64         // bytes the jobs running at once may need together (their estimates)
+	SignupOpen      bool          // SIGNUP=open; closed: only existing accounts sign in
+	UserQuota       int64         // USER_QUOTA_BYTES: original bytes one user may keep; 0: unlimited
+	UploadsPerUser  int           // uploads one user may have in flight
+	UploadsTotal    int           // uploads the process takes in flight
+	MinUploadRate   int64         // bytes per second an upload must keep up, over 10 s windows; 0: off
+	AuthAddrRate    int           // sign-in attempts per minute per client address
+	AuthUserRate    int           // sign-in attempts per minute per username
+	SignupAddrRate  int           // sign-ups per hour per client address
+	MetricsAddr     string        // a listener of its own for /metrics; empty: the main one
 	MemoryLimit     int64         // the Go runtime's soft memory limit; 0: GOMEMLIMIT decides
 	SweepInterval   time.Duration
 	SecretKey       []byte // empty: generated once and kept in the database
@@ -435,6 +468,21 @@ func loadConfig(getenv func(string) string) (config, error) {
 	c.JobMaxAttempts = int(intVar("JOB_MAX_ATTEMPTS", 3, 1, 100))
 	c.JobTimeout = durVar("JOB_TIMEOUT", 2*time.Minute, 100*time.Millisecond, 24*time.Hour)
 	c.SweepInterval = durVar("SWEEP_INTERVAL", 30*time.Second, 10*time.Millisecond, 24*time.Hour)
+	c.UserQuota = sizeVar("USER_QUOTA_BYTES", 0, 0, 1<<50)
+	c.UploadsPerUser = int(intVar("UPLOADS_PER_USER", 4, 1, 1024))
+	c.UploadsTotal = int(intVar("UPLOADS_IN_FLIGHT", 64, 1, 65536))
+	c.MinUploadRate = sizeVar("MIN_UPLOAD_RATE", 10<<10, 0, 1<<30)
+	c.AuthAddrRate = int(intVar("AUTH_RATE_PER_ADDR", 30, 0, 1_000_000))
+	c.AuthUserRate = int(intVar("AUTH_RATE_PER_USER", 10, 0, 1_000_000))
+	c.SignupAddrRate = int(intVar("SIGNUP_RATE_PER_ADDR", 20, 0, 1_000_000))
+	switch strings.ToLower(strings.TrimSpace(getenv("SIGNUP"))) {
+	case "", "open":
+		c.SignupOpen = true
+	case "closed":
+	default:
+		errs = append(errs, fmt.Errorf("SIGNUP=%q: want open or closed", getenv("SIGNUP")))
+	}
+	c.MetricsAddr = strings.TrimSpace(getenv("METRICS_ADDR"))
 	c.WorkerMemory = sizeVar("WORKER_MEMORY", defaultWorkerMemory(systemMemory()), 32<<20, 1<<40)
 	if getenv("GOMEMLIMIT") == "" {
 		// The heap may grow to what the jobs may hold, the password hashes in flight, and a margin for

@@ -140,6 +140,12 @@ func testEnv(t testing.TB, overrides map[string]string) func(string) string {
 		"UPLOAD_DIR":   t.TempDir(),
 		"ADDR":         "127.0.0.1:0",
 		"LOG_LEVEL":    "warn",
+		// The suite signs up and uploads far faster than any person: the abuse limits are off here
+		// and tested on their own (limits_test.go).
+		"AUTH_RATE_PER_ADDR":   "0",
+		"AUTH_RATE_PER_USER":   "0",
+		"SIGNUP_RATE_PER_ADDR": "0",
+		"UPLOADS_PER_USER":     "1024",
 	}
 	for k, v := range overrides {
 		env[k] = v

@@ -198,17 +198,51 @@ func scanImage(row pgx.Row) (imageRecord, error) {
 	return im, err
 }
 
-// insertImage stores a new image row (status pending) and returns it as stored.
-func (s *store) insertImage(ctx context.Context, im imageRecord) (imageRecord, error) {
-	out, err := scanImage(s.pool.QueryRow(ctx, `
-		INSERT INTO images (owner_id, name, tags, content_type, width, height, size, sha256, file_key)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-		RETURNING `+imageColumns,
-		im.OwnerID, im.Name, im.Tags, im.ContentType, im.Width, im.Height, im.Size, im.SHA256, im.FileKey))
+// errQuota is insertImage's answer when the image would take its owner past the quota.
+var errQuota = errors.New("storage quota exceeded")
+
+// insertImage stores a new image row (status pending) and returns it as stored. With quota > 0 it
+// first checks, under a lock on the owner's row (so that concurrent uploads are counted one after
+// the other), that the owner's originals and this one together stay within quota bytes, else it
+// returns errQuota.
+func (s *store) insertImage(ctx context.Context, quota int64, im imageRecord) (imageRecord, error) {
+	var out imageRecord
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if quota > 0 {
+			// Two statements: under READ COMMITTED each sees what committed before it began, so
+			// the sum, read after the lock is ours, counts every upload that held it before.
+			if _, err := tx.Exec(ctx, `SELECT 1 FROM users WHERE id = $1 FOR UPDATE`, im.OwnerID); err != nil {
+				return err
+			}
+			var used int64
+			if err := tx.QueryRow(ctx, `SELECT COALESCE(sum(size), 0) FROM images WHERE owner_id = $1`, im.OwnerID).Scan(&used); err != nil {
+				return err
+			}
+			if used+im.Size > quota {
+				return errQuota
+			}
+		}
+		var err error
+		out, err = scanImage(tx.QueryRow(ctx, `
+			INSERT INTO images (owner_id, name, tags, content_type, width, height, size, sha256, file_key)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+			RETURNING `+imageColumns,
+			im.OwnerID, im.Name, im.Tags, im.ContentType, im.Width, im.Height, im.Size, im.SHA256, im.FileKey))
+		return err
+	})
 	if err != nil {
 		return imageRecord{}, fmt.Errorf("store: insert image: %w", err)
 	}
 	return out, nil
+}
+
+// bytesStored returns the bytes of owner's originals.
+func (s *store) bytesStored(ctx context.Context, owner int64) (int64, error) {
+	var used int64
+	if err := s.pool.QueryRow(ctx, `SELECT COALESCE(sum(size), 0) FROM images WHERE owner_id = $1`, owner).Scan(&used); err != nil {
+		return 0, fmt.Errorf("store: bytes stored: %w", err)
+	}
+	return used, nil
 }
 
 // imageByID returns owner's image id, or errNotFound — also when it belongs to someone else.
