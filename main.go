@@ -301,7 +301,7 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 		authByUser:   newRateLimiter(cfg.AuthUserRate, time.Minute, maxRateKeys),
 		signupByAddr: newRateLimiter(cfg.SignupAddrRate, time.Hour, maxRateKeys),
 		uploads:      newUploadSlots(cfg.UploadsPerUser, cfg.UploadsTotal),
-		process: makeVariants,
+		process:      makeVariants,
 	}, nil
 }
 
