@@ -355,10 +355,24 @@ func TestOpenAPIResponses(t *testing.T) {
 	check("GET", "/openapi.json", s.do("GET", "/openapi.json", nil))
 	down := newTestServer(t, map[string]string{"REDIS_URL": "redis://127.0.0.1:1/0"})
 	check("GET", "/readyz", down.do("GET", "/readyz", nil))
+	closed := newTestServer(t, map[string]string{"SIGNUP": "closed"})
+	check("POST", "/api/v1/auth/signup", closed.do("POST", "/api/v1/auth/signup", credentials{"doc_" + randomHex(4), "password1"}))
+	limited := newTestServer(t, map[string]string{"SIGNUP_RATE_PER_ADDR": "1", "AUTH_RATE_PER_ADDR": "1"})
+	for range 2 {
+		check("POST", "/api/v1/auth/signup", limited.do("POST", "/api/v1/auth/signup", credentials{"doc_" + randomHex(4), "password1"}))
+		check("POST", "/api/v1/auth/token", limited.do("POST", "/api/v1/auth/token", credentials{name, "wrong pass"}))
+	}
 
 	// Every documented status of every operation was seen, except those no test request here can
 	// provoke: 500-class errors are not documented, and these need a real outage or overload.
 	unprovoked := map[string]bool{"POST /api/v1/auth/token 503": true}
+	// The upload limits need uploads held open or trickled for a window: limits_test.go provokes
+	// them (TestUploadSlots, TestSlowUploadCutOff).
+	for _, p := range []string{"/api/v1/images/", "/api/v1/images"} {
+		for _, status := range []string{"408", "429", "503"} {
+			unprovoked["POST "+p+" "+status] = true
+		}
+	}
 	for path, item := range doc["paths"].(map[string]any) {
 		for m, op := range item.(map[string]any) {
 			if !slices.Contains(httpMethods, m) {
