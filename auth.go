@@ -380,6 +380,9 @@ type passwordHasher struct {
 	mu   sync.Mutex
 	free [][]uint32  // buffers not in use, the most recently used last
 	idle *time.Timer // drops free buffers once no hash has run for idleRelease
+	held atomic.Int64 // bytes of buffers held, in use or free
+	// onChange, when set, is called after held changes (the memory governor follows it).
+	onChange func()
 }
 
 // idleRelease is how long unused V buffers are kept.
@@ -399,9 +402,15 @@ func newPasswordHasher(params scryptParams, slots int) (*passwordHasher, error) 
 func (h *passwordHasher) releaseIdle() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.slots) == 0 {
+	if len(h.slots) == 0 && len(h.free) > 0 {
+		for _, v := range h.free {
+			h.held.Add(-4 * int64(len(v)))
+		}
 		clear(h.free)
 		h.free = h.free[:0]
+		if h.onChange != nil {
+			h.onChange()
+		}
 	}
 }
 
@@ -423,7 +432,12 @@ func (h *passwordHasher) derive(ctx context.Context, password string, salt []byt
 	}
 	h.mu.Unlock()
 	if len(v) < p.memory() {
+		h.held.Add(-4 * int64(len(v)))
 		v = make([]uint32, max(p.memory(), h.params.memory()))
+		h.held.Add(4 * int64(len(v)))
+		if h.onChange != nil {
+			h.onChange()
+		}
 	}
 	defer func() {
 		h.mu.Lock()

@@ -26,6 +26,8 @@ type memoryBudget struct {
 	size    int64
 	used    int64
 	waiters []*budgetWaiter
+	// onChange, when set, is called after used changes (the memory governor follows it).
+	onChange func()
 }
 
 // budgetWaiter is one acquire waiting its turn; ready is closed when its bytes are granted.
@@ -49,6 +51,7 @@ func (b *memoryBudget) acquire(ctx context.Context, n int64) (func(), error) {
 	if len(b.waiters) == 0 && b.used+n <= b.size {
 		b.used += n
 		b.mu.Unlock()
+		b.changed()
 		return func() { b.release(n) }, nil
 	}
 	w := &budgetWaiter{n: n, ready: make(chan struct{})}
@@ -56,6 +59,7 @@ func (b *memoryBudget) acquire(ctx context.Context, n int64) (func(), error) {
 	b.mu.Unlock()
 	select {
 	case <-w.ready:
+		b.changed()
 		return func() { b.release(n) }, nil
 	case <-ctx.Done():
 		b.mu.Lock()
@@ -83,6 +87,14 @@ func (b *memoryBudget) release(n int64) {
 	b.used -= n
 	b.grant()
 	b.mu.Unlock()
+	b.changed()
+}
+
+// changed tells onChange, if any, that the bytes held have changed.
+func (b *memoryBudget) changed() {
+	if b.onChange != nil {
+		b.onChange()
+	}
 }
 
 // grant hands bytes to waiters in order while the first one fits. b.mu is held.
@@ -100,6 +112,29 @@ func (b *memoryBudget) inUse() int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.used
+}
+
+// memoryGovernor keeps the Go runtime's soft memory limit (debug.SetMemoryLimit) at what the process
+// has reserved right now: a base for the runtime and the requests in flight, the estimates of the
+// jobs running, and the password-hashing buffers held. The collector then runs as often as that
+// takes, so an idle or lightly loaded process stays small instead of growing to twice its live heap
+// (GOGC's default), and a large job gets the room it reserved. Never above max.
+type memoryGovernor struct {
+	base, max int64
+	parts     []func() int64
+	mu        sync.Mutex
+	set       func(int64) int64 // debug.SetMemoryLimit
+}
+
+// update sets the limit from the current reservations.
+func (g *memoryGovernor) update() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := g.base
+	for _, p := range g.parts {
+		n += p()
+	}
+	g.set(min(n, g.max))
 }
 
 // imageHeader is what a file's header tells about the memory its decoding takes.

@@ -79,9 +79,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	cfg.Mode = *mode
 
 	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
-	if cfg.MemoryLimit > 0 {
-		debug.SetMemoryLimit(cfg.MemoryLimit)
-	}
 	pool, err := connectDB(ctx, cfg.DatabaseURL, log)
 	if err != nil {
 		return err
@@ -104,6 +101,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	defer a.close()
+	if cfg.MemoryLimit > 0 {
+		// Unless GOMEMLIMIT says otherwise, the runtime's limit follows what is reserved: the
+		// runtime and requests in flight (each upload holds two buffers), the running jobs'
+		// estimates and the password-hashing buffers.
+		g := &memoryGovernor{base: 16<<20 + int64(cfg.UploadsTotal)*2*uploadBufferSize, max: cfg.MemoryLimit,
+			parts: []func() int64{a.budget.inUse, a.hasher.held.Load}, set: debug.SetMemoryLimit}
+		a.budget.onChange, a.hasher.onChange = g.update, g.update
+		g.update()
+	}
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
