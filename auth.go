@@ -378,8 +378,8 @@ type passwordHasher struct {
 	computed atomic.Int64  // hashes computed, for tests and metrics
 
 	mu   sync.Mutex
-	free [][]uint32  // buffers not in use, the most recently used last
-	idle *time.Timer // drops free buffers once no hash has run for idleRelease
+	free [][]uint32   // buffers not in use, the most recently used last
+	idle *time.Timer  // drops free buffers once no hash has run for idleRelease
 	held atomic.Int64 // bytes of buffers held, in use or free
 	// onChange, when set, is called after held changes (the memory governor follows it).
 	onChange func()
