@@ -144,14 +144,16 @@ func TestDCTThumbnails(t *testing.T) {
 	}
 }
 
-// FuzzDecodeDCT: on any input the DCT decoder does not panic or allocate past the pixel limit, and
-// whenever both it and image/jpeg decode, its grayscale equals image/jpeg's luma plane.
+// FuzzDecodeDCT: on any input the DCT decoder, at the default pixel limit, does not panic, and
+// whenever both it and image/jpeg decode, its grayscale equals image/jpeg's luma plane. (On corrupt
+// refinement scans image/jpeg can depart from libjpeg, which the DCT path follows: such a find
+// becomes a test against jpegtran, as TestDCTCorruptRefinement.)
 func FuzzDecodeDCT(f *testing.F) {
 	for _, name := range append(dctJPEGs[4:], "jpeg/m16.jpg") { // the small files
 		f.Add(readTestdata(f, name))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		img, err := decodeDCT(context.Background(), data, 1<<20, nil)
+		img, err := decodeDCT(context.Background(), data, 50_000_000, nil) // the default MAX_PIXELS
 		if err != nil {
 			return
 		}
@@ -443,5 +445,16 @@ func TestGrayscaleOfFibonacciCounts(t *testing.T) {
 	}
 	if !slices.Equal(back.comps[0].coef, c.coef) {
 		t.Fatal("coefficients differ after the round trip")
+	}
+}
+
+// TestDCTCorruptRefinement: a progressive file whose refinement scans the fuzzer corrupted (it
+// found it at the full pixel limit). image/jpeg and libjpeg read its luma differently (by ±1 in
+// places); the DCT path's grayscale equals libjpeg's (jpegtran -grayscale) bit for bit, which is
+// the reference here, as it is for the files image/jpeg cannot read.
+func TestDCTCorruptRefinement(t *testing.T) {
+	got := lumaOf(t, dctGray(t, readTestdata(t, "jpeg/corrupt-refine.jpg")))
+	if !sameGray(got, lumaOf(t, readTestdata(t, "jpeg/corrupt-refine.jpegtran-gray.jpg"))) {
+		t.Fatal("grayscale differs from jpegtran -grayscale")
 	}
 }
