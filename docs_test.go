@@ -337,6 +337,7 @@ func TestOpenAPIResponses(t *testing.T) {
 	check("GET", file, d)
 	check("GET", file, s.do("GET", "/api/v1/images/"+ready+"/file?variant=thumb_100", nil, "Authorization", auth))
 	check("GET", file, s.do("GET", "/api/v1/images/"+ready+"/file", nil, "Authorization", auth, "Range", "bytes=0-9"))
+	check("GET", file, s.do("GET", "/api/v1/images/"+ready+"/file?variant=", nil, "Authorization", auth, "Range", "bytes=99999999-"))
 	check("GET", file, s.do("GET", "/api/v1/images/"+ready+"/file", nil, "Authorization", auth, "If-None-Match", d.header.Get("ETag")))
 	check("GET", file, s.do("GET", "/api/v1/images/"+id+"/file?variant=grayscale", nil, "Authorization", auth))
 	check("GET", file, s.do("GET", "/api/v1/images/"+id+"/file?variant=sepia", nil, "Authorization", auth))

@@ -505,5 +505,39 @@ func (a *app) downloadImage(w http.ResponseWriter, r *http.Request) {
 		filename += ext
 	}
 	h.Set("Content-Disposition", mime.FormatMediaType("inline", map[string]string{"filename": filename}))
-	http.ServeContent(w, r, "", st.ModTime(), f)
+	http.ServeContent(&rangeProblems{ResponseWriter: w, r: r}, r, "", st.ModTime(), f)
 }
+
+// rangeProblems turns http.ServeContent's plain-text 416 (a Range no byte of the file satisfies)
+// into a problem+json one, keeping the Content-Range: bytes */size it set.
+type rangeProblems struct {
+	http.ResponseWriter
+	r        *http.Request
+	replaced bool
+}
+
+func (p *rangeProblems) WriteHeader(code int) {
+	if code != http.StatusRequestedRangeNotSatisfiable {
+		p.ResponseWriter.WriteHeader(code)
+		return
+	}
+	p.replaced = true
+	h := p.Header()
+	h.Del("Content-Length")
+	h.Del("Content-Disposition")
+	h.Del("ETag")
+	writeProblem(p.ResponseWriter, p.r, code, fmt.Sprintf("the range %q selects no byte of this file (%s)", p.r.Header.Get("Range"), h.Get("Content-Range")))
+}
+
+func (p *rangeProblems) Write(b []byte) (int, error) {
+	if p.replaced {
+		return len(b), nil // ServeContent's own text: already answered
+	}
+	return p.ResponseWriter.Write(b)
+}
+
+// ReadFrom keeps the connection's sendfile path for the file's bytes.
+func (p *rangeProblems) ReadFrom(r io.Reader) (int64, error) { return io.Copy(p.ResponseWriter, r) }
+
+// Unwrap lets http.ResponseController reach the connection.
+func (p *rangeProblems) Unwrap() http.ResponseWriter { return p.ResponseWriter }
