@@ -364,6 +364,18 @@ func (p scryptParams) valid() bool {
 	return p.N >= 2 && p.N <= maxScryptN && p.N&(p.N-1) == 0 && p.R >= 1 && p.R <= maxScryptR && p.P >= 1 && p.P <= maxScryptP
 }
 
+// Bounds on the parameters a stored hash may ask for: a row is data, and one check must not take
+// gigabytes (N=2^20, r=32 would take 4 GiB) or minutes, whatever the database holds.
+const (
+	maxStoredHashBytes = 256 << 20 // 128·r·N: 8× the default's memory
+	maxStoredHashWork  = 1 << 23   // p·r·N: 32× the default's work, about 2 s of one core
+)
+
+// storable reports whether a stored hash with these parameters may be checked.
+func (p scryptParams) storable() bool {
+	return 128*int64(p.R)*int64(p.N) <= maxStoredHashBytes && int64(p.P)*int64(p.R)*int64(p.N) <= maxStoredHashWork
+}
+
 // memory is the size, in 32-bit words, of the V array one hash needs.
 func (p scryptParams) memory() int { return 32 * p.R * p.N }
 
@@ -498,7 +510,7 @@ func parsePHC(s string) (scryptParams, []byte, []byte, error) {
 	params := scryptParams{N: 1 << ln, R: r, P: p}
 	salt, err1 := base64.RawStdEncoding.DecodeString(parts[3])
 	key, err2 := base64.RawStdEncoding.DecodeString(parts[4])
-	if !params.valid() || err1 != nil || err2 != nil || len(key) < 16 || len(key) > 64 {
+	if !params.valid() || !params.storable() || err1 != nil || err2 != nil || len(key) < 16 || len(key) > 64 {
 		return scryptParams{}, nil, nil, bad
 	}
 	return params, salt, key, nil

@@ -617,3 +617,20 @@ func BenchmarkScrypt(b *testing.B) {
 		}
 	}
 }
+
+// TestStoredHashBounds: a stored hash asking for more memory or work than a check may take (a row
+// is data) is refused before any hashing, whatever the parameters' validity.
+func TestStoredHashBounds(t *testing.T) {
+	key := base64.RawStdEncoding.EncodeToString(make([]byte, 32))
+	salt := base64.RawStdEncoding.EncodeToString(make([]byte, 16))
+	for _, params := range []string{"ln=20,r=32,p=1", "ln=20,r=8,p=1", "ln=17,r=8,p=16", "ln=18,r=8,p=16"} {
+		if _, _, _, err := parsePHC("$scrypt$" + params + "$" + salt + "$" + key); err == nil {
+			t.Errorf("%s accepted", params)
+		}
+	}
+	for _, params := range []string{"ln=15,r=8,p=1", "ln=17,r=8,p=1", "ln=15,r=8,p=16"} {
+		if _, _, _, err := parsePHC("$scrypt$" + params + "$" + salt + "$" + key); err != nil {
+			t.Errorf("%s refused: %v", params, err)
+		}
+	}
+}

@@ -108,16 +108,42 @@ func (b *blobStore) createTemp(pattern string) (*os.File, error) {
 	return os.CreateTemp(filepath.Join(b.root, tmpDir), pattern)
 }
 
-// place moves the temp file at tmp into the place of key.
+// place moves the temp file at tmp (its bytes already synced) into the place of key, durably: when
+// it returns nil, a power cut cannot lose the file, so the row that points at it may commit.
 func (b *blobStore) place(tmp, key string) error {
 	dst, err := b.path(key)
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
+	dir := filepath.Dir(dst)
+	_, statErr := os.Stat(dir)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return err
 	}
-	return os.Rename(tmp, dst)
+	if statErr != nil {
+		// A new fan-out directory: its own entry must reach the disk too.
+		if err := syncDir(filepath.Dir(dir)); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return err
+	}
+	// The file's bytes were synced before it came here; the rename is durable once its directory is.
+	return syncDir(dir)
+}
+
+// syncDir flushes a directory's entries to the disk (fsync on the directory).
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // remove deletes the files of keys; missing files are not an error.
@@ -228,6 +254,10 @@ func (b *blobStore) receive(r io.Reader, lim uploadLimits) (_ *upload, err error
 	}
 	up := &upload{tmpPath: f.Name(), size: n, sha256: hex.EncodeToString(sum.Sum(nil))}
 	if err := inspectImage(f, up, lim); err != nil {
+		return nil, err
+	}
+	// Durable before it is placed and its row commits (checked first: a refused file needs no sync).
+	if err := f.Sync(); err != nil {
 		return nil, err
 	}
 	if err := f.Close(); err != nil {

@@ -12,6 +12,8 @@ import (
 	"os"
 	"runtime/debug"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Advisory lock keys: each names one housekeeping task that one replica at a time runs.
@@ -295,13 +297,15 @@ func (a *app) sweepJobsOnce(ctx context.Context) {
 }
 
 // holdingLock runs fn every interval for as long as this process holds the session advisory lock
-// key (taking it if free), and returns when it cannot take it, loses it, or ctx ends.
+// key (taking it if free), and returns when it cannot take it, loses it, or ctx ends. The lock lives
+// on a connection of its own, outside the pool: fn needs pool connections, and with a small pool
+// (pool_max_conns) a pinned one could be the one it waits for.
 func (a *app) holdingLock(ctx context.Context, key int64, interval time.Duration, fn func()) {
-	conn, err := a.pool.Acquire(ctx)
+	conn, err := pgx.ConnectConfig(ctx, a.pool.Config().ConnConfig.Copy())
 	if err != nil {
 		return
 	}
-	defer conn.Release()
+	defer conn.Close(context.WithoutCancel(ctx))
 	var got bool
 	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&got); err != nil || !got {
 		return

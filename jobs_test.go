@@ -259,3 +259,19 @@ func TestJobMemoryEstimate(t *testing.T) {
 		}
 	}
 }
+
+// TestSmallPool: with a pool of one connection (pool_max_conns, which an operator may set), the
+// sweepers hold their advisory locks on connections of their own, so jobs and requests still get
+// the pool's one connection: uploads become ready.
+func TestSmallPool(t *testing.T) {
+	s := newTestServer(t, map[string]string{"DATABASE_URL": testDB.url + "&pool_max_conns=1", "SWEEP_INTERVAL": "50ms"})
+	startWorker(t, s)
+	_, auth := s.signupAndLogin()
+	time.Sleep(200 * time.Millisecond) // the sweepers are leading now
+	for range 3 {
+		v := s.mustUpload(auth, "small", "", "a.png", tinyPNG(t, 20, 20))
+		if got := s.waitStatus(auth, v.ID, 20*time.Second, statusReady, statusFailed); got.Status != statusReady {
+			t.Fatalf("status %s", got.Status)
+		}
+	}
+}

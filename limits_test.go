@@ -220,6 +220,18 @@ func TestUploadSlots(t *testing.T) {
 	pb.CloseWithError(io.ErrUnexpectedEOF)
 	<-doneA
 	<-doneB
+	// The client gives up at once; the server frees the slots when its reads fail.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		s.uploads.mu.Lock()
+		all := s.uploads.all
+		s.uploads.mu.Unlock()
+		if all == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d slots still taken after the uploads ended", all)
+		}
+	}
 	if r := s.upload(carol, "later", "", "a.png", tinyPNG(t, 10, 10)); r.status != http.StatusCreated {
 		t.Fatalf("after the held uploads ended: %d %s", r.status, r.body)
 	}

@@ -129,15 +129,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	go func() { a.background(bgCtx); close(bgDone) }()
 	defer func() { stopBackground(); <-bgDone }()
 	workerDone := make(chan struct{})
+	workerCtx, stopWorker := context.WithCancel(ctx)
 	if cfg.Mode == modeAll || cfg.Mode == modeWorker {
 		// The worker stops taking jobs when ctx ends; the jobs in hand get SHUTDOWN_TIMEOUT to finish.
 		go func() {
-			a.queue.consume(ctx, cfg.Concurrency, cfg.ShutdownTimeout, a.handleJob)
+			a.queue.consume(workerCtx, cfg.Concurrency, cfg.ShutdownTimeout, a.handleJob)
 			close(workerDone)
 		}()
 	} else {
 		close(workerDone)
 	}
+	// Whatever ends run (a shutdown, a Serve error, a shutdown that timed out), the worker stops and
+	// is waited for before the queue, the cache and the pool it uses close (deferred above). The wait
+	// is bounded: its jobs are cancelled SHUTDOWN_TIMEOUT after it is told to stop, and stop soon after.
+	defer func() { stopWorker(); <-workerDone }()
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -169,6 +174,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := srv.Shutdown(sctx); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
+	stopWorker()
 	<-workerDone
 	if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", err)

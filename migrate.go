@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -61,7 +62,9 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (err err
 		applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
-	applied, err := appliedMigrations(ctx, pool)
+	// On the locked connection: a second one from the pool could be the one it does not have
+	// (pool_max_conns=1), and wait for ever.
+	applied, err := appliedMigrations(ctx, conn)
 	if err != nil {
 		return err
 	}
@@ -94,17 +97,23 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (err err
 	return nil
 }
 
+// querier is what appliedMigrations reads through: a pool or one connection.
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
 // appliedMigrations returns the versions recorded in schema_migrations; none when it does not exist.
-func appliedMigrations(ctx context.Context, pool *pgxpool.Pool) (map[string]bool, error) {
+func appliedMigrations(ctx context.Context, db querier) (map[string]bool, error) {
 	var exists bool
-	if err := pool.QueryRow(ctx, "SELECT to_regclass('schema_migrations') IS NOT NULL").Scan(&exists); err != nil {
+	if err := db.QueryRow(ctx, "SELECT to_regclass('schema_migrations') IS NOT NULL").Scan(&exists); err != nil {
 		return nil, fmt.Errorf("migrate: %w", err)
 	}
 	applied := map[string]bool{}
 	if !exists {
 		return applied, nil
 	}
-	rows, err := pool.Query(ctx, "SELECT version FROM schema_migrations")
+	rows, err := db.Query(ctx, "SELECT version FROM schema_migrations")
 	if err != nil {
 		return nil, fmt.Errorf("migrate: %w", err)
 	}

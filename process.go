@@ -435,6 +435,9 @@ func writeTemp(blobs *blobStore, name string, width, height int, contentType str
 	if err == nil {
 		size, err = f.Seek(0, io.SeekCurrent)
 	}
+	if err == nil {
+		err = f.Sync() // durable before the row that will point at it commits
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

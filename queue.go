@@ -62,19 +62,20 @@ type amqpQueue struct {
 	name string // the work queue; name.retry and name.dead beside it
 	log  *slog.Logger
 
-	mu     sync.Mutex
-	conn   *amqp.Connection // nil while disconnected
-	pub    *amqp.Channel    // confirm-mode channel for publishing, shared by all publishers
-	wake   chan struct{}    // closed and replaced at every (re)connection
-	closed bool
-	done   chan struct{}
+	mu      sync.Mutex
+	conn    *amqp.Connection // nil while disconnected
+	pub     *amqp.Channel    // confirm-mode channel for publishing, shared by all publishers
+	wake    chan struct{}    // closed and replaced at every (re)connection
+	closed  bool
+	done    chan struct{} // closed by close
+	stopped chan struct{} // closed when maintain has returned (and closed its connection)
 }
 
 // newAMQPQueue starts connecting to url in the background and keeps the connection up until close.
 // It does not wait for the broker: publishes fail (and the sweeper catches up) until it is there.
 func newAMQPQueue(url, name string, log *slog.Logger) *amqpQueue {
-	q := &amqpQueue{url: url, name: name, log: log, wake: make(chan struct{}), done: make(chan struct{})}
-	go q.maintain()
+	q := &amqpQueue{url: url, name: name, log: log, wake: make(chan struct{}), done: make(chan struct{}), stopped: make(chan struct{})}
+	go func() { q.maintain(); close(q.stopped) }()
 	return q
 }
 
@@ -226,6 +227,7 @@ func (q *amqpQueue) ping(ctx context.Context) error {
 	return nil
 }
 
+// close stops the connection's upkeep and waits until the connection is closed.
 func (q *amqpQueue) close() {
 	q.mu.Lock()
 	if !q.closed {
@@ -233,6 +235,7 @@ func (q *amqpQueue) close() {
 		close(q.done)
 	}
 	q.mu.Unlock()
+	<-q.stopped
 }
 
 // consume takes deliveries with prefetch = concurrency, runs handle on each in its own goroutine, and
@@ -308,23 +311,29 @@ func (q *amqpQueue) run(ctx context.Context, d amqp.Delivery, handle jobHandler)
 	outcome, delay := handle(ctx, id)
 	// Settle even when ctx is cancelled: the broker must hear the answer.
 	sctx := context.WithoutCancel(ctx)
+	var err2 error
 	switch outcome {
 	case jobDone:
-		d.Ack(false)
+		err2 = d.Ack(false)
 	case jobRetry:
 		if err := q.publishTo(sctx, q.name+".retry", id, delay); err != nil {
 			q.log.Warn("retry publish failed; requeueing at once", slog.Int64("image_id", id), slog.Any("error", err))
-			d.Nack(false, true)
-			return
+			err2 = d.Nack(false, true)
+			break
 		}
-		d.Ack(false)
+		err2 = d.Ack(false)
 	case jobDead:
 		if err := q.publishTo(sctx, q.name+".dead", id, 0); err != nil {
 			q.log.Warn("dead-letter publish failed", slog.Int64("image_id", id), slog.Any("error", err))
 		}
-		d.Ack(false)
+		err2 = d.Ack(false)
 	case jobAbandoned:
-		d.Nack(false, true)
+		err2 = d.Nack(false, true)
+	}
+	if err2 != nil {
+		// The channel is gone: the broker redelivers the message, and the row decides what the
+		// redelivery does (nothing, when the job finished).
+		q.log.Warn("cannot settle job message; the broker will redeliver it", slog.Int64("image_id", id), slog.Any("error", err2))
 	}
 }
 
