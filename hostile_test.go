@@ -371,9 +371,9 @@ type binaryServer struct {
 	log   *syncBuffer
 }
 
-// startBinary runs the built binary with the test environment plus env, waits for /healthz, and
-// stops it (SIGTERM) when the test ends.
-func startBinary(t *testing.T, env map[string]string) *binaryServer {
+// startBinary runs the built binary (with args) in the test environment plus env (its own fresh
+// database unless env names one), waits for /healthz, and stops it (SIGTERM) when the test ends.
+func startBinary(t *testing.T, env map[string]string, args ...string) *binaryServer {
 	bin, err := builtBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -384,10 +384,12 @@ func startBinary(t *testing.T, env map[string]string) *binaryServer {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	vars := map[string]string{"DATABASE_URL": freshDatabase(t), "UPLOAD_DIR": t.TempDir(), "ADDR": addr,
-		"SCRYPT_N": "1024", "LOG_LEVEL": "warn"}
+	vars := map[string]string{"UPLOAD_DIR": t.TempDir(), "ADDR": addr, "SCRYPT_N": "1024", "LOG_LEVEL": "warn"}
+	if env["DATABASE_URL"] == "" {
+		vars["DATABASE_URL"] = freshDatabase(t)
+	}
 	maps.Copy(vars, env)
-	cmd := exec.Command(bin, "-env-file=")
+	cmd := exec.Command(bin, append([]string{"-env-file="}, args...)...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
 	for k, v := range vars {
 		cmd.Env = append(cmd.Env, k+"="+v)

@@ -55,9 +55,23 @@ func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duratio
 	}
 	a.cache.invalidate(bg, im.OwnerID)
 	start := time.Now()
-	variants, via, err := a.produceVariants(ctx, log, im)
+	// The claim's lease is short; a heartbeat renews it while the job runs, so a worker that dies
+	// gives its images back within a lease, and a slow live one keeps them.
+	jobCtx, stopJob := context.WithCancelCause(ctx)
+	beating := make(chan struct{})
+	go func() { defer close(beating); a.heartbeat(jobCtx, log, id, attempt, stopJob) }()
+	variants, via, err := a.produceVariants(jobCtx, log, im)
+	lost := errors.Is(context.Cause(jobCtx), errClaimLost)
+	stopJob(nil)
+	<-beating
+	if lost {
+		// Another worker holds the image now: this attempt's work is nobody's.
+		a.removeVariants(log, variants)
+		log.Warn("job given up: its claim was taken over", slog.Int("attempt", attempt))
+		return jobDone, 0
+	}
 	if err == nil {
-		err = a.store.finishImage(bg, id, variants)
+		err = a.store.finishImage(bg, id, attempt, variants)
 		if errors.Is(err, errNotFound) {
 			// Deleted (or taken over) while we worked: these files are nobody's.
 			a.removeVariants(log, variants)
@@ -80,7 +94,7 @@ func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duratio
 		return jobDone, 0
 	case ctx.Err() != nil:
 		// Shutting down: hand the job back untouched; the message is requeued.
-		if rerr := a.store.releaseImage(bg, id, false, true); rerr != nil {
+		if rerr := a.store.releaseImage(bg, id, attempt, false, true); rerr != nil {
 			log.Warn("cannot release abandoned job", slog.Any("error", rerr))
 		}
 		return jobAbandoned, 0
@@ -93,7 +107,7 @@ func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duratio
 		return a.failJob(bg, log, id, attempt, "processing failed because of a server error", err)
 	default:
 		delay := retryDelay(a.cfg.JobRetryDelay, attempt)
-		if rerr := a.store.releaseImage(bg, id, true, true); rerr != nil {
+		if rerr := a.store.releaseImage(bg, id, attempt, true, true); rerr != nil {
 			log.Warn("cannot release failed job", slog.Any("error", rerr))
 		}
 		a.metrics.jobsRetried.Add(1)
@@ -102,9 +116,36 @@ func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duratio
 	}
 }
 
+// errClaimLost is the cause a job is cancelled with when its claim was taken over.
+var errClaimLost = errors.New("job: the claim was taken over")
+
+// heartbeat renews the claim (id, attempt) every third of JOB_LEASE until ctx ends. When the claim
+// is no longer this worker's (its lease ran out, during a database outage say, and another worker
+// took the image), it stops the job with errClaimLost. A renewal that fails for another reason is
+// tried again at the next beat.
+func (a *app) heartbeat(ctx context.Context, log *slog.Logger, id int64, attempt int, stop context.CancelCauseFunc) {
+	t := time.NewTicker(a.cfg.JobLease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := a.store.renewLease(context.WithoutCancel(ctx), id, attempt, a.cfg.JobLease)
+		if errors.Is(err, errNotFound) {
+			stop(errClaimLost)
+			return
+		}
+		if err != nil {
+			log.Warn("cannot renew the job's lease", slog.Any("error", err))
+		}
+	}
+}
+
 // failJob marks image id failed for good with reason (for its owner) after err (for the log).
 func (a *app) failJob(ctx context.Context, log *slog.Logger, id int64, attempt int, reason string, err error) (jobOutcome, time.Duration) {
-	if ferr := a.store.failImage(ctx, id, reason); ferr != nil {
+	if ferr := a.store.failImage(ctx, id, attempt, reason); ferr != nil {
 		log.Warn("cannot record failure", slog.Any("error", ferr))
 	}
 	a.metrics.jobsFailed.Add(1)

@@ -275,3 +275,61 @@ func TestSmallPool(t *testing.T) {
 		}
 	}
 }
+
+// TestHeartbeatKeepsSlowJob: a job that runs for several leases is never taken twice: its worker
+// renews the lease while it works, so the sweeper (running all along) sees nothing lost.
+func TestHeartbeatKeepsSlowJob(t *testing.T) {
+	s := newTestServer(t, map[string]string{"JOB_LEASE": "1s", "SWEEP_INTERVAL": "50ms", "WORKER_CONCURRENCY": "2"})
+	var calls atomic.Int64
+	s.process = func(ctx context.Context, blobs *blobStore, path, ct string, opts processOptions) ([]variantImage, string, error) {
+		calls.Add(1)
+		select {
+		case <-time.After(3500 * time.Millisecond): // three and a half leases
+		case <-ctx.Done():
+			return nil, pathStandard, ctx.Err()
+		}
+		return makeVariants(ctx, blobs, path, ct, opts)
+	}
+	startWorker(t, s)
+	_, auth := s.signupAndLogin()
+	v := s.mustUpload(auth, "slow", "", "a.png", tinyPNG(t, 20, 20))
+	if got := s.waitStatus(auth, v.ID, 30*time.Second, statusReady, statusFailed); got.Status != statusReady {
+		t.Fatalf("status %s", got.Status)
+	}
+	if n := s.imageAttempts(v.ID); n != 1 || calls.Load() != 1 {
+		t.Errorf("attempts %d, runs %d: the slow job was taken twice", n, calls.Load())
+	}
+}
+
+// TestClaimTakenOver: when another worker has taken the image (this one's lease ran out, during a
+// database outage say), the heartbeat notices, the job stops, and it writes nothing to the row.
+func TestClaimTakenOver(t *testing.T) {
+	dir := t.TempDir()
+	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir, "JOB_LEASE": "1s"})
+	_, auth := s.signupAndLogin()
+	v := s.mustUpload(auth, "contested", "", "a.png", tinyPNG(t, 20, 20))
+	s.process = func(ctx context.Context, blobs *blobStore, path, ct string, opts processOptions) ([]variantImage, string, error) {
+		// Meanwhile another worker claims it: the attempt it counts is not ours.
+		if _, err := s.pool.Exec(context.Background(), "UPDATE images SET attempts = attempts + 1, lease_until = now() + interval '1 hour' WHERE id = $1", v.ID); err != nil {
+			return nil, "", err
+		}
+		outs, via, err := makeVariants(ctx, blobs, path, ct, opts)
+		if err != nil {
+			return nil, via, err
+		}
+		<-ctx.Done() // still working when the heartbeat finds out
+		return outs, via, nil
+	}
+	if out, _ := s.handleJob(context.Background(), v.ID); out != jobDone {
+		t.Fatalf("outcome %v, want done (the image is the other worker's)", out)
+	}
+	var status string
+	var variants map[string]variantFile
+	s.pool.QueryRow(context.Background(), "SELECT status, variants FROM images WHERE id = $1", v.ID).Scan(&status, &variants)
+	if status != statusProcessing || len(variants) != 0 {
+		t.Errorf("row %s with %d variants: the old claim wrote to it", status, len(variants))
+	}
+	if files := filesUnder(t, dir); len(files) != 1 {
+		t.Errorf("files %v: the given-up job's variants stayed", files)
+	}
+}

@@ -400,13 +400,32 @@ func (s *store) failExhaustedJobs(ctx context.Context, maxAttempts int) ([]int64
 	return owners, nil
 }
 
+// A claim is named by the image and the attempt it counted: a worker's later writes to the row
+// (renewing, finishing, releasing, failing) apply only while the row is still processing under that
+// same attempt, so a worker whose lease ran out and was taken over can no longer touch it.
+
+// renewLease extends the lease of an image this worker holds (the claim's attempt) to now+lease. It
+// returns errNotFound when the claim is no longer this worker's.
+func (s *store) renewLease(ctx context.Context, id int64, attempt int, lease time.Duration) error {
+	tag, err := s.pool.Exec(ctx, `
+		UPDATE images SET lease_until = now() + $3::interval
+		WHERE id = $1 AND status = 'processing' AND attempts = $2`, id, attempt, lease)
+	if err != nil {
+		return fmt.Errorf("store: renew lease %d: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("store: renew lease %d: %w", id, errNotFound)
+	}
+	return nil
+}
+
 // finishImage records the variants of an image this worker holds and marks it ready. It returns
 // errNotFound when the image is no longer held (deleted, or its lease taken over): the caller's
 // files are then nobody's.
-func (s *store) finishImage(ctx context.Context, id int64, variants map[string]variantFile) error {
+func (s *store) finishImage(ctx context.Context, id int64, attempt int, variants map[string]variantFile) error {
 	tag, err := s.pool.Exec(ctx, `
-		UPDATE images SET status = 'ready', variants = $2, error = '', lease_until = NULL, updated_at = now()
-		WHERE id = $1 AND status = 'processing'`, id, variants)
+		UPDATE images SET status = 'ready', variants = $3, error = '', lease_until = NULL, updated_at = now()
+		WHERE id = $1 AND status = 'processing' AND attempts = $2`, id, attempt, variants)
 	if err != nil {
 		return fmt.Errorf("store: finish image %d: %w", id, err)
 	}
@@ -419,12 +438,12 @@ func (s *store) finishImage(ctx context.Context, id int64, variants map[string]v
 // releaseImage hands a held image back: status pending. With failed set, the attempt is counted as
 // made; without (a shutdown abandoned it), it is not. queued says whether a message for it is
 // already on its way (else the sweeper will publish one).
-func (s *store) releaseImage(ctx context.Context, id int64, failed, queued bool) error {
+func (s *store) releaseImage(ctx context.Context, id int64, attempt int, failed, queued bool) error {
 	_, err := s.pool.Exec(ctx, `
 		UPDATE images SET status = 'pending', lease_until = NULL, updated_at = now(),
-		       attempts = attempts - CASE WHEN $2 THEN 0 ELSE 1 END,
-		       queued_at = CASE WHEN $3 THEN now() ELSE NULL END
-		WHERE id = $1 AND status = 'processing'`, id, failed, queued)
+		       attempts = attempts - CASE WHEN $3 THEN 0 ELSE 1 END,
+		       queued_at = CASE WHEN $4 THEN now() ELSE NULL END
+		WHERE id = $1 AND status = 'processing' AND attempts = $2`, id, attempt, failed, queued)
 	if err != nil {
 		return fmt.Errorf("store: release image %d: %w", id, err)
 	}
@@ -432,10 +451,10 @@ func (s *store) releaseImage(ctx context.Context, id int64, failed, queued bool)
 }
 
 // failImage marks a held image failed with a reason the user will read.
-func (s *store) failImage(ctx context.Context, id int64, reason string) error {
+func (s *store) failImage(ctx context.Context, id int64, attempt int, reason string) error {
 	_, err := s.pool.Exec(ctx, `
-		UPDATE images SET status = 'failed', error = $2, lease_until = NULL, updated_at = now()
-		WHERE id = $1 AND status = 'processing'`, id, reason)
+		UPDATE images SET status = 'failed', error = $3, lease_until = NULL, updated_at = now()
+		WHERE id = $1 AND status = 'processing' AND attempts = $2`, id, attempt, reason)
 	if err != nil {
 		return fmt.Errorf("store: fail image %d: %w", id, err)
 	}
