@@ -3,7 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/url"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -47,5 +52,147 @@ func TestKilledWorkerJobsReturn(t *testing.T) {
 	t.Logf("taken up again %.1f s after the worker was killed (JOB_LEASE 15s, SWEEP_INTERVAL 10s)", back.Seconds())
 	if r := api.do("GET", fmt.Sprintf("/api/v1/images/%d/file?variant=thumb_100", v.ID), nil, "Authorization", auth); r.status != http.StatusOK {
 		t.Errorf("thumbnail: %d", r.status)
+	}
+}
+
+// tcpProxy forwards connections to a target until cut: then it drops every connection it carries
+// and refuses new ones (closing them at once), as a network partition with resets would, until
+// restored. It stands between the service and PostgreSQL, Redis or RabbitMQ in the fault tests.
+type tcpProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  map[net.Conn]bool
+	down   bool
+}
+
+// startProxy listens on a free local port and forwards to target until the test ends.
+func startProxy(t testing.TB, target string) *tcpProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpProxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
+	go p.serve()
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	return p
+}
+
+func (p *tcpProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *tcpProxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		down := p.down
+		p.mu.Unlock()
+		if down {
+			c.Close()
+			continue
+		}
+		u, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns[c], p.conns[u] = true, true
+		p.mu.Unlock()
+		pipe := func(dst, src net.Conn) {
+			io.Copy(dst, src)
+			dst.Close()
+			src.Close()
+			p.mu.Lock()
+			delete(p.conns, dst)
+			delete(p.conns, src)
+			p.mu.Unlock()
+		}
+		go pipe(u, c)
+		go pipe(c, u)
+	}
+}
+
+// cut drops every connection and refuses new ones until restore.
+func (p *tcpProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
+func (p *tcpProxy) restore() {
+	p.mu.Lock()
+	p.down = false
+	p.mu.Unlock()
+}
+
+// TestDatabaseOutage: while PostgreSQL is cut off, every route that needs it answers 503
+// problem+json with Retry-After (never 500), an upload leaves no file behind, /healthz still
+// answers and /readyz says what is down; once it is back, the same requests succeed.
+func TestDatabaseOutage(t *testing.T) {
+	u, err := url.Parse(testDB.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := startProxy(t, u.Host)
+	u.Host = proxy.addr()
+	dir := t.TempDir()
+	s := newTestServer(t, map[string]string{"DATABASE_URL": u.String(), "UPLOAD_DIR": dir})
+	name, auth := s.signupAndLogin()
+	v := s.mustUpload(auth, "before", "", "a.png", tinyPNG(t, 8, 8))
+	item := fmt.Sprint("/api/v1/images/", v.ID)
+	requests := []struct {
+		method, path string
+		body         func() (any, []string)
+	}{
+		{"GET", "/api/v1/images/", nil},
+		{"GET", item, nil},
+		{"GET", item + "/file", nil},
+		{"PUT", item, func() (any, []string) { return map[string]string{"name": "renamed"}, nil }},
+		{"POST", "/api/v1/auth/token", func() (any, []string) { return credentials{name, "correct horse"}, nil }},
+		{"POST", "/api/v1/auth/signup", func() (any, []string) { return credentials{"new_" + randomHex(3), "correct horse"}, nil }},
+		{"POST", "/api/v1/images/?name=during", func() (any, []string) {
+			b, ct := multipartBody(t, "file", "a.png", tinyPNG(t, 9, 9))
+			return b, []string{"Content-Type", ct}
+		}},
+		{"DELETE", item, nil},
+	}
+	send := func(method, path string, body func() (any, []string)) response {
+		var b any
+		var h []string
+		if body != nil {
+			b, h = body()
+		}
+		return s.do(method, path, b, append([]string{"Authorization", auth}, h...)...)
+	}
+	before := len(filesUnder(t, dir))
+	proxy.cut()
+	for _, rq := range requests {
+		r := send(rq.method, rq.path, rq.body)
+		r.problem(t, http.StatusServiceUnavailable)
+		if r.header.Get("Retry-After") == "" {
+			t.Errorf("%s %s: 503 without Retry-After", rq.method, rq.path)
+		}
+	}
+	if r := s.do("GET", "/healthz", nil); r.status != 200 {
+		t.Errorf("/healthz: %d", r.status)
+	}
+	if p := s.do("GET", "/readyz", nil).problem(t, http.StatusServiceUnavailable); !strings.Contains(p.Detail, "database") {
+		t.Errorf("/readyz: %s", p.Detail)
+	}
+	if after := len(filesUnder(t, dir)); after != before {
+		t.Errorf("%d files after the outage, %d before: the refused upload left one", after, before)
+	}
+	proxy.restore()
+	for _, rq := range requests {
+		r := send(rq.method, rq.path, rq.body)
+		if r.status >= 500 {
+			t.Errorf("after the outage: %s %s: %d %s", rq.method, rq.path, r.status, r.body)
+		}
 	}
 }

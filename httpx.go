@@ -10,11 +10,15 @@ import (
 	"io"
 	"log/slog"
 	"mime"
+	"net"
 	"net/http"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Bounds on JSON request bodies. No JSON body this API takes is anywhere near them.
@@ -79,10 +83,41 @@ func (a *app) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The client went away; nobody reads the answer.
 		writeProblem(w, r, 499, "client closed request")
+	case databaseUnavailable(err):
+		// An outage, not a bug: the client may try again, and will succeed once it is over.
+		a.metrics.unavailable.Add(1)
+		a.log.Warn("database unavailable", slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Any("error", err))
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterOutage))
+		writeProblem(w, r, http.StatusServiceUnavailable, "the database is unreachable at the moment; try again shortly")
 	default:
 		a.log.Error("request failed", slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Any("error", err))
 		writeProblem(w, r, http.StatusInternalServerError, "internal server error")
 	}
+}
+
+// retryAfterOutage is the Retry-After, in seconds, of a 503 for a dependency outage.
+const retryAfterOutage = 5
+
+// databaseUnavailable reports whether err says PostgreSQL could not be reached or dropped the
+// connection (rather than refusing the statement): a connect failure, a network error or a connection
+// cut mid-query, a timeout, or a SQLSTATE of class 08 (connection exception), 57P01–57P03 (shutting
+// down, cannot connect now) or 53300 (too many connections). Such an error clears without any change
+// to the request.
+func databaseUnavailable(err error) bool {
+	var ce *pgconn.ConnectError
+	var ne net.Error
+	switch code := pgCode(err); {
+	case errors.As(err, &ce), errors.As(err, &ne), pgconn.Timeout(err):
+		return true
+	case strings.HasPrefix(code, "08"), code == "57P01", code == "57P02", code == "57P03", code == "53300":
+		return true
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		// Request bodies are read through decodeJSON and the upload's reader, whose errors are
+		// apiErrors or readErrors by the time they get here: an EOF here is the database's.
+		var re readError
+		return !errors.As(err, &re)
+	}
+	return false
 }
 
 // writeJSON answers with v as JSON and status.

@@ -29,6 +29,11 @@ func connectDB(ctx context.Context, url string, log *slog.Logger) (*pgxpool.Pool
 		// pgx's message may quote the URL, password included: say only what is wrong.
 		return nil, errors.New("DATABASE_URL: not a valid PostgreSQL URL")
 	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		// A server that does not answer (a partition) fails a request in seconds, as an outage (503),
+		// instead of holding it; connect_timeout in the URL overrides.
+		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("database: %w", err)
