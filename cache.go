@@ -1,15 +1,19 @@
 // Cache: cache-aside over Redis for image metadata and list pages, invalidated by a per-user
-// generation number, with PostgreSQL as the answer whenever Redis fails.
+// generation, with PostgreSQL as the answer whenever Redis fails, and an outbox in PostgreSQL so that
+// no invalidation is ever lost.
 package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -19,13 +23,26 @@ import (
 const (
 	cacheTimeout = 150 * time.Millisecond // one Redis call, dial included
 	cacheTTL     = 5 * time.Minute        // an entry's life; generations make it stale long before
-	genTTL       = 7 * 24 * time.Hour     // a user's generation counter, renewed by every write
+	genTTL       = 7 * 24 * time.Hour     // a user's generation, renewed by every write
 	loadTimeout  = 10 * time.Second       // the shared database read behind concurrent misses
+	// drainInterval is how often every replica checks Redis and drains the outbox.
+	drainInterval = 250 * time.Millisecond
+	// invalidateRetry is how long a write keeps trying to bump its generation before it answers
+	// anyway: longer than drainInterval, so that by then every replica that reads from Redis has
+	// either drained the write's outbox row or seen Redis fail (and distrusts it).
+	invalidateRetry = time.Second
 )
 
-// cache is cache-aside over Redis. Every entry of a user is keyed by that user's generation number;
-// every write bumps it (invalidate), so no reader can see an entry from before the write, and entries
-// of old generations simply expire. A nil *cache caches nothing.
+// cache is cache-aside over Redis. Every entry of a user is keyed by that user's generation, a
+// random token that every write replaces (invalidate), so no reader can see an entry from before the
+// write, and entries of old generations simply expire. A token never recurs: a generation key that
+// is lost (evicted, expired) is replaced by a new one, never by a value some old entry was cached
+// under.
+//
+// Invalidations cannot be lost: each write also records one in PostgreSQL, in its own transaction
+// (cache_outbox, filled by a trigger), and every replica drains that table into Redis. A replica that
+// has seen Redis fail distrusts it — reads go to PostgreSQL — until it has drained the outbox with
+// Redis answering again. A nil *cache caches nothing.
 type cache struct {
 	rdb    *redis.Client
 	prefix string
@@ -33,18 +50,30 @@ type cache struct {
 	log    *slog.Logger
 	flight flightGroup
 
-	// Users whose invalidation failed (Redis down): their reads skip the cache until a later bump
-	// succeeds, so this replica never serves what it could not invalidate.
-	mu    sync.Mutex
-	dirty map[int64]bool
+	trusted  atomic.Bool  // false since a Redis failure, until a drain with Redis up completes
+	failures atomic.Int64 // Redis failures so far: a drain trusts only if none happened during it
 }
 
-// lookupScript reads a user's generation and the entry under it in one round trip.
-// KEYS[1] = generation key; ARGV[1] .. gen .. ARGV[2] = entry key.
+// lookupScript reads a user's generation and the entry under it in one round trip. A missing
+// generation (evicted, expired) is set to the fresh token the caller brings, never back to a value
+// entries were cached under.
+// KEYS[1] = generation key; ARGV[1] .. gen .. ARGV[2] = entry key; ARGV[3] = fresh token;
+// ARGV[4] = the generation's TTL in seconds.
 var lookupScript = redis.NewScript(`
-local g = redis.call('GET', KEYS[1]) or '0'
+local g = redis.call('GET', KEYS[1])
+if not g then
+  g = ARGV[3]
+  redis.call('SET', KEYS[1], g, 'EX', ARGV[4])
+end
 return {g, redis.call('GET', ARGV[1] .. g .. ARGV[2])}
 `)
+
+// newGeneration returns a token no generation has had: 128 random bits.
+func newGeneration() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
 
 // newCache connects to the Redis at url (nil cache when url is empty). It does not fail when Redis is
 // down: the cache then only counts errors until Redis is back.
@@ -64,7 +93,8 @@ func newCache(url, prefix string, m *metrics, log *slog.Logger) (*cache, error) 
 	opt.DialerRetries = 1 // the default, 5 dials 100 ms apart, makes a dead Redis cost half a second
 	// go-redis logs through a logger of its own (a process-wide setting): send it to ours, quietly.
 	redis.SetLogger(redisLogger{log})
-	return &cache{rdb: redis.NewClient(opt), prefix: prefix, m: m, log: log, dirty: map[int64]bool{}}, nil
+	// Untrusted until the first drain: the outbox may hold what a replica could not invalidate.
+	return &cache{rdb: redis.NewClient(opt), prefix: prefix, m: m, log: log}, nil
 }
 
 // redisLogger routes go-redis's own log lines to slog at debug level; the failures that matter are
@@ -94,13 +124,13 @@ func fetch[T any](ctx context.Context, c *cache, uid int64, sub string, load fun
 	if c == nil {
 		return load(ctx)
 	}
-	if c.isDirty(uid) {
+	if !c.trusted.Load() {
 		c.m.cacheMisses.Add(1)
 		return load(ctx)
 	}
 	userPart := c.prefix + "u:" + strconv.FormatInt(uid, 10) + ":"
 	rctx, cancel := context.WithTimeout(ctx, cacheTimeout)
-	res, err := lookupScript.Run(rctx, c.rdb, []string{c.genKey(uid)}, userPart, ":"+sub).Slice()
+	res, err := lookupScript.Run(rctx, c.rdb, []string{c.genKey(uid)}, userPart, ":"+sub, newGeneration(), int64(genTTL/time.Second)).Slice()
 	cancel()
 	if err != nil || len(res) != 2 {
 		c.redisFailed("lookup", err)
@@ -143,70 +173,103 @@ func fetch[T any](ctx context.Context, c *cache, uid int64, sub string, load fun
 }
 
 // invalidate makes every cached entry of user uid unreachable. Call it after the database write
-// commits. When Redis cannot be told, this replica stops reading uid's entries until it can.
+// commits. When Redis does not answer it keeps trying for up to invalidateRetry before it returns:
+// the write's outbox row covers it in any case, and by then every replica that could serve the old
+// entry has drained that row or distrusts Redis.
 func (c *cache) invalidate(ctx context.Context, uid int64) {
 	if c == nil {
 		return
 	}
-	if err := c.bump(ctx, uid); err != nil {
+	deadline := time.Now().Add(invalidateRetry)
+	for {
+		err := c.bump(ctx, uid)
+		if err == nil {
+			return
+		}
 		c.redisFailed("invalidate", err)
-		c.mu.Lock()
-		c.dirty[uid] = true
-		c.mu.Unlock()
+		if time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(drainInterval / 5)
 	}
 }
 
+// bump replaces user uid's generation with a new token.
 func (c *cache) bump(ctx context.Context, uid int64) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cacheTimeout)
 	defer cancel()
-	pipe := c.rdb.TxPipeline()
-	pipe.Incr(ctx, c.genKey(uid))
-	pipe.Expire(ctx, c.genKey(uid), genTTL)
-	_, err := pipe.Exec(ctx)
-	return err
+	return c.rdb.Set(ctx, c.genKey(uid), newGeneration(), genTTL).Err()
 }
 
-func (c *cache) isDirty(uid int64) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.dirty[uid]
+// outbox is what drain reads and clears: the store's cache_outbox.
+type outbox interface {
+	pendingInvalidations(ctx context.Context, limit int) ([]pendingInvalidation, error)
+	clearInvalidations(ctx context.Context, owner, maxID int64) error
 }
 
-// repair retries the invalidations that failed, every interval until ctx ends, so users whose
-// bump was lost are cached again once Redis is back.
-func (c *cache) repair(ctx context.Context, interval time.Duration) {
-	if c == nil {
-		return
-	}
-	t := time.NewTicker(interval)
+// drain runs every drainInterval until ctx ends: it checks that Redis answers, bumps the generation
+// of every user in the outbox and clears their rows, and trusts Redis again once a whole pass ran
+// with no Redis failure anywhere in this replica. Without Redis (c nil) it only clears the outbox.
+func (c *cache) drain(ctx context.Context, ob outbox) {
+	t := time.NewTicker(drainInterval)
 	defer t.Stop()
 	for {
+		c.drainOnce(ctx, ob)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		c.mu.Lock()
-		users := make([]int64, 0, len(c.dirty))
-		for uid := range c.dirty {
-			users = append(users, uid)
-		}
-		c.mu.Unlock()
-		for _, uid := range users {
-			if c.bump(ctx, uid) != nil {
-				break // still down; try again next tick
-			}
-			c.mu.Lock()
-			delete(c.dirty, uid)
-			c.mu.Unlock()
-		}
 	}
 }
 
-// redisFailed counts a Redis failure; the caller falls back to PostgreSQL.
+// drainOnce is one pass of drain.
+func (c *cache) drainOnce(ctx context.Context, ob outbox) {
+	var failuresBefore int64
+	if c != nil {
+		failuresBefore = c.failures.Load()
+		pctx, cancel := context.WithTimeout(ctx, cacheTimeout)
+		err := c.rdb.Ping(pctx).Err()
+		cancel()
+		if err != nil {
+			c.redisFailed("ping", err)
+			return
+		}
+	}
+	for {
+		pending, err := ob.pendingInvalidations(ctx, 500)
+		if err != nil {
+			return // the database is away: try again next tick, distrust unchanged
+		}
+		for _, p := range pending {
+			if c != nil {
+				if err := c.bump(ctx, p.owner); err != nil {
+					c.redisFailed("drain", err)
+					return
+				}
+			}
+			if err := ob.clearInvalidations(ctx, p.owner, p.maxID); err != nil {
+				return
+			}
+		}
+		if len(pending) < 500 {
+			break
+		}
+	}
+	if c != nil && c.failures.Load() == failuresBefore && !c.trusted.Load() {
+		c.trusted.Store(true)
+		c.log.Info("cache trusted again: the outbox is drained")
+	}
+}
+
+// redisFailed counts a Redis failure and stops trusting the cache until a drain completes; the
+// caller falls back to PostgreSQL.
 func (c *cache) redisFailed(op string, err error) {
 	c.m.cacheErrors.Add(1)
-	c.log.Debug("cache unavailable", slog.String("op", op), slog.Any("error", err))
+	c.failures.Add(1)
+	if c.trusted.Swap(false) {
+		c.log.Warn("cache distrusted until the outbox is drained", slog.String("op", op), slog.Any("error", err))
+	}
 }
 
 // flightGroup runs one call per key at a time; callers arriving while it runs share its result.

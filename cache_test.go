@@ -7,12 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -175,6 +177,7 @@ func TestCacheSingleFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.close()
+	c.drainOnce(context.Background(), &store{pool: openPool(t)}) // trusted, as newApp leaves it
 	const n = 20
 	var loads atomic.Int32
 	load := func(ctx context.Context) (string, error) {
@@ -217,44 +220,157 @@ func TestCacheSingleFlight(t *testing.T) {
 	}
 }
 
-// TestCacheDirtyAfterLostInvalidation: when a write cannot bump the generation, this replica stops
-// reading that user's entries (they might be stale) until a bump succeeds.
-func TestCacheDirtyAfterLostInvalidation(t *testing.T) {
-	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
-	m := &metrics{}
-	prefix := redisPrefix(t)
-	c, _ := newCache(testRedisURL, prefix, m, log)
-	defer c.close()
-	load := func(v string) func(context.Context) (string, error) {
-		return func(context.Context) (string, error) { return v, nil }
+// openPool opens a pool on this run's database for the test.
+func openPool(t testing.TB) *pgxpool.Pool {
+	pool, err := pgxpool.New(context.Background(), testDB.url)
+	if err != nil {
+		t.Fatal(err)
 	}
-	fetch(context.Background(), c, 7, "img:1", load("old")) // cached as "old"
-	// The same cache, as seen by a replica that cannot reach Redis for its invalidation.
-	dead, _ := newCache("redis://127.0.0.1:1/0", prefix, m, log)
-	defer dead.close()
-	dead.invalidate(context.Background(), 7)
-	if !dead.isDirty(7) {
-		t.Fatal("a failed invalidation did not mark the user dirty")
-	}
-	// The dead replica's Redis "comes back" (same prefix, working client): it must not serve the
-	// entry it could not invalidate until repair bumps the generation.
-	dead.rdb = c.rdb
-	if v, _ := fetch(context.Background(), dead, 7, "img:1", load("new")); v != "new" {
-		t.Fatalf("dirty user served %q from the cache", v)
-	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// startDrain runs s's outbox drain until the test ends, as every replica's background does.
+func startDrain(t testing.TB, s *testServer) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { dead.repair(ctx, 10*time.Millisecond); close(done) }()
-	deadline := time.Now().Add(5 * time.Second)
-	for dead.isDirty(7) && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+	go func() { s.cache.drain(ctx, s.store); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// replicas starts two API replicas on this run's database and one Redis key prefix, the first
+// reaching Redis through a proxy the test can cut; both drain the outbox.
+func replicas(t *testing.T) (a, b *testServer, cut *tcpProxy) {
+	prefix := redisPrefix(t)
+	ru, err := url.Parse(testRedisURL)
+	if err != nil {
+		t.Fatal(err)
 	}
-	cancel()
-	<-done
-	if dead.isDirty(7) {
-		t.Fatal("repair did not clear the user")
+	cut = startProxy(t, ru.Host)
+	viaProxy := *ru
+	viaProxy.Host = cut.addr()
+	a = newTestServer(t, map[string]string{"REDIS_URL": viaProxy.String(), "REDIS_PREFIX": prefix})
+	b = newTestServer(t, map[string]string{"REDIS_URL": testRedisURL, "REDIS_PREFIX": prefix})
+	startDrain(t, a)
+	startDrain(t, b)
+	return a, b, cut
+}
+
+// TestCacheReadYourWritesAcrossReplicas: a rename through replica A while A cannot reach Redis, then
+// reads through replica B (which can): B never serves the old name, although its cache held it.
+// A's write recorded its invalidation in PostgreSQL; B drained it into Redis before A answered.
+func TestCacheReadYourWritesAcrossReplicas(t *testing.T) {
+	a, b, cut := replicas(t)
+	_, auth := a.signupAndLogin()
+	v := a.mustUpload(auth, "old name", "", "a.png", tinyPNG(t, 8, 8))
+	item := fmt.Sprint("/api/v1/images/", v.ID)
+	read := func(s *testServer) string {
+		var got imageView
+		s.do("GET", item, nil, "Authorization", auth).json(t, &got)
+		return got.Name
 	}
-	if v, _ := fetch(context.Background(), c, 7, "img:1", load("new")); v != "new" {
-		t.Fatalf("after repair the old entry is still served: %q", v)
+	for range 2 { // cached in Redis through B
+		if n := read(b); n != "old name" {
+			t.Fatalf("before: %q", n)
+		}
+	}
+	hits := b.metrics.cacheHits.Load()
+	cut.cut()
+	if r := a.do("PUT", item, map[string]string{"name": "new name"}, "Authorization", auth); r.status != 200 {
+		t.Fatalf("rename during the cut: %d %s", r.status, r.body)
+	}
+	stale := 0
+	for range 50 {
+		if read(b) != "new name" {
+			stale++
+		}
+	}
+	if stale > 0 {
+		t.Errorf("%d of 50 reads through B after the write served the old name", stale)
+	}
+	if b.metrics.cacheHits.Load() == hits {
+		t.Error("B never used its cache: the test proves nothing")
+	}
+	cut.restore()
+	for range 10 {
+		if n := read(a); n != "new name" {
+			t.Fatalf("A after Redis is back: %q", n)
+		}
+	}
+}
+
+// TestCacheFullOutage: when Redis is cut from every replica, a replica that saw it fail (its drain
+// pings it) distrusts its cache until the outbox is drained, so a write made during the cut is never
+// read back stale once Redis returns, through any replica.
+func TestCacheFullOutage(t *testing.T) {
+	prefix := redisPrefix(t)
+	ru, _ := url.Parse(testRedisURL)
+	cut := startProxy(t, ru.Host)
+	viaProxy := *ru
+	viaProxy.Host = cut.addr()
+	a := newTestServer(t, map[string]string{"REDIS_URL": viaProxy.String(), "REDIS_PREFIX": prefix})
+	b := newTestServer(t, map[string]string{"REDIS_URL": viaProxy.String(), "REDIS_PREFIX": prefix})
+	startDrain(t, a)
+	startDrain(t, b)
+	_, auth := a.signupAndLogin()
+	v := a.mustUpload(auth, "old name", "", "a.png", tinyPNG(t, 8, 8))
+	item := fmt.Sprint("/api/v1/images/", v.ID)
+	read := func(s *testServer) string {
+		var got imageView
+		s.do("GET", item, nil, "Authorization", auth).json(t, &got)
+		return got.Name
+	}
+	read(b)
+	read(b) // cached
+	cut.cut()
+	if r := a.do("PUT", item, map[string]string{"name": "new name"}, "Authorization", auth); r.status != 200 {
+		t.Fatalf("rename during the cut: %d %s", r.status, r.body)
+	}
+	time.Sleep(2 * drainInterval) // B made no request during the cut: only its drain saw Redis fail
+	cut.restore()
+	stale := 0
+	for range 100 {
+		if read(b) != "new name" {
+			stale++
+		}
+	}
+	if stale > 0 {
+		t.Errorf("%d of 100 reads through B after Redis returned served the old name", stale)
+	}
+}
+
+// TestCacheLostGeneration: a user's generation key lost from Redis (evicted under allkeys-lru, or
+// expired) is replaced by a token never used before, so entries cached under earlier generations
+// never come back.
+func TestCacheLostGeneration(t *testing.T) {
+	prefix := redisPrefix(t)
+	s := newTestServer(t, map[string]string{"REDIS_URL": testRedisURL, "REDIS_PREFIX": prefix})
+	_, auth := s.signupAndLogin()
+	count := func() int {
+		r := s.do("GET", "/api/v1/images/", nil, "Authorization", auth)
+		var vs []imageView
+		r.json(t, &vs)
+		return len(vs)
+	}
+	opt, _ := redis.ParseURL(testRedisURL)
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	genKeys := func() []string {
+		keys, _ := rdb.Keys(context.Background(), prefix+"gen:*").Result()
+		return keys
+	}
+	for want := range 3 {
+		if n := count(); n != want { // cached under the current generation
+			t.Fatalf("list of %d, want %d", n, want)
+		}
+		count()
+		s.mustUpload(auth, "x", "", "a.png", tinyPNG(t, 8, 8))
+		// The generation key goes, as eviction would take it.
+		for _, k := range genKeys() {
+			rdb.Del(context.Background(), k)
+		}
+		if n := count(); n != want+1 {
+			t.Fatalf("after losing the generation: list of %d, want %d (an old entry came back)", n, want+1)
+		}
 	}
 }

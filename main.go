@@ -282,6 +282,8 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
+	// The cache is trusted once the outbox is drained: at once when Redis and the database answer.
+	c.drainOnce(ctx, st)
 	var q jobQueue
 	switch {
 	case cfg.BrokerURL != "":
@@ -327,7 +329,7 @@ func (a *app) close() {
 // publishing lost jobs again, and sweeping orphaned files; the last two one replica at a time.
 func (a *app) background(ctx context.Context) {
 	var wg sync.WaitGroup
-	wg.Go(func() { a.cache.repair(ctx, time.Second) })
+	wg.Go(func() { a.cache.drain(ctx, a.store) })
 	wg.Go(func() { a.sweepLostJobs(ctx, a.cfg.SweepInterval) })
 	wg.Go(func() {
 		for ctx.Err() == nil {

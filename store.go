@@ -466,6 +466,37 @@ func (s *store) failImage(ctx context.Context, id int64, attempt int, reason str
 	return nil
 }
 
+// pendingInvalidation is a user with cache invalidations in the outbox, up to id maxID.
+type pendingInvalidation struct {
+	owner, maxID int64
+}
+
+// pendingInvalidations returns up to limit users with rows in cache_outbox.
+func (s *store) pendingInvalidations(ctx context.Context, limit int) ([]pendingInvalidation, error) {
+	rows, err := s.pool.Query(ctx, `SELECT owner_id, max(id) FROM cache_outbox GROUP BY owner_id LIMIT $1`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: pending invalidations: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (pendingInvalidation, error) {
+		var p pendingInvalidation
+		err := r.Scan(&p.owner, &p.maxID)
+		return p, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: pending invalidations: %w", err)
+	}
+	return out, nil
+}
+
+// clearInvalidations removes owner's outbox rows up to maxID: a generation bump made after they
+// committed covers them. Rows added since stay for the next drain.
+func (s *store) clearInvalidations(ctx context.Context, owner, maxID int64) error {
+	if _, err := s.pool.Exec(ctx, `DELETE FROM cache_outbox WHERE owner_id = $1 AND id <= $2`, owner, maxID); err != nil {
+		return fmt.Errorf("store: clear invalidations: %w", err)
+	}
+	return nil
+}
+
 // markQueued records that the queue confirmed a message for each of ids.
 func (s *store) markQueued(ctx context.Context, ids ...int64) error {
 	if _, err := s.pool.Exec(ctx, `UPDATE images SET queued_at = now() WHERE id = ANY($1)`, ids); err != nil {
