@@ -333,6 +333,10 @@ func makeVariantsStandard(ctx context.Context, blobs *blobStore, path, contentTy
 			img = fit(thumbSrc, spec.box, thumbSrc == src)
 			thumbSrc = img
 		}
+		if p, ok := src.(*image.Paletted); ok && outType == "image/gif" {
+			// A GIF's thumbnails keep its palette, and its transparency with it.
+			img = paletted(img, p.Palette)
+		}
 		v, err := writeVariant(blobs, spec.name, orientImage(img, orient), outType, opts.jpegQuality)
 		if err != nil {
 			return out, err
@@ -469,6 +473,43 @@ func encodeImage(w io.Writer, img image.Image, contentType string, quality int) 
 		// BestSpeed: default zlib effort costs several times the time for a few percent of size.
 		return (&png.Encoder{CompressionLevel: png.BestSpeed}).Encode(w, img)
 	}
+}
+
+// paletted returns img drawn with the colours of pal: each pixel the nearest opaque colour, or, where
+// it is more than half transparent, pal's transparent entry when pal has one. img itself when it is
+// already paletted.
+func paletted(img image.Image, pal color.Palette) image.Image {
+	if _, ok := img.(*image.Paletted); ok {
+		return img
+	}
+	transparent := -1
+	for i, c := range pal {
+		if _, _, _, a := c.RGBA(); a == 0 {
+			transparent = i
+			break
+		}
+	}
+	b := img.Bounds()
+	dst := image.NewPaletted(image.Rect(0, 0, b.Dx(), b.Dy()), pal)
+	rgba := toRGBA(img) // thumbnails are small
+	for y := range b.Dy() {
+		for x := range b.Dx() {
+			p := rgba.Pix[y*rgba.Stride+4*x:][:4]
+			i := 0
+			switch {
+			case p[3] < 128 && transparent >= 0:
+				i = transparent
+			case p[3] == 0:
+				i = pal.Index(color.NRGBA{0, 0, 0, 255})
+			default:
+				// Straight colour, fully opaque: edge pixels are not drawn darker.
+				un := func(v byte) byte { return byte(int(v) * 255 / int(p[3])) }
+				i = pal.Index(color.NRGBA{un(p[0]), un(p[1]), un(p[2]), 255})
+			}
+			dst.Pix[y*dst.Stride+x] = uint8(i)
+		}
+	}
+	return dst
 }
 
 // fit returns src scaled to fit inside box×box keeping its aspect ratio, or src itself when it

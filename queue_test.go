@@ -102,8 +102,20 @@ func TestProcessEndToEnd(t *testing.T) {
 	for i := range pal.Pix {
 		pal.Pix[i] = uint8(i % 3)
 	}
-	var gifBuf, bmpBuf, tiffBuf bytes.Buffer
+	// A larger GIF, transparent but for a band across the middle: its thumbnails must keep that.
+	bigPal := stdimage.NewPaletted(stdimage.Rect(0, 0, 1200, 800), pal.Palette)
+	for y := range 800 {
+		for x := range 1200 {
+			if y < 300 || y >= 500 {
+				bigPal.Pix[y*bigPal.Stride+x] = 2
+			} else {
+				bigPal.Pix[y*bigPal.Stride+x] = uint8(x / 100 % 2)
+			}
+		}
+	}
+	var gifBuf, bigGIF, bmpBuf, tiffBuf bytes.Buffer
 	gif.Encode(&gifBuf, pal, nil)
+	gif.Encode(&bigGIF, bigPal, nil)
 	bmp.Encode(&bmpBuf, toRGBA(pal))
 	tiff.Encode(&tiffBuf, toRGBA(pal), nil)
 	for _, tc := range []struct {
@@ -118,6 +130,7 @@ func TestProcessEndToEnd(t *testing.T) {
 		{"photo.png", readTestdata(t, "photo.png"), "image/png", 2048, 1024, true},
 		{"small.webp", readTestdata(t, "small.webp"), "image/png", 320, 200, false},
 		{"gif", gifBuf.Bytes(), "image/gif", 60, 40, true},
+		{"big.gif", bigGIF.Bytes(), "image/gif", 1200, 800, true},
 		{"bmp", bmpBuf.Bytes(), "image/png", 60, 40, false},
 		{"tiff", tiffBuf.Bytes(), "image/png", 60, 40, true},
 	} {
@@ -162,7 +175,7 @@ func TestProcessEndToEnd(t *testing.T) {
 				if spec.grayscale {
 					assertGray(t, img)
 				}
-				if tc.hasAlpha && spec.grayscale && opaque(img) {
+				if tc.hasAlpha && opaque(img) {
 					t.Fatalf("%s lost the source's transparency", spec.name)
 				}
 			}
