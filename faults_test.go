@@ -1,17 +1,27 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // TestKilledWorkerJobsReturn: a worker process SIGKILLed while it holds a job gives the image back
@@ -194,5 +204,174 @@ func TestDatabaseOutage(t *testing.T) {
 		if r.status >= 500 {
 			t.Errorf("after the outage: %s %s: %d %s", rq.method, rq.path, r.status, r.body)
 		}
+	}
+}
+
+// integrityPass checks the store against the database: every row's original hashes to its sha256,
+// every variant it records exists, and no file under UPLOAD_DIR/o belongs to no row.
+func integrityPass(t *testing.T, dbURL, dir string) {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	rows, err := pool.Query(context.Background(), "SELECT file_key, sha256, variants FROM images")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	for rows.Next() {
+		var key, sum string
+		var variants map[string]variantFile
+		if err := rows.Scan(&key, &sum, &variants); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, key))
+		if err != nil {
+			t.Errorf("row's original %s: %v", key, err)
+			continue
+		}
+		if h := sha256.Sum256(b); hex.EncodeToString(h[:]) != sum {
+			t.Errorf("original %s does not hash to its row's sha256", key)
+		}
+		want[filepath.Join(dir, key)] = true
+		for name, v := range variants {
+			if _, err := os.Stat(filepath.Join(dir, v.Key)); err != nil {
+				t.Errorf("variant %s of %s: %v", name, key, err)
+			}
+			want[filepath.Join(dir, v.Key)] = true
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range filesUnder(t, filepath.Join(dir, originalDir)) {
+		if !want[f] {
+			t.Errorf("file without a row: %s", f)
+		}
+	}
+}
+
+// TestFaultsRealProcesses: two API replicas and a worker, each the real binary, on RabbitMQ reached
+// through a proxy. Uploads during a broker cut are all accepted and all become ready once it
+// returns; an API replica stopped (SIGTERM) in the middle of uploads loses none that it accepted;
+// at the end every row's files are intact and no file is without a row.
+func TestFaultsRealProcesses(t *testing.T) {
+	bu, err := url.Parse(testBrokerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	broker := startProxy(t, bu.Host)
+	viaProxy := *bu
+	viaProxy.Host = broker.addr()
+	dir := t.TempDir()
+	dbURL := freshDatabase(t)
+	env := map[string]string{"DATABASE_URL": dbURL, "BROKER_URL": viaProxy.String(), "QUEUE_NAME": testQueue(t),
+		"UPLOAD_DIR": dir, "SWEEP_INTERVAL": "500ms", "REDIS_URL": testRedisURL, "REDIS_PREFIX": redisPrefix(t),
+		"UPLOADS_PER_USER": "64"}
+	api1 := startBinary(t, env, "-mode=api")
+	api2 := startBinary(t, env, "-mode=api")
+	startBinary(t, env, "-mode=worker")
+	name := "f_" + randomHex(4)
+	if r := doRequest(t, api1.base, "POST", "/api/v1/auth/signup", credentials{name, "correct horse"}); r.status != 200 {
+		t.Fatalf("signup: %d %s", r.status, r.body)
+	}
+	var tok tokenResponse
+	doRequest(t, api2.base, "POST", "/api/v1/auth/token", credentials{name, "correct horse"}).json(t, &tok)
+	auth := "Bearer " + tok.AccessToken
+	upload := func(base string, i int) (int64, error) {
+		body, ct := multipartBody(t, "file", "a.png", tinyPNG(t, 30+i, 20))
+		req, _ := http.NewRequest("POST", fmt.Sprintf("%s/api/v1/images/?name=f%d", base, i), bytes.NewReader(body))
+		req.Header.Set("Authorization", auth)
+		req.Header.Set("Content-Type", ct)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			return 0, fmt.Errorf("status %d", resp.StatusCode)
+		}
+		var v imageView
+		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+			return 0, err
+		}
+		return v.ID, nil
+	}
+	var accepted []int64
+	broker.cut()
+	for i := range 10 {
+		id, err := upload([]string{api1.base, api2.base}[i%2], i)
+		if err != nil {
+			t.Fatalf("upload %d during the broker cut: %v", i, err)
+		}
+		accepted = append(accepted, id)
+	}
+	broker.restore()
+	// Uploads to api2 while it is told to stop: each is either accepted (and then kept) or refused.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for i := 10; i < 30; i++ {
+		wg.Go(func() {
+			id, err := upload([]string{api1.base, api2.base}[i%2], i)
+			if err != nil && i%2 == 0 {
+				t.Errorf("upload %d to the replica that stays: %v", i, err)
+			}
+			if err == nil {
+				mu.Lock()
+				accepted = append(accepted, id)
+				mu.Unlock()
+			}
+		})
+		if i == 20 {
+			api2.cmd.Process.Signal(syscall.SIGTERM)
+		}
+	}
+	wg.Wait()
+	for _, id := range accepted {
+		deadline := time.Now().Add(time.Minute)
+		for {
+			var v imageView
+			doRequest(t, api1.base, "GET", fmt.Sprint("/api/v1/images/", id), nil, "Authorization", auth).json(t, &v)
+			if v.Status == statusReady {
+				break
+			}
+			if v.Status == statusFailed || time.Now().After(deadline) {
+				t.Fatalf("image %d: %s %v", id, v.Status, v.Error)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	t.Logf("%d uploads accepted (10 during the broker cut), all ready", len(accepted))
+	integrityPass(t, dbURL, dir)
+}
+
+// TestOutageClassification: what counts as a dependency outage (503) and what stays a bug (500).
+func TestOutageClassification(t *testing.T) {
+	wrap := func(err error) error { return fmt.Errorf("store: insert image: %w", err) }
+	for _, err := range []error{
+		wrap(&net.OpError{Op: "read", Err: syscall.ECONNRESET}),
+		wrap(io.ErrUnexpectedEOF),
+		wrap(&pgconn.PgError{Code: "57P01"}),
+		wrap(&pgconn.PgError{Code: "08006"}),
+		wrap(&pgconn.PgError{Code: "53300"}),
+	} {
+		if !databaseUnavailable(err) {
+			t.Errorf("%v: not an outage", err)
+		}
+	}
+	for _, err := range []error{wrap(&pgconn.PgError{Code: "23505"}), wrap(errors.New("bug")), wrap(readError{io.ErrUnexpectedEOF})} {
+		if databaseUnavailable(err) {
+			t.Errorf("%v: taken for an outage", err)
+		}
+	}
+	for _, err := range []error{&os.PathError{Op: "write", Path: "x", Err: syscall.ENOSPC}, fmt.Errorf("place: %w", &os.LinkError{Op: "rename", Err: syscall.EROFS})} {
+		if !storageUnavailable(err) {
+			t.Errorf("%v: not a storage outage", err)
+		}
+	}
+	if storageUnavailable(&os.PathError{Op: "open", Path: "x", Err: syscall.ENOENT}) {
+		t.Error("a missing file taken for a storage outage")
 	}
 }

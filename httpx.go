@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -83,6 +84,11 @@ func (a *app) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The client went away; nobody reads the answer.
 		writeProblem(w, r, 499, "client closed request")
+	case storageUnavailable(err):
+		a.metrics.unavailable.Add(1)
+		a.log.Error("storage unavailable", slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Any("error", err))
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterOutage))
+		writeProblem(w, r, http.StatusServiceUnavailable, "the image storage is full or failing at the moment; try again later")
 	case databaseUnavailable(err):
 		// An outage, not a bug: the client may try again, and will succeed once it is over.
 		a.metrics.unavailable.Add(1)
@@ -116,6 +122,17 @@ func databaseUnavailable(err error) bool {
 		// apiErrors or readErrors by the time they get here: an EOF here is the database's.
 		var re readError
 		return !errors.As(err, &re)
+	}
+	return false
+}
+
+// storageUnavailable reports whether err says the disk under UPLOAD_DIR is full, read-only or
+// failing: an outage of the storage, not a bug in the request or the code.
+func storageUnavailable(err error) bool {
+	for _, e := range []error{syscall.ENOSPC, syscall.EDQUOT, syscall.EROFS, syscall.EIO} {
+		if errors.Is(err, e) {
+			return true
+		}
 	}
 	return false
 }

@@ -27,7 +27,7 @@ type metrics struct {
 	jobsRequeued  atomic.Int64 // published again by the sweeper
 	jobNanos      atomic.Int64 // time spent on jobs that succeeded
 	publishErrors atomic.Int64
-	unavailable   atomic.Int64 // requests answered 503 because the database was unreachable
+	unavailable   atomic.Int64 // requests answered 503 because the database or the storage was unavailable
 }
 
 // countResponse records a response's status class.
@@ -67,7 +67,7 @@ func (a *app) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	metric("imageapi_jobs_retried_total", "counter", "Failed attempts that will be retried.", val(m.jobsRetried.Load()))
 	metric("imageapi_jobs_requeued_total", "counter", "Jobs published again by the sweeper.", val(m.jobsRequeued.Load()))
 	metric("imageapi_job_seconds_total", "counter", "Time spent on jobs that succeeded.", fmt.Sprintf(" %.3f", float64(m.jobNanos.Load())/1e9))
-	metric("imageapi_database_unavailable_total", "counter", "Requests answered 503 because PostgreSQL was unreachable.", val(m.unavailable.Load()))
+	metric("imageapi_unavailable_total", "counter", "Requests answered 503 because PostgreSQL was unreachable or the storage full or failing.", val(m.unavailable.Load()))
 	metric("imageapi_queue_publish_errors_total", "counter", "Publishes the broker did not confirm.", val(m.publishErrors.Load()))
 	metric("imageapi_password_hashes_total", "counter", "scrypt computations.", val(a.hasher.computed.Load()))
 	st := a.pool.Stat()
