@@ -365,10 +365,22 @@ var builtBinary = sync.OnceValues(func() (string, error) {
 
 // binaryServer is the real binary running as a child process.
 type binaryServer struct {
-	cmd   *exec.Cmd
-	base  string
-	dbURL string
-	log   *syncBuffer
+	cmd    *exec.Cmd
+	base   string
+	dbURL  string
+	log    *syncBuffer
+	exited chan struct{} // closed when the process has exited
+}
+
+// stop sends sig to the process and, for a signal that ends it, waits until it has exited.
+func (s *binaryServer) stop(sig os.Signal) {
+	s.cmd.Process.Signal(sig)
+	select {
+	case <-s.exited:
+	case <-time.After(40 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.exited
+	}
 }
 
 // startBinary runs the built binary (with args) in the test environment plus env (its own fresh
@@ -394,19 +406,21 @@ func startBinary(t *testing.T, env map[string]string, args ...string) *binarySer
 	for k, v := range vars {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	s := &binaryServer{cmd: cmd, base: "http://" + addr, dbURL: vars["DATABASE_URL"], log: &syncBuffer{}}
+	s := &binaryServer{cmd: cmd, base: "http://" + addr, dbURL: vars["DATABASE_URL"], log: &syncBuffer{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = s.log, s.log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	go func() { cmd.Wait(); close(s.exited) }()
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Signal(syscall.SIGTERM)
-		}
 		select {
-		case <-exited:
+		case <-s.exited:
+			return
+		default:
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.exited:
 		case <-time.After(40 * time.Second):
 			cmd.Process.Kill()
 			t.Error("the binary did not stop within 40 s of SIGTERM")
@@ -594,7 +608,12 @@ func hostileUpload(t *testing.T, filename string, data []byte, want string) (str
 			t.Fatalf("normal photo after: %s %v", got.Status, got.Error)
 		}
 	}
-	if err := srv.cmd.Process.Signal(syscall.Signal(0)); err != nil || srv.cmd.ProcessState != nil {
+	select {
+	case <-srv.exited:
+		t.Fatalf("the process exited:\n%s", srv.log.String())
+	default:
+	}
+	if err := srv.cmd.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Fatalf("the process exited:\n%s", srv.log.String())
 	}
 	close(stopHealth)

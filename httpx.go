@@ -90,7 +90,10 @@ func (a *app) fail(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfterOutage))
 		writeProblem(w, r, http.StatusServiceUnavailable, "the image storage is full or failing at the moment; try again later")
 	case databaseUnavailable(err):
-		// An outage, not a bug: the client may try again, and will succeed once it is over.
+		// An outage, not a bug: the client may try again, and will succeed once it is over. The
+		// pool's idle connections died with it: drop them all, so the first requests after the
+		// outage get new ones instead of each finding a dead one.
+		a.pool.Reset()
 		a.metrics.unavailable.Add(1)
 		a.log.Warn("database unavailable", slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Any("error", err))
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfterOutage))
