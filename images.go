@@ -273,10 +273,13 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 		Width: up.width, Height: up.height, Size: up.size, SHA256: up.sha256, FileKey: key,
 	})
 	if err != nil {
-		// No row, so no file: the original must not outlive the failed insert.
-		if rerr := a.blobs.remove(key); rerr != nil {
-			a.log.Error("removing the file of a failed upload", slog.String("key", key), slog.Any("error", rerr))
-		}
+		// No row, so no file: the original must not outlive the failed insert. But when the
+		// connection died with the commit in flight, the row may exist: the file goes only once
+		// the database says it does not.
+		a.dropUnreferenced(err, []string{key}, func(ctx context.Context) (bool, error) {
+			found, err := a.store.fileKeysExist(ctx, []string{key})
+			return found[key], err
+		})
 		return imageRecord{}, err
 	}
 	return im, nil

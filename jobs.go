@@ -78,7 +78,15 @@ func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duratio
 			return jobDone, 0
 		}
 		if err != nil {
-			a.removeVariants(log, variants)
+			var keys []string
+			for _, v := range variants {
+				keys = append(keys, v.Key)
+			}
+			// When the commit may have happened (the connection died with it in flight), the row
+			// may point at the files: they go only once the database says it does not.
+			a.dropUnreferenced(err, keys, func(ctx context.Context) (bool, error) {
+				return a.store.variantsRecorded(ctx, id, keys)
+			})
 		}
 	}
 	defer a.cache.invalidate(bg, im.OwnerID)
@@ -248,6 +256,50 @@ func jobMemory(ctx context.Context, path string, dct bool) (int64, error) {
 		return 0, err
 	}
 	return h.jobBytes(dct), nil
+}
+
+// dropUnreferenced removes the files of keys after a write that should have recorded them failed
+// with err: at once when the write surely changed nothing; else (the connection died with the commit
+// in flight) once referenced, asked again every half second for up to a minute, says no row refers to
+// them. Were the database away for longer, the orphan sweep removes them later.
+func (a *app) dropUnreferenced(err error, keys []string, referenced func(context.Context) (bool, error)) {
+	if len(keys) == 0 {
+		return
+	}
+	if notApplied(err) {
+		if rerr := a.blobs.remove(keys...); rerr != nil {
+			a.log.Warn("cannot remove files nothing refers to", slog.Any("keys", keys), slog.Any("error", rerr))
+		}
+		return
+	}
+	a.settling.Go(func() {
+		check := func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			used, err := referenced(ctx)
+			if err != nil {
+				if databaseUnavailable(err) {
+					a.pool.Reset() // connections that died with the outage: make new ones
+				}
+				return false
+			}
+			if !used {
+				a.blobs.remove(keys...)
+			}
+			return true
+		}
+		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
+			if check() {
+				return
+			}
+			select {
+			case <-a.closing:
+				check() // one last try on the way out
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	})
 }
 
 // variantKey is a new key for variant name (with file extension ext) of the original at key.

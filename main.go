@@ -255,6 +255,9 @@ type app struct {
 	// process makes an image's variants: makeVariants, replaced only by tests that need a job to
 	// misbehave (a panic) in a way no image can make it any more.
 	process func(ctx context.Context, blobs *blobStore, path, contentType string, opts processOptions) ([]variantImage, string, error)
+	// closing ends the app's own goroutines (dropUnreferenced); settling counts them.
+	closing  chan struct{}
+	settling sync.WaitGroup
 }
 
 // newApp wires the services for cfg.Mode over an open, migrated database.
@@ -316,11 +319,14 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 		signupByAddr: newRateLimiter(cfg.SignupAddrRate, time.Hour, maxRateKeys),
 		uploads:      newUploadSlots(cfg.UploadsPerUser, cfg.UploadsTotal),
 		process:      makeVariants,
+		closing:      make(chan struct{}),
 	}, nil
 }
 
 // close releases what newApp acquired (the database pool belongs to run).
 func (a *app) close() {
+	close(a.closing)
+	a.settling.Wait()
 	a.queue.close()
 	a.cache.close()
 }

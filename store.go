@@ -74,6 +74,17 @@ func createDatabase(ctx context.Context, cc *pgx.ConnConfig) error {
 	return err
 }
 
+// notApplied reports whether a failed write surely changed nothing: the server refused the statement
+// (a PostgreSQL error, so its transaction rolled back), the store found nothing to change
+// (errNotFound, errConflict, errQuota), or no connection could be made or nothing was sent. Any other
+// failure — a connection lost with the statement or its commit in flight — may have been applied.
+func notApplied(err error) bool {
+	var pe *pgconn.PgError
+	var ce *pgconn.ConnectError
+	return errors.As(err, &pe) || errors.As(err, &ce) || errors.Is(err, errNotFound) || errors.Is(err, errConflict) ||
+		errors.Is(err, errQuota) || pgconn.SafeToRetry(err)
+}
+
 // pgCode returns the SQLSTATE of a PostgreSQL error in err's chain, or "".
 func pgCode(err error) string {
 	var pe *pgconn.PgError
@@ -464,6 +475,18 @@ func (s *store) failImage(ctx context.Context, id int64, attempt int, reason str
 		return fmt.Errorf("store: fail image %d: %w", id, err)
 	}
 	return nil
+}
+
+// variantsRecorded reports whether image id records any of the variant files keys.
+func (s *store) variantsRecorded(ctx context.Context, id int64, keys []string) (bool, error) {
+	var found bool
+	err := s.pool.QueryRow(ctx, `
+		SELECT EXISTS (SELECT 1 FROM images, jsonb_each(variants) AS v(name, file)
+		               WHERE id = $1 AND file->>'key' = ANY($2))`, id, keys).Scan(&found)
+	if err != nil {
+		return false, fmt.Errorf("store: variants recorded: %w", err)
+	}
+	return found, nil
 }
 
 // pendingInvalidation is a user with cache invalidations in the outbox, up to id maxID.
