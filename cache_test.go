@@ -238,9 +238,10 @@ func startDrain(t testing.TB, s *testServer) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-// replicas starts two API replicas on this run's database and one Redis key prefix, the first
-// reaching Redis through a proxy the test can cut; both drain the outbox.
-func replicas(t *testing.T) (a, b *testServer, cut *tcpProxy) {
+// replicas starts two API replicas on this run's database and one Redis key prefix, both draining
+// the outbox, each with an image named "old name" of one user cached; the first (or, with both, each)
+// reaches Redis through a proxy the test can cut. read returns the image's name through a replica.
+func replicas(t *testing.T, bothCut bool) (a, b *testServer, cut *tcpProxy, rename func(*testServer, string), read func(*testServer) string) {
 	prefix := redisPrefix(t)
 	ru, err := url.Parse(testRedisURL)
 	if err != nil {
@@ -249,36 +250,43 @@ func replicas(t *testing.T) (a, b *testServer, cut *tcpProxy) {
 	cut = startProxy(t, ru.Host)
 	viaProxy := *ru
 	viaProxy.Host = cut.addr()
+	bURL := testRedisURL
+	if bothCut {
+		bURL = viaProxy.String()
+	}
 	a = newTestServer(t, map[string]string{"REDIS_URL": viaProxy.String(), "REDIS_PREFIX": prefix})
-	b = newTestServer(t, map[string]string{"REDIS_URL": testRedisURL, "REDIS_PREFIX": prefix})
+	b = newTestServer(t, map[string]string{"REDIS_URL": bURL, "REDIS_PREFIX": prefix})
 	startDrain(t, a)
 	startDrain(t, b)
-	return a, b, cut
-}
-
-// TestCacheReadYourWritesAcrossReplicas: a rename through replica A while A cannot reach Redis, then
-// reads through replica B (which can): B never serves the old name, although its cache held it.
-// A's write recorded its invalidation in PostgreSQL; B drained it into Redis before A answered.
-func TestCacheReadYourWritesAcrossReplicas(t *testing.T) {
-	a, b, cut := replicas(t)
 	_, auth := a.signupAndLogin()
 	v := a.mustUpload(auth, "old name", "", "a.png", tinyPNG(t, 8, 8))
 	item := fmt.Sprint("/api/v1/images/", v.ID)
-	read := func(s *testServer) string {
+	read = func(s *testServer) string {
 		var got imageView
 		s.do("GET", item, nil, "Authorization", auth).json(t, &got)
 		return got.Name
+	}
+	rename = func(s *testServer, name string) {
+		if r := s.do("PUT", item, map[string]string{"name": name}, "Authorization", auth); r.status != 200 {
+			t.Fatalf("rename: %d %s", r.status, r.body)
+		}
 	}
 	for range 2 { // cached in Redis through B
 		if n := read(b); n != "old name" {
 			t.Fatalf("before: %q", n)
 		}
 	}
+	return a, b, cut, rename, read
+}
+
+// TestCacheReadYourWritesAcrossReplicas: a rename through replica A while A cannot reach Redis, then
+// reads through replica B (which can): B never serves the old name, although its cache held it.
+// A's write recorded its invalidation in PostgreSQL; B drained it into Redis before A answered.
+func TestCacheReadYourWritesAcrossReplicas(t *testing.T) {
+	a, b, cut, rename, read := replicas(t, false)
 	hits := b.metrics.cacheHits.Load()
 	cut.cut()
-	if r := a.do("PUT", item, map[string]string{"name": "new name"}, "Authorization", auth); r.status != 200 {
-		t.Fatalf("rename during the cut: %d %s", r.status, r.body)
-	}
+	rename(a, "new name")
 	stale := 0
 	for range 50 {
 		if read(b) != "new name" {
@@ -303,29 +311,9 @@ func TestCacheReadYourWritesAcrossReplicas(t *testing.T) {
 // pings it) distrusts its cache until the outbox is drained, so a write made during the cut is never
 // read back stale once Redis returns, through any replica.
 func TestCacheFullOutage(t *testing.T) {
-	prefix := redisPrefix(t)
-	ru, _ := url.Parse(testRedisURL)
-	cut := startProxy(t, ru.Host)
-	viaProxy := *ru
-	viaProxy.Host = cut.addr()
-	a := newTestServer(t, map[string]string{"REDIS_URL": viaProxy.String(), "REDIS_PREFIX": prefix})
-	b := newTestServer(t, map[string]string{"REDIS_URL": viaProxy.String(), "REDIS_PREFIX": prefix})
-	startDrain(t, a)
-	startDrain(t, b)
-	_, auth := a.signupAndLogin()
-	v := a.mustUpload(auth, "old name", "", "a.png", tinyPNG(t, 8, 8))
-	item := fmt.Sprint("/api/v1/images/", v.ID)
-	read := func(s *testServer) string {
-		var got imageView
-		s.do("GET", item, nil, "Authorization", auth).json(t, &got)
-		return got.Name
-	}
-	read(b)
-	read(b) // cached
+	a, b, cut, rename, read := replicas(t, true)
 	cut.cut()
-	if r := a.do("PUT", item, map[string]string{"name": "new name"}, "Authorization", auth); r.status != 200 {
-		t.Fatalf("rename during the cut: %d %s", r.status, r.body)
-	}
+	rename(a, "new name")
 	time.Sleep(2 * drainInterval) // B made no request during the cut: only its drain saw Redis fail
 	cut.restore()
 	stale := 0

@@ -193,19 +193,7 @@ func TestUploadSlots(t *testing.T) {
 	}
 	pa, doneA := hold(alice)
 	pb, doneB := hold(bob)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		s.uploads.mu.Lock()
-		all := s.uploads.all
-		s.uploads.mu.Unlock()
-		if all == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d uploads in flight, want 2", all)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitSlots(t, s, 2)
 	r := s.upload(alice, "second", "", "a.png", tinyPNG(t, 10, 10))
 	r.problem(t, http.StatusTooManyRequests)
 	if r.header.Get("Retry-After") == "" {
@@ -221,19 +209,25 @@ func TestUploadSlots(t *testing.T) {
 	<-doneA
 	<-doneB
 	// The client gives up at once; the server frees the slots when its reads fail.
+	waitSlots(t, s, 0)
+	if r := s.upload(carol, "later", "", "a.png", tinyPNG(t, 10, 10)); r.status != http.StatusCreated {
+		t.Fatalf("after the held uploads ended: %d %s", r.status, r.body)
+	}
+}
+
+// waitSlots waits until s has n uploads in flight.
+func waitSlots(t *testing.T, s *testServer, n int) {
+	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		s.uploads.mu.Lock()
 		all := s.uploads.all
 		s.uploads.mu.Unlock()
-		if all == 0 {
-			break
+		if all == n {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d slots still taken after the uploads ended", all)
+			t.Fatalf("%d uploads in flight, want %d", all, n)
 		}
-	}
-	if r := s.upload(carol, "later", "", "a.png", tinyPNG(t, 10, 10)); r.status != http.StatusCreated {
-		t.Fatalf("after the held uploads ended: %d %s", r.status, r.body)
 	}
 }
 
