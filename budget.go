@@ -245,11 +245,11 @@ func thumbnailBytes(w, h int) int64 {
 		return 0
 	}
 	nw, nh := fitSize(w, h, box)
-	sw, sh := int64(w), int64(h)
+	sh := int64(h)
 	var shrunk int64
 	if k := min(w/nw, h/nh) / 2; k >= 2 {
-		sw, sh = int64((w+k-1)/k), int64((h+k-1)/k)
-		shrunk = sw * sh * 4
+		sh = int64((h + k - 1) / k)
+		shrunk = int64((w+k-1)/k) * sh * 4
 	}
 	return shrunk + int64(nw)*sh*32 + int64(nw*nh)*4
 }

@@ -30,9 +30,9 @@ func TestJobPanicFailsImage(t *testing.T) {
 	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir})
 	var calls atomic.Int64
 	s.process = func(ctx context.Context, blobs *blobStore, path, ct string, opts processOptions) ([]variantImage, string, error) {
-		if calls.Add(1) == 1 {
-			var m map[string]int
-			m["boom"]++ // a nil map: the kind of bug that once took the process down
+		if n := calls.Add(1); n == 1 {
+			var counts []int
+			counts[n]++ // an index out of range: the kind of bug that once took the process down
 		}
 		return makeVariants(ctx, blobs, path, ct, opts)
 	}
