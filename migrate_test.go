@@ -54,12 +54,19 @@ func TestMigrateConcurrentlyAndTwice(t *testing.T) {
 	if err := checkSchema(ctx, first); err != nil {
 		t.Fatalf("checkSchema after migrate: %v", err)
 	}
-	// The advisory lock was released: another session can take it at once.
+	// The advisory lock was released: a session of its own (advisory locks are re-entrant within
+	// one session, so a pooled connection migrate used could take it even if it were still held)
+	// takes it at once.
+	other, err := pgx.ConnectConfig(ctx, first.Config().ConnConfig.Copy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(ctx)
 	var got bool
-	if err := first.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", migrationLockKey).Scan(&got); err != nil || !got {
+	if err := other.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", migrationLockKey).Scan(&got); err != nil || !got {
 		t.Fatalf("advisory lock still held after migrate (%v)", err)
 	}
-	first.Exec(ctx, "SELECT pg_advisory_unlock_all()")
+	other.Exec(ctx, "SELECT pg_advisory_unlock_all()")
 }
 
 // TestMigrateModeAndWorkerCheck: -mode=migrate applies and exits; -mode=worker refuses a database

@@ -119,20 +119,21 @@ func TestProcessEndToEnd(t *testing.T) {
 	bmp.Encode(&bmpBuf, toRGBA(pal))
 	tiff.Encode(&tiffBuf, toRGBA(pal), nil)
 	for _, tc := range []struct {
-		name     string
-		data     []byte
-		outType  string
-		w, h     int // as displayed
-		hasAlpha bool
+		name       string
+		data       []byte
+		outType    string
+		w, h       int    // as displayed
+		t500, t100 [2]int // the thumbnails' sizes: fitted, rounded to nearest, never enlarged
+		hasAlpha   bool
 	}{
-		{"large.jpg", readTestdata(t, "large.jpg"), "image/jpeg", 4224, 3168, false},
-		{"mid-orient6.jpg", readTestdata(t, "mid-orient6.jpg"), "image/jpeg", 1600, 2560, false},
-		{"photo.png", readTestdata(t, "photo.png"), "image/png", 2048, 1024, true},
-		{"small.webp", readTestdata(t, "small.webp"), "image/png", 320, 200, false},
-		{"gif", gifBuf.Bytes(), "image/gif", 60, 40, true},
-		{"big.gif", bigGIF.Bytes(), "image/gif", 1200, 800, true},
-		{"bmp", bmpBuf.Bytes(), "image/png", 60, 40, false},
-		{"tiff", tiffBuf.Bytes(), "image/png", 60, 40, true},
+		{"large.jpg", readTestdata(t, "large.jpg"), "image/jpeg", 4224, 3168, [2]int{500, 375}, [2]int{100, 75}, false},
+		{"mid-orient6.jpg", readTestdata(t, "mid-orient6.jpg"), "image/jpeg", 1600, 2560, [2]int{313, 500}, [2]int{63, 100}, false},
+		{"photo.png", readTestdata(t, "photo.png"), "image/png", 2048, 1024, [2]int{500, 250}, [2]int{100, 50}, true},
+		{"small.webp", readTestdata(t, "small.webp"), "image/png", 320, 200, [2]int{320, 200}, [2]int{100, 63}, false},
+		{"gif", gifBuf.Bytes(), "image/gif", 60, 40, [2]int{60, 40}, [2]int{60, 40}, true},
+		{"big.gif", bigGIF.Bytes(), "image/gif", 1200, 800, [2]int{500, 333}, [2]int{100, 67}, true},
+		{"bmp", bmpBuf.Bytes(), "image/png", 60, 40, [2]int{60, 40}, [2]int{60, 40}, false},
+		{"tiff", tiffBuf.Bytes(), "image/png", 60, 40, [2]int{60, 40}, [2]int{60, 40}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := s.mustUpload(auth, tc.name, "", tc.name, tc.data)
@@ -159,17 +160,9 @@ func TestProcessEndToEnd(t *testing.T) {
 						t.Fatalf("%s is %v, want %dx%d", spec.name, b, tc.w, tc.h)
 					}
 				} else {
-					// Fits the box, keeps the aspect ratio (within rounding), never enlarged.
-					wantW, wantH := tc.w, tc.h
-					if tc.w > spec.box || tc.h > spec.box {
-						if tc.w >= tc.h {
-							wantW, wantH = spec.box, (tc.h*spec.box+tc.w/2)/tc.w
-						} else {
-							wantW, wantH = (tc.w*spec.box+tc.h/2)/tc.h, spec.box
-						}
-					}
-					if b.Dx() != wantW || b.Dy() != wantH {
-						t.Fatalf("%s is %v, want %dx%d", spec.name, b, wantW, wantH)
+					want := map[int][2]int{500: tc.t500, 100: tc.t100}[spec.box]
+					if b.Dx() != want[0] || b.Dy() != want[1] {
+						t.Fatalf("%s is %v, want %dx%d", spec.name, b, want[0], want[1])
 					}
 				}
 				if spec.grayscale {
@@ -284,7 +277,10 @@ func purgeQueue(t testing.TB, queue string) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	ch, _ := conn.Channel()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := ch.QueuePurge(queue, false); err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +293,10 @@ func queueDepth(t testing.TB, queue string) int {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	ch, _ := conn.Channel()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
 	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
 	if err != nil {
 		t.Fatal(err)
