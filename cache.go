@@ -91,11 +91,15 @@ func newCache(url, prefix string, m *metrics, log *slog.Logger) (*cache, error) 
 	opt.PoolTimeout = cacheTimeout
 	opt.MaxRetries = -1   // a retry would double the time a dead Redis costs
 	opt.DialerRetries = 1 // the default, 5 dials 100 ms apart, makes a dead Redis cost half a second
-	// go-redis logs through a logger of its own (a process-wide setting): send it to ours, quietly.
-	redis.SetLogger(redisLogger{log})
+	// go-redis logs through a logger of its own, a process-wide setting: send it to ours, quietly,
+	// once (the first cache's logger serves them all).
+	setRedisLogger.Do(func() { redis.SetLogger(redisLogger{log}) })
 	// Untrusted until the first drain: the outbox may hold what a replica could not invalidate.
 	return &cache{rdb: redis.NewClient(opt), prefix: prefix, m: m, log: log}, nil
 }
+
+// setRedisLogger makes redis.SetLogger run once per process.
+var setRedisLogger sync.Once
 
 // redisLogger routes go-redis's own log lines to slog at debug level; the failures that matter are
 // counted and logged where they are handled.

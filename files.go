@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	mrand "math/rand/v2"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -93,6 +94,31 @@ func (b *blobStore) path(key string) (string, error) {
 		return "", fmt.Errorf("%w: %q", errBadKey, key)
 	}
 	return filepath.Join(b.root, filepath.FromSlash(key)), nil
+}
+
+// Keys. A key names a stored file, relative to the store: an original's is "o/ab/<32 hex digits>"
+// (newKey), a variant's is its original's followed by ".<variant>.<8 hex digits><ext>" (variantKey),
+// fresh each time it is written. Only this file turns keys into paths (path) or takes them apart
+// (originalOf, keyETag).
+
+// variantKey is a new key for variant name (with file extension ext) of the original at key.
+// Variants sit beside their original, named "<original key>.<variant>.<random>.<ext>", so the
+// orphan sweep finds the original's key before the first dot.
+func variantKey(original, name, ext string) string {
+	return fmt.Sprintf("%s.%s.%08x%s", original, name, mrand.Uint32(), ext)
+}
+
+// originalOf returns the key of the original a stored file's key belongs to: the key itself for an
+// original, the part before the first dot for a variant.
+func originalOf(key string) string {
+	original, _, _ := strings.Cut(key, ".")
+	return original
+}
+
+// keyETag is the strong ETag of a variant's file: its key names its content, since a variant's key
+// is new each time it is written.
+func keyETag(key string) string {
+	return `"` + strings.ReplaceAll(key[strings.LastIndexByte(key, '/')+1:], ".", "-") + `"`
 }
 
 // newKey returns a fresh random key for an original.
@@ -403,7 +429,7 @@ func (b *blobStore) sweepOrphans(ctx context.Context, exists func(context.Contex
 			return nil
 		}
 		rel, _ := filepath.Rel(b.root, p)
-		key, _, _ := strings.Cut(filepath.ToSlash(rel), ".") // variants are "<key>.<variant>…"
+		key := originalOf(filepath.ToSlash(rel))
 		if _, seen := files[key]; !seen {
 			batch = append(batch, key)
 		}

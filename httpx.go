@@ -28,11 +28,6 @@ const (
 	maxJSONDepth = 16       // deeper nesting → 422, checked before decoding
 )
 
-// Sentinel errors that handlers and the store return; fail maps them to status codes.
-var (
-	errNotFound = errors.New("not found")
-	errConflict = errors.New("conflict")
-)
 
 // apiError is an error with the status and the client-facing detail to answer with.
 type apiError struct {

@@ -473,7 +473,7 @@ func (a *app) downloadImage(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		// A variant's key is new each time it is written, so it names this content.
-		key, contentType, etag = vf.Key, vf.ContentType, `"`+strings.ReplaceAll(vf.Key[strings.LastIndexByte(vf.Key, '/')+1:], ".", "-")+`"`
+		key, contentType, etag = vf.Key, vf.ContentType, keyETag(vf.Key)
 	}
 	p, err := a.blobs.path(key)
 	if err != nil {

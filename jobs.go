@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"runtime/debug"
 	"time"
@@ -300,13 +299,6 @@ func (a *app) dropUnreferenced(err error, keys []string, referenced func(context
 			}
 		}
 	})
-}
-
-// variantKey is a new key for variant name (with file extension ext) of the original at key.
-// Variants sit beside their original, named "<original key>.<variant>.<random>.<ext>", so the
-// orphan sweep finds the original's key before the first dot.
-func variantKey(original, name, ext string) string {
-	return fmt.Sprintf("%s.%s.%08x%s", original, name, rand.Uint32(), ext)
 }
 
 // removeVariants deletes the placed files of variants; a file left behind is logged (the orphan

@@ -30,6 +30,35 @@ type metrics struct {
 	unavailable   atomic.Int64 // requests answered 503 because the database or the storage was unavailable
 }
 
+// counter is one counter of metrics as exposed: its name, its help, and the field that counts it.
+type counter struct {
+	name, help string
+	v          *atomic.Int64
+}
+
+// counters is the table of metrics' plain counters, in the order they are exposed. Every
+// atomic.Int64 field of metrics is here but jobNanos (exposed in seconds); TestMetricsTable holds the
+// two together.
+func (m *metrics) counters() []counter {
+	return []counter{
+		{"imageapi_cache_hits_total", "Cache lookups answered by Redis.", &m.cacheHits},
+		{"imageapi_cache_misses_total", "Cache lookups Redis did not answer.", &m.cacheMisses},
+		{"imageapi_cache_loads_total", "Database reads made to fill the cache.", &m.cacheLoads},
+		{"imageapi_cache_errors_total", "Redis failures, served from PostgreSQL instead.", &m.cacheErrors},
+		{"imageapi_uploads_total", "Images accepted.", &m.uploads},
+		{"imageapi_upload_bytes_total", "Bytes of images accepted.", &m.uploadBytes},
+		{"imageapi_uploads_refused_total", "Uploads refused with a 4xx.", &m.uploadRefused},
+		{"imageapi_jobs_done_total", "Images processed.", &m.jobsDone},
+		{"imageapi_jobs_dct_total", "Images processed in the DCT domain (JPEG_DCT).", &m.jobsDCT},
+		{"imageapi_jobs_failed_total", "Images failed for good.", &m.jobsFailed},
+		{"imageapi_job_panics_total", "Jobs that panicked: a bug; the image failed and the worker went on.", &m.jobPanics},
+		{"imageapi_jobs_retried_total", "Failed attempts that will be retried.", &m.jobsRetried},
+		{"imageapi_jobs_requeued_total", "Jobs published again by the sweeper.", &m.jobsRequeued},
+		{"imageapi_unavailable_total", "Requests answered 503 because PostgreSQL was unreachable or the storage full or failing.", &m.unavailable},
+		{"imageapi_queue_publish_errors_total", "Publishes the broker did not confirm.", &m.publishErrors},
+	}
+}
+
 // countResponse records a response's status class.
 func (m *metrics) countResponse(status int) {
 	if c := status / 100; c >= 1 && c <= 5 {
@@ -53,22 +82,10 @@ func (a *app) serveMetrics(w http.ResponseWriter, r *http.Request) {
 		classes = append(classes, fmt.Sprintf(`{class="%dxx"} %d`, c, m.httpResponses[c].Load()))
 	}
 	metric("imageapi_http_responses_total", "counter", "HTTP responses by status class.", classes...)
-	metric("imageapi_cache_hits_total", "counter", "Cache lookups answered by Redis.", val(m.cacheHits.Load()))
-	metric("imageapi_cache_misses_total", "counter", "Cache lookups Redis did not answer.", val(m.cacheMisses.Load()))
-	metric("imageapi_cache_loads_total", "counter", "Database reads made to fill the cache.", val(m.cacheLoads.Load()))
-	metric("imageapi_cache_errors_total", "counter", "Redis failures, served from PostgreSQL instead.", val(m.cacheErrors.Load()))
-	metric("imageapi_uploads_total", "counter", "Images accepted.", val(m.uploads.Load()))
-	metric("imageapi_upload_bytes_total", "counter", "Bytes of images accepted.", val(m.uploadBytes.Load()))
-	metric("imageapi_uploads_refused_total", "counter", "Uploads refused with a 4xx.", val(m.uploadRefused.Load()))
-	metric("imageapi_jobs_done_total", "counter", "Images processed.", val(m.jobsDone.Load()))
-	metric("imageapi_jobs_dct_total", "counter", "Images processed in the DCT domain (JPEG_DCT).", val(m.jobsDCT.Load()))
-	metric("imageapi_jobs_failed_total", "counter", "Images failed for good.", val(m.jobsFailed.Load()))
-	metric("imageapi_job_panics_total", "counter", "Jobs that panicked: a bug; the image failed and the worker went on.", val(m.jobPanics.Load()))
-	metric("imageapi_jobs_retried_total", "counter", "Failed attempts that will be retried.", val(m.jobsRetried.Load()))
-	metric("imageapi_jobs_requeued_total", "counter", "Jobs published again by the sweeper.", val(m.jobsRequeued.Load()))
+	for _, c := range m.counters() {
+		metric(c.name, "counter", c.help, val(c.v.Load()))
+	}
 	metric("imageapi_job_seconds_total", "counter", "Time spent on jobs that succeeded.", fmt.Sprintf(" %.3f", float64(m.jobNanos.Load())/1e9))
-	metric("imageapi_unavailable_total", "counter", "Requests answered 503 because PostgreSQL was unreachable or the storage full or failing.", val(m.unavailable.Load()))
-	metric("imageapi_queue_publish_errors_total", "counter", "Publishes the broker did not confirm.", val(m.publishErrors.Load()))
 	metric("imageapi_password_hashes_total", "counter", "scrypt computations.", val(a.hasher.computed.Load()))
 	st := a.pool.Stat()
 	metric("imageapi_db_connections", "gauge", "PostgreSQL pool connections by state.",

@@ -35,7 +35,7 @@ type jobQueue interface {
 	publish(ctx context.Context, id int64) error
 	// consume runs handle on jobs, at most concurrency at once, until ctx ends; it then stops taking
 	// jobs and returns when the jobs in hand are done (their own context ends after drain).
-	consume(ctx context.Context, concurrency int, drain time.Duration, handle jobHandler) error
+	consume(ctx context.Context, concurrency int, drain time.Duration, handle jobHandler)
 	// ping reports whether the queue can take jobs now.
 	ping(ctx context.Context) error
 	close()
@@ -242,7 +242,7 @@ func (q *amqpQueue) close() {
 // acknowledges only after the handler (and so the database commit) is done. It reconnects whenever
 // the connection drops. When ctx ends it cancels the consumer, waits for the jobs in hand, and
 // returns.
-func (q *amqpQueue) consume(ctx context.Context, concurrency int, drain time.Duration, handle jobHandler) error {
+func (q *amqpQueue) consume(ctx context.Context, concurrency int, drain time.Duration, handle jobHandler) {
 	jobCtx, cancelJobs := drainContext(ctx, drain)
 	defer cancelJobs()
 	var inflight sync.WaitGroup
@@ -264,7 +264,6 @@ func (q *amqpQueue) consume(ctx context.Context, concurrency int, drain time.Dur
 			}
 		}
 	}
-	return nil
 }
 
 // consumeOnce consumes on one channel of conn until the channel closes or ctx ends.
@@ -382,7 +381,7 @@ func (q *memQueue) next() (int64, bool) {
 	return id, true
 }
 
-func (q *memQueue) consume(ctx context.Context, concurrency int, drain time.Duration, handle jobHandler) error {
+func (q *memQueue) consume(ctx context.Context, concurrency int, drain time.Duration, handle jobHandler) {
 	jobCtx, cancelJobs := drainContext(ctx, drain)
 	defer cancelJobs()
 	var workers sync.WaitGroup
@@ -414,7 +413,6 @@ func (q *memQueue) consume(ctx context.Context, concurrency int, drain time.Dura
 		})
 	}
 	workers.Wait()
-	return nil
 }
 
 func (q *memQueue) ping(context.Context) error { return nil }

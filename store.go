@@ -94,6 +94,12 @@ func pgCode(err error) string {
 	return ""
 }
 
+// The store's sentinel errors, matched with errors.Is (fail maps them to 404 and 409).
+var (
+	errNotFound = errors.New("not found")
+	errConflict = errors.New("conflict")
+)
+
 // store is the service's data access: one type over the pool, SQL inline and parameterised. Methods
 // return errNotFound when a row does not exist and errConflict when a unique key is taken.
 type store struct {
