@@ -28,7 +28,6 @@ const (
 	maxJSONDepth = 16       // deeper nesting → 422, checked before decoding
 )
 
-
 // apiError is an error with the status and the client-facing detail to answer with.
 type apiError struct {
 	status int
