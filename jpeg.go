@@ -20,8 +20,12 @@
 //     EOB runs, AC refinement scans. AC scans of components kept at DC only are skipped undecoded.
 //
 // Not implemented, and sent to the standard decoder instead (errDCTUnsupported): hierarchical,
-// lossless and arithmetic-coded processes, 12-bit samples, DNL, RGB- or CMYK-coded
-// colour, and scans other than one full sequential pass per component.
+// lossless and arithmetic-coded processes, 12-bit samples, DNL, RGB- or CMYK-coded colour, and a
+// sequential frame that codes a component in more than one scan.
+//
+// Bounds: the frame's pixels are checked against MAX_PIXELS before anything is allocated for it, a
+// file of more than maxJPEGScans scans is refused (scanJPEG counts them without decoding, for both
+// paths), and decoding stops at the context's end, checked every segment and every row of blocks.
 package main
 
 import (
@@ -265,45 +269,12 @@ func decodeDCT(ctx context.Context, data []byte, maxPixels int64, dcOnly func(in
 		pos += l
 		switch {
 		case m == 0xDB: // DQT
-			for len(seg) > 0 {
-				pq, tq := seg[0]>>4, int(seg[0]&15)
-				n := 64 * (1 + int(pq))
-				if tq > 3 || pq > 1 || len(seg) < 1+n {
-					return nil, badImage("the jpeg data is corrupt: bad quantization table")
-				}
-				for i := range 64 {
-					if pq == 0 {
-						img.quant[tq][i] = uint16(seg[1+i])
-					} else {
-						img.quant[tq][i] = binary.BigEndian.Uint16(seg[1+2*i:])
-					}
-				}
-				img.quantSet[tq] = true
-				seg = seg[1+n:]
+			if err := img.readDQT(seg); err != nil {
+				return nil, err
 			}
 		case m == 0xC4: // DHT
-			for len(seg) > 0 {
-				if len(seg) < 17 {
-					return nil, badImage("the jpeg data is corrupt: bad Huffman table")
-				}
-				tc, th := seg[0]>>4, int(seg[0]&15)
-				var counts [16]uint8
-				copy(counts[:], seg[1:17])
-				total := 0
-				for _, c := range counts {
-					total += int(c)
-				}
-				if tc > 1 || th > 3 || total > 256 || len(seg) < 17+total {
-					return nil, badImage("the jpeg data is corrupt: bad Huffman table")
-				}
-				t := &dc[th]
-				if tc == 1 {
-					t = &ac[th]
-				}
-				if err := t.build(counts, seg[17:17+total]); err != nil {
-					return nil, badImage("the jpeg data is corrupt: %v", err)
-				}
-				seg = seg[17+total:]
+			if err := readDHT(seg, &dc, &ac); err != nil {
+				return nil, err
 			}
 		case m == 0xDD: // DRI
 			if len(seg) < 2 {
@@ -346,26 +317,80 @@ func decodeDCT(ctx context.Context, data []byte, maxPixels int64, dcOnly func(in
 		}
 	}
 	if img.progressive {
-		// Successive scans filled the blocks in: find each one's last nonzero coefficient now.
-		for i := range img.comps {
-			c := &img.comps[i]
-			if c.dcOnly {
-				continue
-			}
-			for b := range c.last {
-				blk := c.coef[b*64 : b*64+64]
-				last := 63
-				for last > 0 && blk[last] == 0 {
-					last--
-				}
-				c.last[b] = uint8(last)
-			}
-		}
+		img.findLast()
 	}
 	if len(img.comps) == 3 && (img.adobe == 0 || img.comps[0].id == 'R' && img.comps[1].id == 'G' && img.comps[2].id == 'B') {
 		return nil, errDCTUnsupported // RGB-coded: there is no luma component to take
 	}
 	return img, nil
+}
+
+// readDQT reads a DQT segment's tables (8- or 16-bit, B.2.4.1) into img.quant, in zigzag order.
+func (img *dctImage) readDQT(seg []byte) error {
+	for len(seg) > 0 {
+		pq, tq := seg[0]>>4, int(seg[0]&15)
+		n := 64 * (1 + int(pq))
+		if tq > 3 || pq > 1 || len(seg) < 1+n {
+			return badImage("the jpeg data is corrupt: bad quantization table")
+		}
+		for i := range 64 {
+			if pq == 0 {
+				img.quant[tq][i] = uint16(seg[1+i])
+			} else {
+				img.quant[tq][i] = binary.BigEndian.Uint16(seg[1+2*i:])
+			}
+		}
+		img.quantSet[tq] = true
+		seg = seg[1+n:]
+	}
+	return nil
+}
+
+// readDHT reads a DHT segment's tables (B.2.4.2) into the DC or AC table slots they name.
+func readDHT(seg []byte, dc, ac *[4]dctHuffman) error {
+	for len(seg) > 0 {
+		if len(seg) < 17 {
+			return badImage("the jpeg data is corrupt: bad Huffman table")
+		}
+		tc, th := seg[0]>>4, int(seg[0]&15)
+		var counts [16]uint8
+		copy(counts[:], seg[1:17])
+		total := 0
+		for _, c := range counts {
+			total += int(c)
+		}
+		if tc > 1 || th > 3 || total > 256 || len(seg) < 17+total {
+			return badImage("the jpeg data is corrupt: bad Huffman table")
+		}
+		t := &dc[th]
+		if tc == 1 {
+			t = &ac[th]
+		}
+		if err := t.build(counts, seg[17:17+total]); err != nil {
+			return badImage("the jpeg data is corrupt: %v", err)
+		}
+		seg = seg[17+total:]
+	}
+	return nil
+}
+
+// findLast records each block's last nonzero coefficient, once progressive scans have filled the
+// blocks in (sequential scans record it as they decode).
+func (img *dctImage) findLast() {
+	for i := range img.comps {
+		c := &img.comps[i]
+		if c.dcOnly {
+			continue
+		}
+		for b := range c.last {
+			blk := c.coef[b*64 : b*64+64]
+			last := 63
+			for last > 0 && blk[last] == 0 {
+				last--
+			}
+			c.last[b] = uint8(last)
+		}
+	}
 }
 
 // readFrame reads SOF0/SOF1 and allocates the coefficient arrays, after the size checks.
@@ -434,23 +459,32 @@ func (img *dctImage) readFrame(seg []byte, maxPixels int64, dcOnly func(int) boo
 	return nil
 }
 
-// readScan decodes one scan (its header seg, its entropy-coded data starting data) and returns how
-// many bytes of data it used, up to the next marker that is not a restart.
-func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]dctHuffman, scanned map[int]bool) (int, error) {
+// scanComp is one component of a scan: its tables and its DC prediction.
+type scanComp struct {
+	c      *dctComponent
+	dc, ac *dctHuffman
+	pred   int32
+}
+
+// scanHeader is an SOS segment read (B.2.3): the components it codes and, for progressive scans,
+// its spectral band ss–se and successive approximation bits ah, al.
+type scanHeader struct {
+	comps          []scanComp
+	ss, se, ah, al int
+}
+
+// readScanHeader reads an SOS segment, checks it against the frame and the tables defined so far,
+// and marks its components as scanned.
+func (img *dctImage) readScanHeader(seg []byte, dc, ac *[4]dctHuffman, scanned map[int]bool) (scanHeader, error) {
+	var h scanHeader
 	if len(seg) < 1 {
-		return 0, badImage("the jpeg data is corrupt: short scan header")
+		return h, badImage("the jpeg data is corrupt: short scan header")
 	}
 	ns := int(seg[0])
 	if ns < 1 || ns > len(img.comps) || len(seg) < 1+2*ns+3 {
-		return 0, badImage("the jpeg data is corrupt: bad scan header")
+		return h, badImage("the jpeg data is corrupt: bad scan header")
 	}
-	type scanComp struct {
-		c      *dctComponent
-		index  int
-		dc, ac *dctHuffman
-		pred   int32
-	}
-	sc := make([]scanComp, ns)
+	h.comps = make([]scanComp, ns)
 	for i := range ns {
 		id, tables := seg[1+2*i], seg[2+2*i]
 		found := -1
@@ -460,29 +494,34 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 			}
 		}
 		if found < 0 {
-			return 0, badImage("the jpeg data is corrupt: a scan of an unknown component")
+			return h, badImage("the jpeg data is corrupt: a scan of an unknown component")
 		}
 		if scanned[found] && !img.progressive {
-			return 0, errDCTUnsupported // a second sequential scan of one component
+			return h, errDCTUnsupported // a second sequential scan of one component
 		}
-		sc[i] = scanComp{c: &img.comps[found], index: found, dc: &dc[tables>>4&3], ac: &ac[tables&3]}
+		h.comps[i] = scanComp{c: &img.comps[found], dc: &dc[tables>>4&3], ac: &ac[tables&3]}
 		scanned[found] = true
 	}
-	ss, se, ah, al := int(seg[1+2*ns]), int(seg[2+2*ns]), int(seg[3+2*ns]>>4), int(seg[3+2*ns]&15)
-	if !img.progressive && (ss != 0 || se != 63 || ah != 0 || al != 0) {
-		return 0, errDCTUnsupported
+	h.ss, h.se, h.ah, h.al = int(seg[1+2*ns]), int(seg[2+2*ns]), int(seg[3+2*ns]>>4), int(seg[3+2*ns]&15)
+	if !img.progressive && (h.ss != 0 || h.se != 63 || h.ah != 0 || h.al != 0) {
+		return h, errDCTUnsupported
 	}
-	if img.progressive && (se > 63 || ss > se || ss == 0 && se != 0 || ss > 0 && ns != 1 || ah > 13 || al > 13) {
-		return 0, badImage("the jpeg data is corrupt: bad progressive scan")
+	if img.progressive && (h.se > 63 || h.ss > h.se || h.ss == 0 && h.se != 0 || h.ss > 0 && ns != 1 || h.ah > 13 || h.al > 13) {
+		return h, badImage("the jpeg data is corrupt: bad progressive scan")
 	}
-	for _, c := range sc {
-		needDC := ss == 0 && ah == 0
-		needAC := !img.progressive || ss > 0
+	for _, c := range h.comps {
+		needDC := h.ss == 0 && h.ah == 0
+		needAC := !img.progressive || h.ss > 0
 		if needDC && !c.dc.defined || needAC && !c.ac.defined || !img.quantSet[c.c.tq] {
-			return 0, badImage("the jpeg data is corrupt: a scan uses a table never defined")
+			return h, badImage("the jpeg data is corrupt: a scan uses a table never defined")
 		}
 	}
-	// The scan's extent: the entropy-coded bytes run to the first marker that is not RSTn.
+	return h, nil
+}
+
+// scanExtent is the length of the entropy-coded data at the start of data: up to the first marker
+// that is not a restart (RSTn).
+func scanExtent(data []byte) int {
 	end := 0
 	for end < len(data) {
 		if data[end] == 0xFF && end+1 < len(data) && data[end+1] != 0 && (data[end+1] < 0xD0 || data[end+1] > 0xD7) {
@@ -490,25 +529,50 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 		}
 		end++
 	}
-	var blocksX, blocksY int // non-interleaved: every block of the one component
-	var mcusX, mcusY int
-	if ns == 1 {
-		blocksX, blocksY = sc[0].c.bw, sc[0].c.bh
-	} else {
-		mcusX, mcusY = (img.width+8*img.hmax-1)/(8*img.hmax), (img.height+8*img.vmax-1)/(8*img.vmax)
+	return end
+}
+
+// restart moves br past restart marker RSTn (n = rst mod 8), discarding the current byte's
+// leftover bits, or reports that the marker is missing.
+func (br *dctBits) restart(rst int) error {
+	if !br.marker {
+		br.fill()
 	}
-	total := mcusX * mcusY
-	if ns == 1 {
-		total = blocksX * blocksY
+	p := br.pos
+	for p+1 < len(br.data) && !(br.data[p] == 0xFF && br.data[p+1] >= 0xD0 && br.data[p+1] <= 0xD7) {
+		p++
 	}
-	if img.progressive && ss > 0 && sc[0].c.dcOnly {
+	if p+1 >= len(br.data) || br.data[p+1] != byte(0xD0+rst%8) {
+		return badImage("the jpeg data is corrupt: missing restart marker")
+	}
+	*br = dctBits{data: br.data, pos: p + 2}
+	return nil
+}
+
+// readScan decodes one scan (its header seg, its entropy-coded data starting data) and returns how
+// many bytes of data it used, up to the next marker that is not a restart. It stops with ctx's error
+// once ctx ends, checked every row of MCUs.
+func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]dctHuffman, scanned map[int]bool) (int, error) {
+	h, err := img.readScanHeader(seg, dc, ac, scanned)
+	if err != nil {
+		return 0, err
+	}
+	end := scanExtent(data)
+	if img.progressive && h.ss > 0 && h.comps[0].c.dcOnly {
 		return end, nil // an AC band of a component kept at DC only: skipped, not decoded
+	}
+	// A non-interleaved scan codes every block of its one component in raster order; an
+	// interleaved one codes MCUs, each h×v blocks of every component.
+	interleaved := len(h.comps) > 1
+	perRow := h.comps[0].c.bw
+	total := perRow * h.comps[0].c.bh
+	if interleaved {
+		perRow = (img.width + 8*img.hmax - 1) / (8 * img.hmax)
+		total = perRow * ((img.height + 8*img.vmax - 1) / (8 * img.vmax))
 	}
 	br := &dctBits{data: data[:end]}
 	var scratch [64]int16
-	rst := 0
-	eobrun := 0
-	perRow := max(1, blocksX, mcusX)
+	rst, eobrun := 0, 0
 	for mcu := 0; mcu < total; mcu++ {
 		if mcu%perRow == 0 {
 			// Once a row: a deadline or a shutdown stops even the largest scan within milliseconds.
@@ -517,81 +581,78 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 			}
 		}
 		if img.restart > 0 && mcu > 0 && mcu%img.restart == 0 {
-			// Expect RSTn: discard the byte's leftover bits, find the marker, reset predictions.
-			if !br.marker {
-				br.fill()
-			}
-			p := br.pos
-			for p+1 < len(br.data) && !(br.data[p] == 0xFF && br.data[p+1] >= 0xD0 && br.data[p+1] <= 0xD7) {
-				p++
-			}
-			if p+1 >= len(br.data) || br.data[p+1] != byte(0xD0+rst%8) {
-				return 0, badImage("the jpeg data is corrupt: missing restart marker")
+			// Expect RSTn, then start afresh: predictions and EOB runs reset.
+			if err := br.restart(rst); err != nil {
+				return 0, err
 			}
 			rst++
-			*br = dctBits{data: br.data, pos: p + 2}
 			eobrun = 0
-			for i := range sc {
-				sc[i].pred = 0
+			for i := range h.comps {
+				h.comps[i].pred = 0
 			}
 		}
-		for i := range sc {
-			s := &sc[i]
-			bx0, by0, nx, ny := mcu%max(1, blocksX), mcu/max(1, blocksX), 1, 1
-			if ns > 1 {
-				bx0, by0, nx, ny = (mcu%mcusX)*s.c.h, (mcu/mcusX)*s.c.v, s.c.h, s.c.v
+		for i := range h.comps {
+			s := &h.comps[i]
+			bx0, by0, nx, ny := mcu%perRow, mcu/perRow, 1, 1
+			if interleaved {
+				bx0, by0, nx, ny = (mcu%perRow)*s.c.h, (mcu/perRow)*s.c.v, s.c.h, s.c.v
 			}
 			for by := by0; by < by0+ny; by++ {
 				for bx := bx0; bx < bx0+nx; bx++ {
-					b := by*s.c.stride + bx
-					if img.progressive {
-						var blk []int16
-						if s.c.dcOnly {
-							blk = s.c.coef[b : b+1]
-						} else {
-							blk = s.c.coef[b*64 : b*64+64]
-						}
-						var err error
-						switch {
-						case ss == 0 && ah == 0:
-							err = decodeDCFirst(br, s.dc, &s.pred, blk, al)
-						case ss == 0:
-							blk[0] |= int16(br.bits(1) << al)
-						case ah == 0:
-							err = decodeACFirst(br, s.ac, blk, ss, se, al, &eobrun)
-						default:
-							err = decodeACRefine(br, s.ac, blk, ss, se, al, &eobrun)
-						}
-						if err == nil && br.overrun() {
-							err = badImage("the jpeg data is truncated")
-						}
-						if err != nil {
-							return 0, err
-						}
-						continue
-					}
-					if s.c.dcOnly {
-						if _, err := decodeBlock(br, s.dc, s.ac, &s.pred, scratch[:], nil); err != nil {
-							return 0, err
-						}
-						s.c.coef[b] = scratch[0]
-						clear(scratch[:])
-						continue
-					}
-					last, err := decodeBlock(br, s.dc, s.ac, &s.pred, s.c.coef[b*64:b*64+64], &s.c.acFreq)
-					if err != nil {
+					if err := img.decodeScanBlock(br, s, by*s.c.stride+bx, &h, &eobrun, &scratch); err != nil {
 						return 0, err
 					}
-					s.c.last[b] = last
 				}
 			}
 		}
 	}
-	for i := range sc {
+	for i := range h.comps {
 		// Progressive scans code other symbols than a sequential re-encoding: those are counted then.
-		sc[i].c.acCounted = !sc[i].c.dcOnly && !img.progressive
+		h.comps[i].c.acCounted = !h.comps[i].c.dcOnly && !img.progressive
 	}
 	return end, nil
+}
+
+// decodeScanBlock decodes block b of scan component s: what the scan h codes of it (a sequential
+// block, or a progressive scan's band and bits), into the component's coefficients.
+func (img *dctImage) decodeScanBlock(br *dctBits, s *scanComp, b int, h *scanHeader, eobrun *int, scratch *[64]int16) error {
+	if img.progressive {
+		var blk []int16
+		if s.c.dcOnly {
+			blk = s.c.coef[b : b+1]
+		} else {
+			blk = s.c.coef[b*64 : b*64+64]
+		}
+		var err error
+		switch {
+		case h.ss == 0 && h.ah == 0:
+			err = decodeDCFirst(br, s.dc, &s.pred, blk, h.al)
+		case h.ss == 0:
+			blk[0] |= int16(br.bits(1) << h.al)
+		case h.ah == 0:
+			err = decodeACFirst(br, s.ac, blk, h.ss, h.se, h.al, eobrun)
+		default:
+			err = decodeACRefine(br, s.ac, blk, h.ss, h.se, h.al, eobrun)
+		}
+		if err == nil && br.overrun() {
+			err = badImage("the jpeg data is truncated")
+		}
+		return err
+	}
+	if s.c.dcOnly {
+		if _, err := decodeBlock(br, s.dc, s.ac, &s.pred, scratch[:], nil); err != nil {
+			return err
+		}
+		s.c.coef[b] = scratch[0]
+		clear(scratch[:])
+		return nil
+	}
+	last, err := decodeBlock(br, s.dc, s.ac, &s.pred, s.c.coef[b*64:b*64+64], &s.c.acFreq)
+	if err != nil {
+		return err
+	}
+	s.c.last[b] = last
+	return nil
 }
 
 // decodeDCFirst reads a block's DC coefficient in a first progressive DC scan (G.1.2.1): the
@@ -1176,16 +1237,6 @@ func category(v int32) uint8 {
 		v = -v
 	}
 	return uint8(bits.Len32(uint32(v)))
-}
-
-// encodeGrayJPEG writes component ci of img (its coefficients unchanged) as a baseline,
-// one-component JPEG of the component's size, with Huffman tables made for it. No metadata is written.
-func (img *dctImage) encodeGrayJPEG(w io.Writer, ci int) error {
-	c := &img.comps[ci]
-	// The component's own size: for luma, the image's.
-	width := (img.width*c.h + img.hmax - 1) / img.hmax
-	height := (img.height*c.v + img.vmax - 1) / img.vmax
-	return encodeGray(w, c, width, height, img.quant[c.tq])
 }
 
 // orientComponent returns component ci turned upright for EXIF orientation o, in the DCT domain

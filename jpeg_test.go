@@ -466,3 +466,13 @@ func TestDCTCorruptRefinement(t *testing.T) {
 		t.Fatal("grayscale differs from jpegtran -grayscale")
 	}
 }
+
+// encodeGrayJPEG (for tests) writes component ci of img (its coefficients unchanged) as a baseline,
+// one-component JPEG of the component's size, with Huffman tables made for it. No metadata is written.
+func (img *dctImage) encodeGrayJPEG(w io.Writer, ci int) error {
+	c := &img.comps[ci]
+	// The component's own size: for luma, the image's.
+	width := (img.width*c.h + img.hmax - 1) / img.hmax
+	height := (img.height*c.v + img.vmax - 1) / img.vmax
+	return encodeGray(w, c, width, height, img.quant[c.tq])
+}
