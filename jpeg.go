@@ -1348,7 +1348,13 @@ func encodeGray(w io.Writer, c *dctComponent, width, height int, q [64]uint16) e
 		for bx := range c.bw {
 			b := by*c.stride + bx
 			blk := c.coef[b*64 : b*64+64]
-			dcFreq[category(int32(blk[0])-pred)]++
+			dc := category(int32(blk[0]) - pred)
+			if dc > 11 {
+				// Only a corrupt file's predictions wander this far (an 8-bit JPEG's DC differences
+				// have at most 11 bits, F.1.2.1); libjpeg refuses to write it too. Pixels decide.
+				return errDCTUnsupported
+			}
+			dcFreq[dc]++
 			pred = int32(blk[0])
 			if !countAC {
 				continue
@@ -1359,8 +1365,12 @@ func encodeGray(w io.Writer, c *dctComponent, width, height int, q [64]uint16) e
 					run++
 					continue
 				}
+				ac := category(int32(blk[k]))
+				if ac > 10 {
+					return errDCTUnsupported // likewise: AC coefficients have at most 10 bits
+				}
 				acFreq[0xF0] += int64(run >> 4)
-				acFreq[uint8(run&15)<<4|category(int32(blk[k]))]++
+				acFreq[uint8(run&15)<<4|ac]++
 				run = 0
 			}
 			if end < 63 {
