@@ -132,6 +132,7 @@ func TestCacheReadsSeeWrites(t *testing.T) {
 // TestCacheDown: with Redis unreachable every route still answers correctly, from PostgreSQL, and the
 // failures are counted; readiness reports the cache down.
 func TestCacheDown(t *testing.T) {
+	t.Parallel() // mostly waiting: it overlaps the others
 	s := newTestServer(t, map[string]string{"REDIS_URL": "redis://127.0.0.1:1/0"})
 	_, auth := s.signupAndLogin()
 	v := s.mustUpload(auth, "a", "x", "a.png", tinyPNG(t, 2, 2))

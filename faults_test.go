@@ -32,6 +32,7 @@ import (
 // within one lease (kept short by the heartbeat) and a sweep: another worker finishes it, once. The
 // time from the kill to the image being taken up again is logged.
 func TestKilledWorkerJobsReturn(t *testing.T) {
+	t.Parallel() // mostly waiting: it overlaps the others
 	queue := testQueue(t)
 	dir := t.TempDir()
 	env := map[string]string{"DATABASE_URL": testDB.url, "BROKER_URL": testBrokerURL, "QUEUE_NAME": queue,

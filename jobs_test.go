@@ -279,6 +279,7 @@ func TestSmallPool(t *testing.T) {
 // TestHeartbeatKeepsSlowJob: a job that runs for several leases is never taken twice: its worker
 // renews the lease while it works, so the sweeper (running all along) sees nothing lost.
 func TestHeartbeatKeepsSlowJob(t *testing.T) {
+	t.Parallel() // mostly waiting: it overlaps the others
 	s := newTestServer(t, map[string]string{"JOB_LEASE": "1s", "SWEEP_INTERVAL": "50ms", "WORKER_CONCURRENCY": "2"})
 	var calls atomic.Int64
 	s.process = func(ctx context.Context, blobs *blobStore, path, ct string, opts processOptions) ([]variantImage, string, error) {

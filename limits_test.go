@@ -234,6 +234,7 @@ func waitSlots(t *testing.T, s *testServer, n int) {
 // TestSlowUploadCutOff: an upload that trickles below MIN_UPLOAD_RATE is cut off with 408 after
 // one window (not REQUEST_TIMEOUT), its slot and temp file freed.
 func TestSlowUploadCutOff(t *testing.T) {
+	t.Parallel() // mostly waiting: it overlaps the others
 	dir := t.TempDir()
 	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir, "MIN_UPLOAD_RATE": "1MiB", "UPLOADS_PER_USER": "1"})
 	_, auth := s.signupAndLogin()
@@ -281,6 +282,7 @@ func TestSlowUploadCutOff(t *testing.T) {
 
 // TestMetricsAddr: with METRICS_ADDR, /metrics is served there and not on the main listener.
 func TestMetricsAddr(t *testing.T) {
+	t.Parallel() // mostly waiting: it overlaps the others
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

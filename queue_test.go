@@ -207,6 +207,7 @@ func opaque(img stdimage.Image) bool {
 // the truth); once a process that can reach it runs, the sweeper publishes the jobs and every image
 // becomes ready, none lost.
 func TestBrokerOutage(t *testing.T) {
+	t.Parallel() // mostly waiting: it overlaps the others
 	queue, dir := testQueue(t), t.TempDir()
 	down := newTestServer(t, map[string]string{"BROKER_URL": "amqp://guest:guest@127.0.0.1:1/", "QUEUE_NAME": queue, "UPLOAD_DIR": dir})
 	_, auth := down.signupAndLogin()
