@@ -33,11 +33,11 @@ import (
 // time from the kill to the image being taken up again is logged.
 func TestKilledWorkerJobsReturn(t *testing.T) {
 	t.Parallel() // mostly waiting: it overlaps the others
-	queue := testQueue(t)
-	dir := t.TempDir()
-	env := map[string]string{"DATABASE_URL": testDB.url, "BROKER_URL": testBrokerURL, "QUEUE_NAME": queue,
+	// A database of its own: its workers' sweepers must not take other parallel tests' jobs.
+	queue, dir, db := testQueue(t), t.TempDir(), freshDatabase(t)
+	env := map[string]string{"DATABASE_URL": db, "BROKER_URL": testBrokerURL, "QUEUE_NAME": queue,
 		"UPLOAD_DIR": dir, "WORKER_CONCURRENCY": "1"}
-	api := newTestServer(t, map[string]string{"MODE": modeAPI, "BROKER_URL": testBrokerURL, "QUEUE_NAME": queue, "UPLOAD_DIR": dir})
+	api := newTestServer(t, map[string]string{"DATABASE_URL": db, "MODE": modeAPI, "BROKER_URL": testBrokerURL, "QUEUE_NAME": queue, "UPLOAD_DIR": dir})
 	_, auth := api.signupAndLogin()
 	doomed := startBinary(t, env, "-mode=worker")
 	// A job that takes a while: the 49 MP 16-bit PNG (about 2 s).

@@ -280,7 +280,8 @@ func TestSmallPool(t *testing.T) {
 // renews the lease while it works, so the sweeper (running all along) sees nothing lost.
 func TestHeartbeatKeepsSlowJob(t *testing.T) {
 	t.Parallel() // mostly waiting: it overlaps the others
-	s := newTestServer(t, map[string]string{"JOB_LEASE": "1s", "SWEEP_INTERVAL": "50ms", "WORKER_CONCURRENCY": "2"})
+	// A database of its own: its sweeper must not take other parallel tests' jobs.
+	s := newTestServer(t, map[string]string{"DATABASE_URL": freshDatabase(t), "JOB_LEASE": "1s", "SWEEP_INTERVAL": "50ms", "WORKER_CONCURRENCY": "2"})
 	var calls atomic.Int64
 	s.process = func(ctx context.Context, blobs *blobStore, path, ct string, opts processOptions) ([]variantImage, string, error) {
 		calls.Add(1)

@@ -208,8 +208,9 @@ func opaque(img stdimage.Image) bool {
 // becomes ready, none lost.
 func TestBrokerOutage(t *testing.T) {
 	t.Parallel() // mostly waiting: it overlaps the others
-	queue, dir := testQueue(t), t.TempDir()
-	down := newTestServer(t, map[string]string{"BROKER_URL": "amqp://guest:guest@127.0.0.1:1/", "QUEUE_NAME": queue, "UPLOAD_DIR": dir})
+	// A database of its own: no other test's sweeper may take these jobs, nor its sweeper theirs.
+	queue, dir, db := testQueue(t), t.TempDir(), freshDatabase(t)
+	down := newTestServer(t, map[string]string{"DATABASE_URL": db, "BROKER_URL": "amqp://guest:guest@127.0.0.1:1/", "QUEUE_NAME": queue, "UPLOAD_DIR": dir})
 	_, auth := down.signupAndLogin()
 	var ids []int64
 	for i := range 5 {
@@ -223,7 +224,7 @@ func TestBrokerOutage(t *testing.T) {
 		t.Errorf("readyz detail %q does not name the broker", p.Detail)
 	}
 	// The broker is back (a server that reaches it, on the same database and queue).
-	up := newTestServer(t, map[string]string{"BROKER_URL": testBrokerURL, "QUEUE_NAME": queue, "UPLOAD_DIR": dir, "SWEEP_INTERVAL": "100ms"})
+	up := newTestServer(t, map[string]string{"DATABASE_URL": db, "BROKER_URL": testBrokerURL, "QUEUE_NAME": queue, "UPLOAD_DIR": dir, "SWEEP_INTERVAL": "100ms"})
 	startWorker(t, up)
 	for _, id := range ids {
 		if v := up.waitStatus(auth, id, 30*time.Second, statusReady, statusFailed); v.Status != statusReady {
