@@ -194,7 +194,7 @@ func readCredentials(w http.ResponseWriter, r *http.Request) (credentials, error
 	if err := r.ParseForm(); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return credentials{}, newError(http.StatusRequestEntityTooLarge, "form body is larger than the limit of %d bytes", mbe.Limit)
+			return credentials{}, tooLarge("form body", mbe.Limit)
 		}
 		return credentials{}, newError(http.StatusUnprocessableEntity, "malformed form body")
 	}

@@ -273,7 +273,7 @@ func (b *blobStore) receive(r io.Reader, lim uploadLimits) (_ *upload, err error
 		return nil, err
 	}
 	if n > maxBytes {
-		return nil, newError(http.StatusRequestEntityTooLarge, "file is larger than the limit of %d bytes", maxBytes)
+		return nil, tooLarge("file", maxBytes)
 	}
 	if n == 0 {
 		return nil, newError(http.StatusUnprocessableEntity, "file is empty")
@@ -376,7 +376,7 @@ func inspectImage(f *os.File, up *upload, lim uploadLimits) error {
 		return newError(http.StatusUnsupportedMediaType, "not a valid %s image: it declares %d×%d pixels", name, h.width, h.height)
 	}
 	if px := int64(h.width) * int64(h.height); px > lim.maxPixels {
-		return newError(http.StatusRequestEntityTooLarge, "image is %d×%d = %d pixels, over the limit of %d", h.width, h.height, px, lim.maxPixels)
+		return newError(http.StatusRequestEntityTooLarge, "%s", tooManyPixels(h.width, h.height, lim.maxPixels))
 	}
 	if need := h.jobBytes(lim.dct); need > lim.maxJobBytes {
 		return newError(http.StatusRequestEntityTooLarge, "processing this %d×%d %s needs about %s of memory, over this server's limit of %s: send it with fewer pixels or fewer bits per pixel",

@@ -36,6 +36,11 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.detail }
 
+// tooLarge is the one 413 for a body or file past a byte limit: what, and the limit.
+func tooLarge(what string, limit int64) error {
+	return newError(http.StatusRequestEntityTooLarge, "%s is larger than the limit of %d bytes", what, limit)
+}
+
 // newError returns an error that fail answers with status and detail (formatted like fmt.Sprintf).
 func newError(status int, format string, args ...any) error {
 	return &apiError{status: status, detail: fmt.Sprintf(format, args...)}
@@ -70,7 +75,7 @@ func (a *app) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.As(err, &ae):
 		writeProblem(w, r, ae.status, ae.detail)
 	case errors.As(err, &mbe):
-		writeProblem(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than the limit of %d bytes", mbe.Limit))
+		a.fail(w, r, tooLarge("request body", mbe.Limit))
 	case errors.Is(err, errNotFound):
 		writeProblem(w, r, http.StatusNotFound, "not found")
 	case errors.Is(err, errConflict):
@@ -159,7 +164,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, dst any) error {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return newError(http.StatusRequestEntityTooLarge, "JSON body is larger than the limit of %d bytes", mbe.Limit)
+			return tooLarge("JSON body", mbe.Limit)
 		}
 		return newError(http.StatusBadRequest, "reading the request body: %v", err)
 	}

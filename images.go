@@ -177,7 +177,7 @@ func (a *app) uploadImage(w http.ResponseWriter, r *http.Request) {
 		var ae *apiError
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			err = newError(http.StatusRequestEntityTooLarge, "upload is larger than the limit of %d bytes", a.cfg.MaxUploadBytes)
+			err = tooLarge("upload", a.cfg.MaxUploadBytes)
 		} else if errors.Is(err, errTooSlow) {
 			err = newError(http.StatusRequestTimeout, "the upload arrived slower than the minimum of %d bytes a second: %v", a.cfg.MinUploadRate, err)
 		} else if errors.Is(err, errQuota) {
@@ -216,7 +216,7 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 	}
 	limit := a.cfg.MaxUploadBytes + multipartSlack
 	if r.ContentLength > limit {
-		return imageRecord{}, newError(http.StatusRequestEntityTooLarge, "upload is larger than the limit of %d bytes", a.cfg.MaxUploadBytes)
+		return imageRecord{}, tooLarge("upload", a.cfg.MaxUploadBytes)
 	}
 	mt, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if mt != "multipart/form-data" || params["boundary"] == "" {

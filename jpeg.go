@@ -410,7 +410,7 @@ func (img *dctImage) readFrame(seg []byte, maxPixels int64, dcOnly func(int) boo
 		return errDCTUnsupported // the height comes later, in a DNL marker
 	}
 	if img.width == 0 || int64(img.width)*int64(img.height) > maxPixels {
-		return badImage("image is %dx%d pixels, over the limit of %d", img.width, img.height, maxPixels)
+		return badImage("%s", tooManyPixels(img.width, img.height, maxPixels))
 	}
 	if n != 1 && n != 3 {
 		return errDCTUnsupported // CMYK and other component counts

@@ -167,6 +167,11 @@ func badImage(format string, args ...any) error {
 	return &imageError{reason: fmt.Sprintf(format, args...)}
 }
 
+// tooManyPixels is the one wording of the pixel limit, at upload (413) and in a job.
+func tooManyPixels(w, h int, limit int64) string {
+	return fmt.Sprintf("image is %d×%d = %d pixels, over the limit of %d", w, h, int64(w)*int64(h), limit)
+}
+
 // processOptions are the settings a job runs with.
 type processOptions struct {
 	jpegQuality int
@@ -387,7 +392,7 @@ func decodeFile(ctx context.Context, path string, maxPixels int64) (image.Image,
 		return nil, 1, badImage("cannot read the %s header: %v", im.format.name, err)
 	}
 	if px := int64(cfg.Width) * int64(cfg.Height); px > maxPixels || cfg.Width <= 0 || cfg.Height <= 0 {
-		return nil, 1, badImage("image is %dx%d pixels, over the limit of %d", cfg.Width, cfg.Height, maxPixels)
+		return nil, 1, badImage("%s", tooManyPixels(cfg.Width, cfg.Height, maxPixels))
 	}
 	if im.format.name == "jpeg" {
 		// image/jpeg has no limit of its own: count the scans before it walks them.
