@@ -5,12 +5,11 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -68,11 +67,11 @@ end
 return {g, redis.call('GET', ARGV[1] .. g .. ARGV[2])}
 `)
 
-// newGeneration returns a token no generation has had: 128 random bits.
+// newGeneration returns a token no generation has had: 128 random bits. Every lookup brings one (in
+// case the generation is missing), so it comes from math/rand/v2's per-process seeded generator, not
+// the kernel: it must not repeat, it need not be secret.
 func newGeneration() string {
-	var b [16]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	return fmt.Sprintf("%016x%016x", rand.Uint64(), rand.Uint64())
 }
 
 // newCache connects to the Redis at url (nil cache when url is empty). It does not fail when Redis is
@@ -195,6 +194,17 @@ func (c *cache) invalidate(ctx context.Context, uid int64) {
 			return
 		}
 		time.Sleep(drainInterval / 5)
+	}
+}
+
+// invalidateOnce is invalidate without the wait, for writes no client is waiting to read back (a
+// worker's status changes, the sweeper's): one try, and the outbox covers a failure.
+func (c *cache) invalidateOnce(ctx context.Context, uid int64) {
+	if c == nil {
+		return
+	}
+	if err := c.bump(ctx, uid); err != nil {
+		c.redisFailed("invalidate", err)
 	}
 }
 

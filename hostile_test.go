@@ -208,7 +208,7 @@ func fibonacciJPEG(t testing.TB) []byte {
 	return out.Bytes()
 }
 
-// writeTemp writes data to a file in a temp dir and returns its path.
+// writeTempFile writes data to a file in a temp dir and returns its path.
 func writeTempFile(t testing.TB, name string, data []byte) string {
 	p := filepath.Join(t.TempDir(), name)
 	if err := os.WriteFile(p, data, 0o600); err != nil {

@@ -45,14 +45,14 @@ func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duratio
 		// Every attempt was claimed and none finished: the workers holding them died (a crash, an
 		// out-of-memory kill). The claim failed the image.
 		a.metrics.jobsFailed.Add(1)
-		a.cache.invalidate(bg, im.OwnerID)
+		a.cache.invalidateOnce(bg, im.OwnerID)
 		log.Warn("image failed: attempts used up", slog.Int("attempts", a.cfg.JobMaxAttempts))
 		return jobDead, 0
 	case err != nil:
 		log.Warn("cannot claim job", slog.Any("error", err))
 		return jobRetry, a.cfg.JobRetryDelay
 	}
-	a.cache.invalidate(bg, im.OwnerID)
+	a.cache.invalidateOnce(bg, im.OwnerID)
 	start := time.Now()
 	// The claim's lease is short; a heartbeat renews it while the job runs, so a worker that dies
 	// gives its images back within a lease, and a slow live one keeps them.
@@ -88,7 +88,7 @@ func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duratio
 			})
 		}
 	}
-	defer a.cache.invalidate(bg, im.OwnerID)
+	defer a.cache.invalidateOnce(bg, im.OwnerID)
 	var ie *imageError
 	switch {
 	case err == nil:
@@ -352,7 +352,7 @@ func (a *app) sweepJobsOnce(ctx context.Context) {
 	}
 	for _, owner := range owners {
 		a.metrics.jobsFailed.Add(1)
-		a.cache.invalidate(ctx, owner)
+		a.cache.invalidateOnce(ctx, owner)
 	}
 	if len(owners) > 0 {
 		a.log.Warn("sweep: images failed with their attempts used up", slog.Int("count", len(owners)))

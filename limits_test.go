@@ -263,7 +263,7 @@ func TestSlowUploadCutOff(t *testing.T) {
 		}
 	}()
 	conn.SetReadDeadline(time.Now().Add(minRateWindow + 10*time.Second))
-	resp, err := http.ReadResponse(bufioReader(conn), nil)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
 		t.Fatalf("no answer within a window and a margin: %v", err)
 	}
@@ -311,6 +311,3 @@ func TestBadKeysRefused(t *testing.T) {
 		t.Errorf("a variant key: %v", err)
 	}
 }
-
-// bufioReader wraps a connection for http.ReadResponse.
-func bufioReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }
