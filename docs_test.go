@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -343,9 +344,37 @@ func TestOpenAPIResponses(t *testing.T) {
 	check("GET", file, s.do("GET", "/api/v1/images/"+id+"/file?variant=sepia", nil, "Authorization", auth))
 	check("GET", file, s.do("GET", "/api/v1/images/999999999/file", nil, "Authorization", auth))
 	check("GET", file, s.do("GET", "/api/v1/images/"+id+"/file", nil))
+	signed := "/api/v1/images/{id}/file/signed"
+	var readyImage imageView
+	s.do("GET", "/api/v1/images/"+ready, nil, "Authorization", auth).json(t, &readyImage)
+	sd := s.do("GET", readyImage.SignedURL, nil)
+	check("GET", signed, sd)
+	check("GET", signed, s.do("GET", readyImage.SignedURL, nil, "Range", "bytes=0-9"))
+	check("GET", signed, s.do("GET", readyImage.SignedURL, nil, "Range", "bytes=99999999-"))
+	check("GET", signed, s.do("GET", readyImage.SignedURL, nil, "If-None-Match", sd.header.Get("ETag")))
+	check("GET", signed, s.do("GET", readyImage.SignedURL+"0", nil))
+	var pending imageView
+	s.do("GET", "/api/v1/images/"+id, nil, "Authorization", auth).json(t, &pending)
+	check("GET", signed, s.do("GET", strings.Replace(pending.SignedURL, "variant=original", "variant=grayscale", 1), nil))
+	grayLink, err := url.Parse(pending.SignedURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := grayLink.Query()
+	exp, _ := strconv.ParseInt(q.Get("expires"), 10, 64)
+	owner, _ := strconv.ParseInt(q.Get("owner"), 10, 64)
+	q.Set("variant", "grayscale")
+	q.Set("signature", s.signer.mac(pending.ID, "grayscale", owner, exp))
+	check("GET", signed, s.do("GET", grayLink.Path+"?"+q.Encode(), nil))
+	redirecting := newTestServer(t, with(s3TestEnv(t), "DOWNLOAD_REDIRECT", "on"))
+	_, rauth := redirecting.signupAndLogin()
+	rv := redirecting.mustUpload(rauth, "r", "", "r.png", tinyPNG(t, 3, 3))
+	check("GET", file, redirecting.do("GET", fmt.Sprintf("/api/v1/images/%d/file", rv.ID), nil, "Authorization", rauth))
+	check("GET", signed, redirecting.do("GET", rv.SignedURL, nil))
 	check("DELETE", item, s.do("DELETE", "/api/v1/images/"+id, nil, "Authorization", auth))
 	check("DELETE", item, s.do("DELETE", "/api/v1/images/"+id, nil, "Authorization", auth))
 	check("DELETE", item, s.do("DELETE", "/api/v1/images/"+id, nil))
+	check("GET", signed, s.do("GET", pending.SignedURL, nil))
 
 	check("GET", "/healthz", s.do("GET", "/healthz", nil))
 	check("GET", "/readyz", s.do("GET", "/readyz", nil))

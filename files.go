@@ -1,5 +1,6 @@
-// Blob storage under UPLOAD_DIR: streaming uploads into temp files, sniffing and sizing images, moving
-// them into place, and cleaning up temp and orphaned files.
+// Files: the storage keys, the scratch space under UPLOAD_DIR (uploads being received, variants being
+// written), sniffing and sizing images, and the filesystem blob store (originals and variants as files
+// under UPLOAD_DIR).
 package main
 
 import (
@@ -43,21 +44,20 @@ const (
 	orphanGrace = time.Hour
 )
 
-// blobStore keeps originals and variants as files under root.
-type blobStore struct {
-	root string
+// scratch is UPLOAD_DIR/tmp: uploads being received, variants being written and, with a bucket,
+// originals fetched for a job. It is local to each process, whichever blob store holds the images.
+type scratch struct {
+	dir string
 }
 
-// newBlobStore creates the layout under root and removes temp files left by a crash: anything in
-// tmp/ older than olderThan (younger ones may belong to another replica's upload in flight).
-func newBlobStore(root string, olderThan time.Duration, log *slog.Logger) (*blobStore, error) {
-	b := &blobStore{root: root}
-	for _, d := range []string{tmpDir, originalDir} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o750); err != nil {
-			return nil, fmt.Errorf("upload dir: %w", err)
-		}
+// newScratch creates UPLOAD_DIR/tmp and removes temp files left by a crash: anything older than
+// olderThan (younger ones may belong to another replica's upload in flight).
+func newScratch(root string, olderThan time.Duration, log *slog.Logger) (*scratch, error) {
+	dir := filepath.Join(root, tmpDir)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("upload dir: %w", err)
 	}
-	entries, err := os.ReadDir(filepath.Join(root, tmpDir))
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("upload dir: %w", err)
 	}
@@ -67,23 +67,42 @@ func newBlobStore(root string, olderThan time.Duration, log *slog.Logger) (*blob
 		if err != nil || time.Since(info.ModTime()) < olderThan {
 			continue
 		}
-		if os.Remove(filepath.Join(root, tmpDir, e.Name())) == nil {
+		if os.Remove(filepath.Join(dir, e.Name())) == nil {
 			removed++
 		}
 	}
 	if removed > 0 {
 		log.Info("removed stale temp files", slog.Int("count", removed))
 	}
-	return b, nil
+	return &scratch{dir: dir}, nil
 }
 
-// errBadKey is path's answer for a key this store could not have made.
+// createTemp returns a new temp file.
+func (s *scratch) createTemp(pattern string) (*os.File, error) {
+	return os.CreateTemp(s.dir, pattern)
+}
+
+// fsBlobs keeps originals and variants as files under root (UPLOAD_DIR), beside the scratch space,
+// so that placing a temp file is a rename.
+type fsBlobs struct {
+	root string
+}
+
+// newFSBlobs creates the layout under root.
+func newFSBlobs(root string) (*fsBlobs, error) {
+	if err := os.MkdirAll(filepath.Join(root, originalDir), 0o750); err != nil {
+		return nil, fmt.Errorf("upload dir: %w", err)
+	}
+	return &fsBlobs{root: root}, nil
+}
+
+// errBadKey is the blob stores' answer for a key this service could not have made.
 var errBadKey = errors.New("blob store: not a storage key")
 
-// path returns the file a key names. A key comes from the database or the cache: it is data, not a
-// path, so anything but a key this store makes (under o/, of lowercase letters, digits, '.', '_',
-// '-' and '/', local, no "..") is refused with errBadKey instead of being joined to UPLOAD_DIR.
-func (b *blobStore) path(key string) (string, error) {
+// checkKey refuses anything but a key this service makes (under o/, of lowercase letters, digits,
+// '.', '_', '-' and '/', local, no ".."): a key comes from the database or the cache, so it is data,
+// never joined to a directory or a bucket's URL unchecked.
+func checkKey(key string) error {
 	ok := strings.HasPrefix(key, originalDir+"/") && filepath.IsLocal(key) && !strings.Contains(key, "..")
 	for _, c := range key {
 		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '/') {
@@ -91,7 +110,15 @@ func (b *blobStore) path(key string) (string, error) {
 		}
 	}
 	if !ok {
-		return "", fmt.Errorf("%w: %q", errBadKey, key)
+		return fmt.Errorf("%w: %q", errBadKey, key)
+	}
+	return nil
+}
+
+// path returns the file a key names; errBadKey for anything checkKey refuses.
+func (b *fsBlobs) path(key string) (string, error) {
+	if err := checkKey(key); err != nil {
+		return "", err
 	}
 	return filepath.Join(b.root, filepath.FromSlash(key)), nil
 }
@@ -129,14 +156,9 @@ func newKey() string {
 	return originalDir + "/" + h[:2] + "/" + h
 }
 
-// createTemp returns a new temp file under tmp/.
-func (b *blobStore) createTemp(pattern string) (*os.File, error) {
-	return os.CreateTemp(filepath.Join(b.root, tmpDir), pattern)
-}
-
 // place moves the temp file at tmp (its bytes already synced) into the place of key, durably: when
 // it returns nil, a power cut cannot lose the file, so the row that points at it may commit.
-func (b *blobStore) place(tmp, key string) error {
+func (b *fsBlobs) place(_ context.Context, tmp, key, _, _ string) error {
 	dst, err := b.path(key)
 	if err != nil {
 		return err
@@ -172,8 +194,35 @@ func syncDir(dir string) error {
 	return err
 }
 
+// open opens the file of key for serving; errNotFound when there is none.
+func (b *fsBlobs) open(_ context.Context, key, _ string) (blob, error) {
+	p, err := b.path(key)
+	if err != nil {
+		return blob{}, err
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return blob{}, fmt.Errorf("open %s: %w", key, errNotFound)
+	}
+	if err != nil {
+		return blob{}, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return blob{}, err
+	}
+	return blob{ReadSeekCloser: f, modTime: st.ModTime()}, nil
+}
+
+// localCopy returns the path of key's file itself: it is local already.
+func (b *fsBlobs) localCopy(_ context.Context, key string) (string, func(), error) {
+	p, err := b.path(key)
+	return p, func() {}, err
+}
+
 // remove deletes the files of keys; missing files are not an error.
-func (b *blobStore) remove(keys ...string) error {
+func (b *fsBlobs) remove(_ context.Context, keys ...string) error {
 	var errs []error
 	for _, k := range keys {
 		if k == "" {
@@ -188,6 +237,33 @@ func (b *blobStore) remove(keys ...string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ping checks that the directory of originals is there.
+func (b *fsBlobs) ping(context.Context) error {
+	_, err := os.Stat(filepath.Join(b.root, originalDir))
+	return err
+}
+
+// sweepOrphans walks the files under o/ and removes those of originals no row refers to (orphanSweep).
+func (b *fsBlobs) sweepOrphans(ctx context.Context, before time.Time, exists func(context.Context, []string) (map[string]bool, error)) (int, error) {
+	sw := newOrphanSweep(before, exists, b.remove)
+	root := filepath.Join(b.root, originalDir)
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		rel, _ := filepath.Rel(b.root, p)
+		return sw.add(ctx, filepath.ToSlash(rel), info.ModTime())
+	})
+	if err != nil {
+		return sw.removed, err
+	}
+	return sw.removed, sw.flush(ctx)
 }
 
 // imageFormat is an input format we accept: how to recognise it and read its dimensions.
@@ -249,8 +325,8 @@ type upload struct {
 // receive streams r into a temp file while hashing it, then checks that it is an image we take,
 // within maxBytes and maxPixels. Memory use does not grow with the file. On any error the temp file
 // is gone; errors are apiErrors: 413 too large (bytes or pixels), 415 not an image we decode, 422 empty.
-func (b *blobStore) receive(r io.Reader, lim uploadLimits) (_ *upload, err error) {
-	f, err := b.createTemp("upload-*")
+func (s *scratch) receive(r io.Reader, lim uploadLimits) (_ *upload, err error) {
+	f, err := s.createTemp("upload-*")
 	if err != nil {
 		return nil, err
 	}
@@ -387,60 +463,4 @@ func inspectImage(f *os.File, up *upload, lim uploadLimits) error {
 		up.width, up.height = h.height, h.width
 	}
 	return nil
-}
-
-// sweepOrphans removes originals (and their variants) that no row refers to and that are older than
-// orphanGrace: what a crash between placing a file and inserting its row, or between deleting a row
-// and its files, leaves behind. exists reports which original keys have rows.
-func (b *blobStore) sweepOrphans(ctx context.Context, exists func(context.Context, []string) (map[string]bool, error)) (int, error) {
-	var batch []string
-	files := map[string][]string{} // original key → its files (original and variants)
-	removed := 0
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		found, err := exists(ctx, batch)
-		if err != nil {
-			return err
-		}
-		for _, k := range batch {
-			if !found[k] {
-				for _, p := range files[k] {
-					if os.Remove(p) == nil {
-						removed++
-					}
-				}
-			}
-		}
-		batch, files = batch[:0], map[string][]string{}
-		return nil
-	}
-	root := filepath.Join(b.root, originalDir)
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		info, err := d.Info()
-		if err != nil || time.Since(info.ModTime()) < orphanGrace {
-			return nil
-		}
-		rel, _ := filepath.Rel(b.root, p)
-		key := originalOf(filepath.ToSlash(rel))
-		if _, seen := files[key]; !seen {
-			batch = append(batch, key)
-		}
-		files[key] = append(files[key], p)
-		if len(batch) >= 500 {
-			return flush()
-		}
-		return nil
-	})
-	if err != nil {
-		return removed, err
-	}
-	return removed, flush()
 }

@@ -247,7 +247,7 @@ func TestScanJPEG(t *testing.T) {
 // the user's to read; a file at the limit decodes on both.
 func TestDecodersRefuseTooManyScans(t *testing.T) {
 	ctx := context.Background()
-	blobs, err := newBlobStore(t.TempDir(), 0, slog.New(slog.DiscardHandler))
+	sc, err := newScratch(t.TempDir(), 0, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +257,7 @@ func TestDecodersRefuseTooManyScans(t *testing.T) {
 	}
 	path := writeTempFile(t, "bomb.jpg", bomb)
 	for _, dct := range []bool{true, false} {
-		_, _, err := makeVariants(ctx, blobs, path, "image/jpeg", processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: dct})
+		_, _, err := makeVariants(ctx, sc, path, "image/jpeg", processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: dct})
 		var ie *imageError
 		if !errors.As(err, &ie) || !errors.Is(err, errTooManyScans) {
 			t.Errorf("dct=%v: %v, want the scan limit as the image's error", dct, err)
@@ -265,7 +265,7 @@ func TestDecodersRefuseTooManyScans(t *testing.T) {
 	}
 	ok := writeTempFile(t, "ok.jpg", progressiveGrayJPEG(2000, 500, 999))
 	for _, dct := range []bool{true, false} {
-		outs, _, err := makeVariants(ctx, blobs, ok, "image/jpeg", processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: dct})
+		outs, _, err := makeVariants(ctx, sc, ok, "image/jpeg", processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: dct})
 		if err != nil {
 			t.Errorf("dct=%v: a file of 1000 scans: %v", dct, err)
 		}
@@ -279,7 +279,7 @@ func TestDecodersRefuseTooManyScans(t *testing.T) {
 // context's error, and leaves no temp file.
 func TestDecodersStopWhenCancelled(t *testing.T) {
 	dir := t.TempDir()
-	blobs, err := newBlobStore(dir, 0, slog.New(slog.DiscardHandler))
+	sc, err := newScratch(dir, 0, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +294,7 @@ func TestDecodersStopWhenCancelled(t *testing.T) {
 			ct = "image/png"
 		}
 		for _, dct := range []bool{true, false} {
-			_, _, err := makeVariants(ctx, blobs, filepath.Join("testdata", name), ct, processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: dct})
+			_, _, err := makeVariants(ctx, sc, filepath.Join("testdata", name), ct, processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: dct})
 			if !errors.Is(err, context.Canceled) {
 				t.Errorf("%s dct=%v: %v, want context.Canceled", name, dct, err)
 			}

@@ -128,9 +128,13 @@ func databaseUnavailable(err error) bool {
 	return false
 }
 
-// storageUnavailable reports whether err says the disk under UPLOAD_DIR is full, read-only or
-// failing: an outage of the storage, not a bug in the request or the code.
+// storageUnavailable reports whether err says the storage is out: the disk under UPLOAD_DIR full,
+// read-only or failing, or the bucket unreachable or failing past the client's retries. Such an
+// error is not a bug in the request or the code, and clears without any change to the request.
 func storageUnavailable(err error) bool {
+	if errors.Is(err, errS3Unavailable) {
+		return true
+	}
 	for _, e := range []error{syscall.ENOSPC, syscall.EDQUOT, syscall.EROFS, syscall.EIO} {
 		if errors.Is(err, e) {
 			return true
@@ -349,6 +353,7 @@ func (a *app) healthz(w http.ResponseWriter, r *http.Request) {
 func (a *app) readyz(w http.ResponseWriter, r *http.Request) {
 	checks := map[string]func(context.Context) error{
 		"database": a.pool.Ping,
+		"storage":  a.blobs.ping,
 	}
 	if a.cache != nil {
 		checks["cache"] = a.cache.ping

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"mime"
 	"mime/multipart"
@@ -51,6 +50,7 @@ type imageView struct {
 	Size        int64                  `json:"size"`
 	SHA256      string                 `json:"sha256"`
 	URL         string                 `json:"url"`
+	SignedURL   string                 `json:"signed_url"`
 	CreatedAt   string                 `json:"created_at"`
 	UpdatedAt   string                 `json:"updated_at"`
 	Variants    map[string]variantView `json:"variants"`
@@ -63,16 +63,17 @@ type variantView struct {
 	Size        int64  `json:"size"`
 	ContentType string `json:"content_type"`
 	URL         string `json:"url"`
+	SignedURL   string `json:"signed_url"`
 }
 
-// view is im as the API shows it.
-func view(im imageRecord) imageView {
+// imageJSON is im as the API shows it, with signed links made now (never cached: they expire).
+func (a *app) imageJSON(im imageRecord) imageView {
 	const rfc3339Micro = "2006-01-02T15:04:05.999999Z07:00"
 	fileURL := fmt.Sprintf("/api/v1/images/%d/file", im.ID)
 	v := imageView{
 		ID: im.ID, Name: im.Name, Tags: im.Tags, Status: im.Status, ContentType: im.ContentType,
 		Width: im.Width, Height: im.Height, Resolution: fmt.Sprintf("%dx%d", im.Width, im.Height),
-		Size: im.Size, SHA256: im.SHA256, URL: fileURL,
+		Size: im.Size, SHA256: im.SHA256, URL: fileURL, SignedURL: a.signer.url(im, variantOriginal),
 		CreatedAt: im.CreatedAt.UTC().Format(rfc3339Micro), UpdatedAt: im.UpdatedAt.UTC().Format(rfc3339Micro),
 		Variants: make(map[string]variantView, len(im.Variants)),
 	}
@@ -80,7 +81,8 @@ func view(im imageRecord) imageView {
 		v.Error = &im.Error
 	}
 	for name, f := range im.Variants {
-		v.Variants[name] = variantView{Width: f.Width, Height: f.Height, Size: f.Size, ContentType: f.ContentType, URL: fileURL + "?variant=" + name}
+		v.Variants[name] = variantView{Width: f.Width, Height: f.Height, Size: f.Size, ContentType: f.ContentType,
+			URL: fileURL + "?variant=" + name, SignedURL: a.signer.url(im, name)}
 	}
 	return v
 }
@@ -200,7 +202,7 @@ func (a *app) uploadImage(w http.ResponseWriter, r *http.Request) {
 	a.cache.invalidate(r.Context(), im.OwnerID)
 	a.enqueue(r.Context(), im.ID)
 	w.Header().Set("Location", fmt.Sprintf("/api/v1/images/%d", im.ID))
-	writeJSON(w, http.StatusCreated, view(im))
+	writeJSON(w, http.StatusCreated, a.imageJSON(im))
 }
 
 // receiveUpload does the work of uploadImage and returns the stored row.
@@ -258,13 +260,13 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 			part = p
 		}
 	}
-	up, err := a.blobs.receive(requestReader{part}, uploadLimits{maxBytes: a.cfg.MaxUploadBytes, maxPixels: a.cfg.MaxPixels,
+	up, err := a.scratch.receive(requestReader{part}, uploadLimits{maxBytes: a.cfg.MaxUploadBytes, maxPixels: a.cfg.MaxPixels,
 		maxJobBytes: a.cfg.WorkerMemory, dct: a.cfg.JPEGDCT})
 	if err != nil {
 		return imageRecord{}, err
 	}
 	key := newKey()
-	if err := a.blobs.place(up.tmpPath, key); err != nil {
+	if err := a.blobs.place(r.Context(), up.tmpPath, key, up.contentType, up.sha256); err != nil {
 		os.Remove(up.tmpPath)
 		return imageRecord{}, fmt.Errorf("place upload: %w", err)
 	}
@@ -316,7 +318,7 @@ func (a *app) listImages(w http.ResponseWriter, r *http.Request) {
 	}
 	views := make([]imageView, len(page.Images))
 	for i, im := range page.Images {
-		views[i] = view(im)
+		views[i] = a.imageJSON(im)
 	}
 	w.Header().Set("X-Total-Count", strconv.FormatInt(page.Total, 10))
 	writeJSON(w, http.StatusOK, views)
@@ -345,7 +347,7 @@ func (a *app) getImage(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, view(im))
+	writeJSON(w, http.StatusOK, a.imageJSON(im))
 }
 
 // imageUpdate is PUT's body. Tags may be a comma-separated string (as the seed sent) or an array.
@@ -410,7 +412,7 @@ func (a *app) updateImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.cache.invalidate(r.Context(), uid)
-	writeJSON(w, http.StatusOK, view(im))
+	writeJSON(w, http.StatusOK, a.imageJSON(im))
 }
 
 // deleteImage removes one of the caller's images: its row, then its original and variants.
@@ -436,21 +438,51 @@ func (a *app) deleteImage(w http.ResponseWriter, r *http.Request) {
 	}
 	// The row is gone, so the image is gone for the user; a file that fails to go now is an orphan
 	// the sweeper removes later.
-	if err := a.blobs.remove(keys...); err != nil {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Minute)
+	defer cancel()
+	if err := a.blobs.remove(ctx, keys...); err != nil {
 		a.log.Warn("removing a deleted image's files", slog.Int64("image_id", id), slog.Any("error", err))
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// downloadImage serves the original (byte for byte as uploaded) or a finished variant, with ETag,
-// conditional requests and ranges.
+// downloadImage serves the caller's original (byte for byte as uploaded) or a finished variant, with
+// ETag, conditional requests and ranges.
 func (a *app) downloadImage(w http.ResponseWriter, r *http.Request) {
 	im, err := a.ownImage(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	variant := r.URL.Query().Get("variant")
+	a.serveFile(w, r, im, r.URL.Query().Get("variant"), "private")
+}
+
+// downloadSigned serves a file through a signed link (signed.go), without an Authorization header:
+// the signature says whose image and which file, and until when. A deleted image's links end with it.
+func (a *app) downloadSigned(w http.ResponseWriter, r *http.Request) {
+	link, err := a.signer.check(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	im, err := fetch(r.Context(), a.cache, link.owner, "img:"+strconv.FormatInt(link.id, 10), func(ctx context.Context) (imageRecord, error) {
+		return a.store.imageByID(ctx, link.owner, link.id)
+	})
+	if errors.Is(err, errNotFound) {
+		err = errImageNotFound
+	}
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	// A browser may keep the bytes while the link lives, and not a second longer.
+	a.serveFile(w, r, im, link.variant, fmt.Sprintf("private, max-age=%d", int(link.remaining/time.Second)))
+}
+
+// serveFile answers with variant of im (empty or "original": the upload itself): the bytes with
+// ETag, 304 and ranges through http.ServeContent, or with DOWNLOAD_REDIRECT=on a 307 to a presigned
+// S3 GET of a minute.
+func (a *app) serveFile(w http.ResponseWriter, r *http.Request, im imageRecord, variant, cacheControl string) {
 	key, contentType, etag := im.FileKey, im.ContentType, `"`+im.SHA256+`"`
 	switch {
 	case variant == "" || variant == variantOriginal:
@@ -475,31 +507,6 @@ func (a *app) downloadImage(w http.ResponseWriter, r *http.Request) {
 		// A variant's key is new each time it is written, so it names this content.
 		key, contentType, etag = vf.Key, vf.ContentType, keyETag(vf.Key)
 	}
-	p, err := a.blobs.path(key)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	f, err := os.Open(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		// Deleted between reading the row and opening the file.
-		a.fail(w, r, errImageNotFound)
-		return
-	}
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	h := w.Header()
-	h.Set("Content-Type", contentType)
-	h.Set("ETag", etag)
-	h.Set("Cache-Control", "private")
 	filename := im.Name
 	if variant != variantOriginal {
 		filename += "." + variant
@@ -507,8 +514,61 @@ func (a *app) downloadImage(w http.ResponseWriter, r *http.Request) {
 	if ext := extensionFor(contentType); !strings.HasSuffix(strings.ToLower(filename), ext) {
 		filename += ext
 	}
+	if s3b, ok := a.blobs.(*s3Blobs); ok && a.cfg.DownloadRedirect {
+		u, err := s3b.presignedDownload(key, presignedDownloadTTL, contentType, filename)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		w.Header().Set("Cache-Control", "no-store") // the presigned URL outlives no request
+		w.Header().Set("Location", u)
+		w.WriteHeader(http.StatusTemporaryRedirect)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", contentType)
+	h.Set("ETag", etag)
+	h.Set("Cache-Control", cacheControl)
 	h.Set("Content-Disposition", mime.FormatMediaType("inline", map[string]string{"filename": filename}))
-	http.ServeContent(&rangeProblems{ResponseWriter: w, r: r}, r, "", st.ModTime(), f)
+	if etagListed(r.Header.Get("If-None-Match"), etag) && r.Header.Get("If-Match") == "" && r.Header.Get("If-Unmodified-Since") == "" {
+		// The client has these bytes (RFC 9110 13.1.2): no store is asked. (With If-Match or
+		// If-Unmodified-Since, which come first, ServeContent decides.)
+		h.Del("Content-Type")
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	b, err := a.blobs.open(r.Context(), key, r.Header.Get("Range"))
+	if errors.Is(err, errNotFound) {
+		// Deleted between reading the row and opening the file.
+		h.Del("Content-Disposition")
+		h.Del("ETag")
+		a.fail(w, r, errImageNotFound)
+		return
+	}
+	if err != nil {
+		h.Del("Content-Disposition")
+		h.Del("ETag")
+		a.fail(w, r, err)
+		return
+	}
+	defer b.Close()
+	http.ServeContent(&rangeProblems{ResponseWriter: w, r: r}, r, "", b.modTime, b)
+}
+
+// presignedDownloadTTL is the life of the presigned S3 URL a redirected download answers with: long
+// enough to follow the redirect, too short to be worth sharing.
+const presignedDownloadTTL = time.Minute
+
+// etagListed reports whether an If-None-Match header lists etag (or is "*"), compared weakly as
+// RFC 9110 says for If-None-Match.
+func etagListed(header, etag string) bool {
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
+		if t == "*" || t != "" && t == strings.TrimPrefix(etag, "W/") {
+			return true
+		}
+	}
+	return false
 }
 
 // rangeProblems turns http.ServeContent's plain-text 416 (a Range no byte of the file satisfies)

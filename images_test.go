@@ -112,8 +112,10 @@ func filesUnder(t *testing.T, dir string) []string {
 	return files
 }
 
-func TestUploadAndDownload(t *testing.T) {
-	s := newTestServer(t, nil)
+func TestUploadAndDownload(t *testing.T) { forEachBackend(t, testUploadAndDownload) }
+
+func testUploadAndDownload(t *testing.T, env map[string]string) {
+	s := newTestServer(t, env)
 	_, auth := s.signupAndLogin()
 	data := readTestdata(t, "mid.jpg")
 	r := s.upload(auth, "  Ladybird  ", "nature, bugs ,nature,, red", "ladybird.jpg", data)
@@ -163,8 +165,25 @@ func TestUploadAndDownload(t *testing.T) {
 	if r := s.do("GET", file+"?variant=original", nil, "Authorization", auth, "If-None-Match", etag); r.status != http.StatusNotModified {
 		t.Errorf("If-None-Match: %d", r.status)
 	}
-	if r := s.do("GET", file, nil, "Authorization", auth, "Range", "bytes=100-199"); r.status != http.StatusPartialContent || !bytes.Equal(r.body, data[100:200]) {
-		t.Errorf("Range: %d, %d bytes", r.status, len(r.body))
+	for _, rg := range []struct {
+		header string
+		want   []byte
+	}{
+		{"bytes=100-199", data[100:200]},
+		{"bytes=-50", data[len(data)-50:]},
+		{"bytes=1000-", data[1000:]},
+		{"bytes=0-9,20-29", nil}, // multipart/byteranges: checked by its status alone
+	} {
+		r := s.do("GET", file, nil, "Authorization", auth, "Range", rg.header)
+		if r.status != http.StatusPartialContent || rg.want != nil && !bytes.Equal(r.body, rg.want) {
+			t.Errorf("Range %s: %d, %d bytes", rg.header, r.status, len(r.body))
+		}
+	}
+	s.do("GET", file, nil, "Authorization", auth, "Range", fmt.Sprintf("bytes=%d-", len(data))).problem(t, http.StatusRequestedRangeNotSatisfiable)
+	// The signed link serves the same bytes without a token.
+	sd := s.do("GET", v.SignedURL, nil)
+	if sd.status != 200 || !bytes.Equal(sd.body, data) || !strings.HasPrefix(sd.header.Get("Cache-Control"), "private, max-age=") {
+		t.Errorf("signed_url %s: %d, %d bytes, Cache-Control %q", v.SignedURL, sd.status, len(sd.body), sd.header.Get("Cache-Control"))
 	}
 	p := s.do("GET", file+"?variant=thumb_100", nil, "Authorization", auth).problem(t, http.StatusConflict)
 	if !strings.Contains(p.Detail, "pending") {
@@ -222,9 +241,11 @@ func TestUploadFormats(t *testing.T) {
 
 // TestUploadRefusals: every bad upload gets its 4xx with a problem body, and leaves nothing behind:
 // no row, and no file in UPLOAD_DIR.
-func TestUploadRefusals(t *testing.T) {
-	dir := t.TempDir()
-	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir, "MAX_UPLOAD_BYTES": "200000"})
+func TestUploadRefusals(t *testing.T) { forEachBackend(t, testUploadRefusals) }
+
+func testUploadRefusals(t *testing.T, env map[string]string) {
+	dir := env["UPLOAD_DIR"]
+	s := newTestServer(t, with(env, "MAX_UPLOAD_BYTES", "200000"))
 	_, auth := s.signupAndLogin()
 	good := tinyPNG(t, 4, 4)
 	type tc struct {
@@ -280,6 +301,9 @@ func TestUploadRefusals(t *testing.T) {
 			c.send().problem(t, c.status)
 			if files := filesUnder(t, dir); len(files) != 0 {
 				t.Fatalf("files left behind: %v", files)
+			}
+			if keys := s.storedKeys(); len(keys) != 0 {
+				t.Fatalf("stored files left behind: %v", keys)
 			}
 			if r := s.do("GET", "/api/v1/images/", nil, "Authorization", auth); r.header.Get("X-Total-Count") != "0" {
 				t.Fatalf("a row was left behind: total %s", r.header.Get("X-Total-Count"))
@@ -412,24 +436,31 @@ func TestUpdateImage(t *testing.T) {
 	s.do("PUT", "/api/v1/images/999999999", map[string]any{"name": "x"}, "Authorization", auth).problem(t, http.StatusNotFound)
 }
 
-func TestDeleteImage(t *testing.T) {
-	dir := t.TempDir()
-	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir})
+func TestDeleteImage(t *testing.T) { forEachBackend(t, testDeleteImage) }
+
+func testDeleteImage(t *testing.T, env map[string]string) {
+	s := newTestServer(t, env)
 	_, auth := s.signupAndLogin()
 	v := s.mustUpload(auth, "doomed", "", "a.png", tinyPNG(t, 2, 2))
 	keep := s.mustUpload(auth, "kept", "", "b.png", tinyPNG(t, 3, 3))
-	if n := len(filesUnder(t, filepath.Join(dir, originalDir))); n != 2 {
-		t.Fatalf("%d originals on disk, want 2", n)
+	if n := len(s.storedKeys()); n != 2 {
+		t.Fatalf("%d originals stored, want 2", n)
 	}
 	path := fmt.Sprintf("/api/v1/images/%d", v.ID)
+	signed := s.do("GET", v.SignedURL, nil)
+	if signed.status != 200 {
+		t.Fatalf("signed_url before delete: %d", signed.status)
+	}
 	if r := s.do("DELETE", path, nil, "Authorization", auth); r.status != http.StatusNoContent || len(r.body) != 0 {
 		t.Fatalf("delete: %d %s", r.status, r.body)
 	}
 	s.do("GET", path, nil, "Authorization", auth).problem(t, http.StatusNotFound)
 	s.do("GET", path+"/file", nil, "Authorization", auth).problem(t, http.StatusNotFound)
 	s.do("DELETE", path, nil, "Authorization", auth).problem(t, http.StatusNotFound)
-	if n := len(filesUnder(t, filepath.Join(dir, originalDir))); n != 1 {
-		t.Fatalf("%d originals on disk after delete, want 1", n)
+	// Its signed link ends with it, at once.
+	s.do("GET", v.SignedURL, nil).problem(t, http.StatusNotFound)
+	if n := len(s.storedKeys()); n != 1 {
+		t.Fatalf("%d originals stored after delete, want 1", n)
 	}
 	if r := s.do("GET", fmt.Sprintf("/api/v1/images/%d/file", keep.ID), nil, "Authorization", auth); r.status != 200 {
 		t.Fatalf("the other image: %d", r.status)
@@ -500,52 +531,65 @@ func TestStartupCleansTemp(t *testing.T) {
 	}
 }
 
-// keyPath is b.path(key) for keys a test knows to be good.
-func keyPath(t testing.TB, b *blobStore, key string) string {
-	t.Helper()
-	p, err := b.path(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // TestSweepOrphans: files no row refers to (a crash between placing and inserting, or between
 // deleting a row and its files) are removed once old enough; files with rows stay.
-func TestSweepOrphans(t *testing.T) {
-	dir := t.TempDir()
-	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir})
+func TestSweepOrphans(t *testing.T) { forEachBackend(t, testSweepOrphans) }
+
+func testSweepOrphans(t *testing.T, env map[string]string) {
+	s := newTestServer(t, env)
+	ctx := context.Background()
 	_, auth := s.signupAndLogin()
 	v := s.mustUpload(auth, "kept", "", "a.png", tinyPNG(t, 2, 2))
-	orphan := newKey()
-	os.MkdirAll(filepath.Dir(keyPath(t, s.blobs, orphan)), 0o750)
-	for _, k := range []string{orphan, orphan + ".thumb_100.abc.png"} {
-		os.WriteFile(keyPath(t, s.blobs, k), []byte("x"), 0o600)
-		past := time.Now().Add(-2 * orphanGrace)
-		os.Chtimes(keyPath(t, s.blobs, k), past, past)
-	}
-	young := newKey()
-	os.MkdirAll(filepath.Dir(keyPath(t, s.blobs, young)), 0o750)
-	os.WriteFile(keyPath(t, s.blobs, young), []byte("x"), 0o600)
-	// The kept image's original is old too: age alone must not remove it.
-	var key string
-	s.pool.QueryRow(context.Background(), "SELECT file_key FROM images WHERE id = $1", v.ID).Scan(&key)
-	past := time.Now().Add(-2 * orphanGrace)
-	os.Chtimes(keyPath(t, s.blobs, key), past, past)
-
-	s.sweepOrphans(context.Background())
-	for k, want := range map[string]bool{orphan: false, orphan + ".thumb_100.abc.png": false, young: true, key: true} {
-		_, err := os.Stat(keyPath(t, s.blobs, k))
-		if (err == nil) != want {
-			t.Errorf("%s exists=%v, want %v", k, err == nil, want)
+	var kept string
+	s.pool.QueryRow(ctx, "SELECT file_key FROM images WHERE id = $1", v.ID).Scan(&kept)
+	plant := func(key string) {
+		f, err := s.scratch.createTemp("plant-*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString("x")
+		f.Close()
+		if err := s.blobs.place(ctx, f.Name(), key, "image/png", ""); err != nil {
+			t.Fatal(err)
 		}
 	}
+	orphan := newKey()
+	plant(orphan)
+	plant(orphan + ".thumb_100.0a1b2c3d.png")
+	// Orphans written before the cutoff go; the kept image's original is as old, and stays: age
+	// alone removes nothing.
+	n, err := s.blobs.sweepOrphans(ctx, time.Now().Add(time.Minute), s.store.fileKeysExist)
+	if err != nil || n != 2 {
+		t.Fatalf("sweep removed %d, %v; want 2", n, err)
+	}
+	young := newKey()
+	plant(young)
+	// Written after the cutoff: perhaps an upload whose row is about to commit.
+	if n, err := s.blobs.sweepOrphans(ctx, time.Now().Add(-time.Minute), s.store.fileKeysExist); err != nil || n != 0 {
+		t.Fatalf("sweep of young files removed %d, %v", n, err)
+	}
+	if got, want := s.storedKeys(), []string{kept, young}; !slices.Equal(got, sorted(want)) {
+		t.Errorf("stored after the sweeps: %v, want %v", got, sorted(want))
+	}
+	// The app's own sweep (orphanGrace) leaves everything here alone: all of it is young.
+	s.sweepOrphans(ctx)
+	if got := s.storedKeys(); len(got) != 2 {
+		t.Errorf("the app's sweep removed young files: %v", got)
+	}
+}
+
+// sorted returns a sorted copy of keys.
+func sorted(keys []string) []string {
+	out := slices.Clone(keys)
+	slices.Sort(out)
+	return out
 }
 
 // TestConcurrentUploads: uploads from many clients at once all land, each with its own file.
-func TestConcurrentUploads(t *testing.T) {
-	dir := t.TempDir()
-	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir})
+func TestConcurrentUploads(t *testing.T) { forEachBackend(t, testConcurrentUploads) }
+
+func testConcurrentUploads(t *testing.T, env map[string]string) {
+	s := newTestServer(t, env)
 	_, auth := s.signupAndLogin()
 	var wg sync.WaitGroup
 	var ok atomic.Int32
@@ -567,8 +611,8 @@ func TestConcurrentUploads(t *testing.T) {
 	if ok.Load() != 16 {
 		t.Fatalf("%d of 16 uploads succeeded", ok.Load())
 	}
-	if n := len(filesUnder(t, filepath.Join(dir, originalDir))); n != 16 {
-		t.Fatalf("%d files, want 16", n)
+	if n := len(s.storedKeys()); n != 16 {
+		t.Fatalf("%d files stored, want 16", n)
 	}
 }
 
@@ -631,7 +675,7 @@ func BenchmarkGetImage(b *testing.B) {
 		b.Fatalf("warm-up: %d", r.status)
 	}
 	rdb := cached.cache.rdb
-	record, _ := json.Marshal(view(imageRecord{ID: v.ID, Name: v.Name, Tags: v.Tags}))
+	record, _ := json.Marshal(cached.imageJSON(imageRecord{ID: v.ID, Name: v.Name, Tags: v.Tags}))
 	rdb.Set(context.Background(), prefix+"bare", record, 0)
 	bareRedis := httptestServer(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		val, err := rdb.Get(r.Context(), prefix+"bare").Bytes()
@@ -649,7 +693,7 @@ func BenchmarkGetImage(b *testing.B) {
 			http.Error(w, err.Error(), 500)
 			return
 		}
-		json.NewEncoder(w).Encode(view(im))
+		json.NewEncoder(w).Encode(uncached.imageJSON(im))
 	}))
 	b.Run("cached", func(b *testing.B) { benchGET(b, cached.srv.URL+path, "Authorization", auth) })
 	b.Run("bare-redis", func(b *testing.B) { benchGET(b, bareRedis) })

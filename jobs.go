@@ -31,7 +31,8 @@ var errJobPanicked = errors.New("job: processing panicked")
 // handleJob makes the variants of image id. It claims the row (so a duplicate or redelivered message
 // does nothing, and a row whose attempts are used up ends failed), produces the variants under
 // JOB_TIMEOUT, records them in one update, and only then tells the queue the outcome. A server error
-// is retried with growing delays up to JOB_MAX_ATTEMPTS attempts; what is wrong with the image
+// is retried with growing delays up to JOB_MAX_ATTEMPTS attempts (a storage outage, however long, is
+// retried without counting an attempt); what is wrong with the image
 // itself, a timeout or a panic fails the image at once, with a reason its owner can read.
 func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duration) {
 	log := a.log.With(slog.Int64("image_id", id))
@@ -109,6 +110,15 @@ func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duratio
 		return a.failJob(bg, log, id, attempt, ie.reason, err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return a.failJob(bg, log, id, attempt, fmt.Sprintf("processing took longer than the limit of %s", a.cfg.JobTimeout), err)
+	case storageUnavailable(err):
+		// The storage is out (a bucket unreachable, a disk full): not the image's fault, nor a try
+		// that should count. The job waits for the storage however long the outage lasts.
+		if rerr := a.store.releaseImage(bg, id, attempt, false, true); rerr != nil {
+			log.Warn("cannot release job", slog.Any("error", rerr))
+		}
+		a.metrics.jobsRetried.Add(1)
+		log.Warn("storage unavailable; the job will be retried", slog.Duration("in", a.cfg.JobRetryDelay), slog.Any("error", err))
+		return jobRetry, a.cfg.JobRetryDelay
 	case errors.Is(err, errJobPanicked), attempt >= a.cfg.JobMaxAttempts:
 		// What went wrong here is the log's; the user reads only that it was not their image.
 		return a.failJob(bg, log, id, attempt, "processing failed because of a server error", err)
@@ -194,10 +204,11 @@ func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRec
 			variants = nil
 		}
 	}()
-	path, err := a.blobs.path(im.FileKey)
+	path, done, err := a.blobs.localCopy(ctx, im.FileKey)
 	if err != nil {
 		return nil, "", err
 	}
+	defer done()
 	need, err := jobMemory(ctx, path, a.cfg.JPEGDCT)
 	if err != nil {
 		return nil, "", err
@@ -214,7 +225,7 @@ func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRec
 	defer release()
 	tctx, cancel := context.WithTimeout(ctx, a.cfg.JobTimeout)
 	defer cancel()
-	outs, via, err = a.process(tctx, a.blobs, path, im.ContentType,
+	outs, via, err = a.process(tctx, a.scratch, path, im.ContentType,
 		processOptions{jpegQuality: a.cfg.JPEGQuality, maxPixels: a.cfg.MaxPixels, dct: a.cfg.JPEGDCT})
 	if err != nil {
 		return nil, via, err
@@ -224,7 +235,7 @@ func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRec
 		v := outs[0]
 		// A fresh key each time: a variant's key names its content (it is its ETag).
 		key := variantKey(im.FileKey, v.name, v.ext)
-		if err := a.blobs.place(v.tmpPath, key); err != nil {
+		if err := a.blobs.place(ctx, v.tmpPath, key, v.file.ContentType, ""); err != nil {
 			return nil, via, err
 		}
 		outs = outs[1:]
@@ -266,7 +277,7 @@ func (a *app) dropUnreferenced(err error, keys []string, referenced func(context
 		return
 	}
 	if notApplied(err) {
-		if rerr := a.blobs.remove(keys...); rerr != nil {
+		if rerr := a.blobs.remove(context.Background(), keys...); rerr != nil {
 			a.log.Warn("cannot remove files nothing refers to", slog.Any("keys", keys), slog.Any("error", rerr))
 		}
 		return
@@ -283,7 +294,7 @@ func (a *app) dropUnreferenced(err error, keys []string, referenced func(context
 				return false
 			}
 			if !used {
-				a.blobs.remove(keys...)
+				a.blobs.remove(ctx, keys...)
 			}
 			return true
 		}
@@ -308,7 +319,7 @@ func (a *app) removeVariants(log *slog.Logger, variants map[string]variantFile) 
 	for _, v := range variants {
 		keys = append(keys, v.Key)
 	}
-	if err := a.blobs.remove(keys...); err != nil {
+	if err := a.blobs.remove(context.Background(), keys...); err != nil {
 		log.Warn("cannot remove variant files", slog.Any("error", err))
 	}
 }

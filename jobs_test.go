@@ -29,12 +29,12 @@ func TestJobPanicFailsImage(t *testing.T) {
 	dir := t.TempDir()
 	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir})
 	var calls atomic.Int64
-	s.process = func(ctx context.Context, blobs *blobStore, path, ct string, opts processOptions) ([]variantImage, string, error) {
+	s.process = func(ctx context.Context, sc *scratch, path, ct string, opts processOptions) ([]variantImage, string, error) {
 		if n := calls.Add(1); n == 1 {
 			var counts []int
 			counts[n]++ // an index out of range: the kind of bug that once took the process down
 		}
-		return makeVariants(ctx, blobs, path, ct, opts)
+		return makeVariants(ctx, sc, path, ct, opts)
 	}
 	startWorker(t, s)
 	_, auth := s.signupAndLogin()
@@ -63,7 +63,7 @@ func TestJobPanicFailsImage(t *testing.T) {
 // with the limit in its reason; it is not retried.
 func TestJobTimeout(t *testing.T) {
 	s := newTestServer(t, map[string]string{"JOB_TIMEOUT": "200ms"})
-	s.process = func(ctx context.Context, blobs *blobStore, path, ct string, opts processOptions) ([]variantImage, string, error) {
+	s.process = func(ctx context.Context, sc *scratch, path, ct string, opts processOptions) ([]variantImage, string, error) {
 		<-ctx.Done() // as a decoder stuck in a hostile file's scans would, checking its context
 		return nil, pathStandard, ctx.Err()
 	}
@@ -85,7 +85,7 @@ func TestServerErrorsRetried(t *testing.T) {
 	queue := testQueue(t)
 	s := newTestServer(t, map[string]string{"BROKER_URL": testBrokerURL, "QUEUE_NAME": queue, "JOB_RETRY_DELAY": "20ms"})
 	var calls atomic.Int64
-	s.process = func(context.Context, *blobStore, string, string, processOptions) ([]variantImage, string, error) {
+	s.process = func(context.Context, *scratch, string, string, processOptions) ([]variantImage, string, error) {
 		calls.Add(1)
 		return nil, pathStandard, errors.New("disk on fire at /srv/secret/path")
 	}
@@ -215,7 +215,7 @@ func TestMemoryBudget(t *testing.T) {
 // its peak stays within the estimate its header gives, and the estimate is not absurdly loose.
 func TestJobMemoryEstimate(t *testing.T) {
 	dir := t.TempDir()
-	blobs, err := newBlobStore(dir, 0, slog.New(slog.DiscardHandler))
+	sc, err := newScratch(dir, 0, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +241,7 @@ func TestJobMemoryEstimate(t *testing.T) {
 			t.Fatal(err)
 		}
 		stop := sampleHeap()
-		outs, _, err := makeVariants(context.Background(), blobs, path, ct, processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: dct})
+		outs, _, err := makeVariants(context.Background(), sc, path, ct, processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: dct})
 		grew := stop()
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -283,14 +283,14 @@ func TestHeartbeatKeepsSlowJob(t *testing.T) {
 	// A database of its own: its sweeper must not take other parallel tests' jobs.
 	s := newTestServer(t, map[string]string{"DATABASE_URL": freshDatabase(t), "JOB_LEASE": "1s", "SWEEP_INTERVAL": "50ms", "WORKER_CONCURRENCY": "2"})
 	var calls atomic.Int64
-	s.process = func(ctx context.Context, blobs *blobStore, path, ct string, opts processOptions) ([]variantImage, string, error) {
+	s.process = func(ctx context.Context, sc *scratch, path, ct string, opts processOptions) ([]variantImage, string, error) {
 		calls.Add(1)
 		select {
 		case <-time.After(3500 * time.Millisecond): // three and a half leases
 		case <-ctx.Done():
 			return nil, pathStandard, ctx.Err()
 		}
-		return makeVariants(ctx, blobs, path, ct, opts)
+		return makeVariants(ctx, sc, path, ct, opts)
 	}
 	startWorker(t, s)
 	_, auth := s.signupAndLogin()
@@ -310,12 +310,12 @@ func TestClaimTakenOver(t *testing.T) {
 	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir, "JOB_LEASE": "1s"})
 	_, auth := s.signupAndLogin()
 	v := s.mustUpload(auth, "contested", "", "a.png", tinyPNG(t, 20, 20))
-	s.process = func(ctx context.Context, blobs *blobStore, path, ct string, opts processOptions) ([]variantImage, string, error) {
+	s.process = func(ctx context.Context, sc *scratch, path, ct string, opts processOptions) ([]variantImage, string, error) {
 		// Meanwhile another worker claims it: the attempt it counts is not ours.
 		if _, err := s.pool.Exec(context.Background(), "UPDATE images SET attempts = attempts + 1, lease_until = now() + interval '1 hour' WHERE id = $1", v.ID); err != nil {
 			return nil, "", err
 		}
-		outs, via, err := makeVariants(ctx, blobs, path, ct, opts)
+		outs, via, err := makeVariants(ctx, sc, path, ct, opts)
 		if err != nil {
 			return nil, via, err
 		}

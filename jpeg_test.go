@@ -260,8 +260,8 @@ func TestDCTPathTurnsPhotos(t *testing.T) {
 	turned := append(prefix[:len(prefix)-4], src[2:]...)
 	path := filepath.Join(t.TempDir(), "turned.jpg")
 	os.WriteFile(path, turned, 0o600)
-	blobs, _ := newBlobStore(t.TempDir(), time.Hour, slog.New(slog.NewJSONHandler(io.Discard, nil)))
-	out, via, err := makeVariants(context.Background(), blobs, path, "image/jpeg", processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: true})
+	sc, _ := newScratch(t.TempDir(), time.Hour, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	out, via, err := makeVariants(context.Background(), sc, path, "image/jpeg", processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: true})
 	if err != nil || via != pathDCT {
 		t.Fatalf("via %s: %v", via, err)
 	}

@@ -301,7 +301,7 @@ func TestMetricsAddr(t *testing.T) {
 
 // TestBadKeysRefused: a storage key that is not one the store makes never becomes a path.
 func TestBadKeysRefused(t *testing.T) {
-	b := &blobStore{root: t.TempDir()}
+	b := &fsBlobs{root: t.TempDir()}
 	for _, k := range []string{"../etc/passwd", "o/../../etc/passwd", "/etc/passwd", "o/ab/..", "x/ab/cd", "o/AB/cd", "o/ab/c d", "o\\ab", ""} {
 		if p, err := b.path(k); err == nil {
 			t.Errorf("%q became %s", k, p)

@@ -7,6 +7,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -15,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime"
@@ -219,6 +221,7 @@ func (a *app) routeTable() []route {
 		route{"PUT", "/api/v1/images/{id}", a.updateImage, true},
 		route{"DELETE", "/api/v1/images/{id}", a.deleteImage, true},
 		route{"GET", "/api/v1/images/{id}/file", a.downloadImage, true},
+		route{"GET", "/api/v1/images/{id}/file/signed", a.downloadSigned, false},
 	)
 }
 
@@ -241,7 +244,9 @@ type app struct {
 	log     *slog.Logger
 	pool    *pgxpool.Pool
 	store   *store
-	blobs   *blobStore
+	blobs   blobStore
+	scratch *scratch // UPLOAD_DIR/tmp: local temp files, whichever store keeps the images
+	signer  *urlSigner
 	cache   *cache // nil: no cache
 	queue   jobQueue
 	metrics *metrics
@@ -254,7 +259,7 @@ type app struct {
 	uploads                              *uploadSlots
 	// process makes an image's variants: makeVariants, replaced only by tests that need a job to
 	// misbehave (a panic) in a way no image can make it any more.
-	process func(ctx context.Context, blobs *blobStore, path, contentType string, opts processOptions) ([]variantImage, string, error)
+	process func(ctx context.Context, sc *scratch, path, contentType string, opts processOptions) ([]variantImage, string, error)
 	// closing ends the app's own goroutines (dropUnreferenced); settling counts them.
 	closing  chan struct{}
 	settling sync.WaitGroup
@@ -276,7 +281,11 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 		return nil, err
 	}
 	// Temp files younger than the longest request may be another replica's upload in flight.
-	blobs, err := newBlobStore(cfg.UploadDir, max(cfg.RequestTimeout, time.Hour), log)
+	sc, err := newScratch(cfg.UploadDir, max(cfg.RequestTimeout, time.Hour), log)
+	if err != nil {
+		return nil, err
+	}
+	blobs, err := newBlobStore(ctx, cfg, sc, log)
 	if err != nil {
 		return nil, err
 	}
@@ -307,6 +316,8 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 		pool:    pool,
 		store:   st,
 		blobs:   blobs,
+		scratch: sc,
+		signer:  newURLSigner(key, cfg.SignedURLTTL),
 		cache:   c,
 		queue:   q,
 		metrics: m,
@@ -351,7 +362,7 @@ func (a *app) background(ctx context.Context) {
 
 // sweepOrphans removes orphaned files once.
 func (a *app) sweepOrphans(ctx context.Context) {
-	n, err := a.blobs.sweepOrphans(ctx, a.store.fileKeysExist)
+	n, err := a.blobs.sweepOrphans(ctx, time.Now().Add(-orphanGrace), a.store.fileKeysExist)
 	if err != nil && ctx.Err() == nil {
 		a.log.Warn("orphan sweep failed", slog.Any("error", err))
 	}
@@ -362,42 +373,46 @@ func (a *app) sweepOrphans(ctx context.Context) {
 
 // config is the service's whole configuration, read once by loadConfig.
 type config struct {
-	Mode            string
-	DatabaseURL     string
-	BrokerURL       string
-	RedisURL        string
-	RedisPrefix     string // prefix of every Redis key, so several deployments can share one Redis
-	QueueName       string // the RabbitMQ work queue; QueueName.retry and QueueName.dead beside it
-	JobLease        time.Duration
-	JobRetryDelay   time.Duration
-	JobMaxAttempts  int
-	JobTimeout      time.Duration // deadline of one job
-	WorkerMemory    int64         // bytes the jobs running at once may need together (their estimates)
-	SignupOpen      bool          // SIGNUP=open; closed: only existing accounts sign in
-	UserQuota       int64         // USER_QUOTA_BYTES: original bytes one user may keep; 0: unlimited
-	UploadsPerUser  int           // uploads one user may have in flight
-	UploadsTotal    int           // uploads the process takes in flight
-	MinUploadRate   int64         // bytes per second an upload must keep up, over 10 s windows; 0: off
-	AuthAddrRate    int           // sign-in attempts per minute per client address
-	AuthUserRate    int           // sign-in attempts per minute per username
-	SignupAddrRate  int           // sign-ups per hour per client address
-	MetricsAddr     string        // a listener of its own for /metrics; empty: the main one
-	MemoryLimit     int64         // the Go runtime's soft memory limit; 0: GOMEMLIMIT decides
-	SweepInterval   time.Duration
-	SecretKey       []byte // empty: generated once and kept in the database
-	Addr            string
-	UploadDir       string
-	MaxUploadBytes  int64
-	MaxPixels       int64
-	TokenTTL        time.Duration
-	Concurrency     int // WORKER_CONCURRENCY
-	JPEGQuality     int
-	JPEGDCT         bool
-	ScryptN         int // scrypt cost for new password hashes (power of two)
-	HashConcurrency int // password hashes computed at once
-	RequestTimeout  time.Duration
-	ShutdownTimeout time.Duration
-	LogLevel        slog.Level
+	Mode           string
+	DatabaseURL    string
+	BrokerURL      string
+	RedisURL       string
+	RedisPrefix    string // prefix of every Redis key, so several deployments can share one Redis
+	QueueName      string // the RabbitMQ work queue; QueueName.retry and QueueName.dead beside it
+	JobLease       time.Duration
+	JobRetryDelay  time.Duration
+	JobMaxAttempts int
+	JobTimeout     time.Duration // deadline of one job
+	WorkerMemory   int64         // bytes the jobs running at once may need together (their estimates)
+	SignupOpen     bool          // SIGNUP=open; closed: only existing accounts sign in
+	UserQuota      int64         // USER_QUOTA_BYTES: original bytes one user may keep; 0: unlimited
+	UploadsPerUser int           // uploads one user may have in flight
+	UploadsTotal   int           // uploads the process takes in flight
+	MinUploadRate  int64         // bytes per second an upload must keep up, over 10 s windows; 0: off
+	AuthAddrRate   int           // sign-in attempts per minute per client address
+	AuthUserRate   int           // sign-in attempts per minute per username
+	SignupAddrRate int           // sign-ups per hour per client address
+	MetricsAddr    string        // a listener of its own for /metrics; empty: the main one
+	S3             s3Config      // S3_BUCKET set: images live in that bucket, not under UPLOAD_DIR
+	SignedURLTTL   time.Duration // lifetime of a signed_url
+	// DownloadRedirect (S3 only): downloads answer 307 to a presigned S3 GET instead of the bytes.
+	DownloadRedirect bool
+	MemoryLimit      int64 // the Go runtime's soft memory limit; 0: GOMEMLIMIT decides
+	SweepInterval    time.Duration
+	SecretKey        []byte // empty: generated once and kept in the database
+	Addr             string
+	UploadDir        string
+	MaxUploadBytes   int64
+	MaxPixels        int64
+	TokenTTL         time.Duration
+	Concurrency      int // WORKER_CONCURRENCY
+	JPEGQuality      int
+	JPEGDCT          bool
+	ScryptN          int // scrypt cost for new password hashes (power of two)
+	HashConcurrency  int // password hashes computed at once
+	RequestTimeout   time.Duration
+	ShutdownTimeout  time.Duration
+	LogLevel         slog.Level
 }
 
 // loadConfig reads the configuration from getenv, applies defaults and validates it. It is the only
@@ -513,12 +528,32 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if c.ScryptN&(c.ScryptN-1) != 0 {
 		errs = append(errs, fmt.Errorf("SCRYPT_N=%d: want a power of two", c.ScryptN))
 	}
-	switch strings.ToLower(strings.TrimSpace(getenv("JPEG_DCT"))) {
-	case "", "on", "true", "1", "yes":
-		c.JPEGDCT = true
-	case "off", "false", "0", "no":
-	default:
-		errs = append(errs, fmt.Errorf("JPEG_DCT=%q: want on or off", getenv("JPEG_DCT")))
+	onOff := func(name string, def bool) bool {
+		switch s := strings.ToLower(strings.TrimSpace(getenv(name))); s {
+		case "":
+			return def
+		case "on", "true", "1", "yes":
+			return true
+		case "off", "false", "0", "no":
+			return false
+		}
+		errs = append(errs, fmt.Errorf("%s=%q: want on or off", name, getenv(name)))
+		return def
+	}
+	c.JPEGDCT = onOff("JPEG_DCT", true)
+	c.SignedURLTTL = durVar("SIGNED_URL_TTL", time.Hour, time.Minute, 7*24*time.Hour)
+	c.DownloadRedirect = onOff("DOWNLOAD_REDIRECT", false)
+	c.S3 = loadS3Config(getenv)
+	if c.DownloadRedirect && c.S3.Bucket == "" {
+		errs = append(errs, errors.New("DOWNLOAD_REDIRECT=on needs S3_BUCKET: only a bucket can serve a presigned download"))
+	}
+	if c.S3.Bucket != "" && (c.S3.AccessKey == "" || c.S3.SecretKey == "") {
+		errs = append(errs, errors.New("S3_BUCKET is set but no credentials are: set S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"))
+	}
+	if c.S3.Endpoint != "" {
+		if u, err := url.Parse(c.S3.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("S3_ENDPOINT=%q: want an http:// or https:// URL", c.S3.Endpoint))
+		}
 	}
 	if s := getenv("LOG_LEVEL"); s != "" {
 		if err := c.LogLevel.UnmarshalText([]byte(s)); err != nil {
@@ -538,6 +573,26 @@ func loadConfig(getenv func(string) string) (config, error) {
 		}
 	}
 	return c, errors.Join(errs...)
+}
+
+// loadS3Config reads the S3_* variables; the credentials fall back to AWS's own variable names.
+func loadS3Config(getenv func(string) string) s3Config {
+	first := func(names ...string) string {
+		for _, n := range names {
+			if v := strings.TrimSpace(getenv(n)); v != "" {
+				return v
+			}
+		}
+		return ""
+	}
+	return s3Config{
+		Bucket:    first("S3_BUCKET"),
+		Endpoint:  first("S3_ENDPOINT"),
+		Region:    cmp.Or(first("S3_REGION"), "us-east-1"),
+		Prefix:    first("S3_PREFIX"),
+		AccessKey: first("S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"),
+		SecretKey: first("S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"),
+	}
 }
 
 // normalizeDatabaseURL accepts the seed's SQLAlchemy-style URLs (postgresql+asyncpg://…) by dropping

@@ -2,13 +2,16 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -16,6 +19,7 @@ import (
 	"path/filepath"
 	"runtime"
 	rtmetrics "runtime/metrics"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,11 +77,153 @@ func TestMain(m *testing.M) {
 		dropTestDatabase(admin, name)
 		os.Exit(1)
 	}
+	if err := createTestBucket(); err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: an S3 endpoint is required for these tests (bash .ci/seaweedfs starts SeaweedFS) and cannot make a bucket at TEST_S3_ENDPOINT=%s: %v\n", testS3.Endpoint, err)
+		dropTestDatabase(admin, name)
+		os.Exit(1)
+	}
 	code := m.Run()
+	if err := dropTestBucket(); err != nil {
+		fmt.Fprintf(os.Stderr, "dropping test bucket %s: %v\n", testS3.Bucket, err)
+	}
 	if err := dropTestDatabase(admin, name); err != nil {
 		fmt.Fprintf(os.Stderr, "dropping test database %s: %v\n", name, err)
 	}
 	os.Exit(code)
+}
+
+// testS3 is the bucket this test run owns on the S3 endpoint (TEST_S3_ENDPOINT, default the local
+// SeaweedFS that .ci/seaweedfs starts; TEST_S3_ACCESS_KEY_ID and TEST_S3_SECRET_ACCESS_KEY): made in
+// TestMain, emptied and removed after. Each test keeps its objects under a prefix of its own.
+var testS3 s3Config
+
+// createTestBucket makes this run's bucket.
+func createTestBucket() error {
+	testS3 = s3Config{
+		Endpoint:  cmp.Or(os.Getenv("TEST_S3_ENDPOINT"), "http://127.0.0.1:8333"),
+		Region:    "us-east-1",
+		Bucket:    "imageapi-test-" + randomHex(6),
+		AccessKey: cmp.Or(os.Getenv("TEST_S3_ACCESS_KEY_ID"), "imageapi"),
+		SecretKey: cmp.Or(os.Getenv("TEST_S3_SECRET_ACCESS_KEY"), "imageapi-secret"),
+	}
+	c, err := newS3Client(testS3)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return c.ensureBucket(ctx)
+}
+
+// dropTestBucket empties this run's bucket and removes it.
+func dropTestBucket() error {
+	c, err := newS3Client(testS3)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := emptyPrefix(ctx, c, ""); err != nil {
+		return err
+	}
+	resp, err := c.do(ctx, s3Request{method: http.MethodDelete})
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}
+
+// emptyPrefix deletes every object under prefix.
+func emptyPrefix(ctx context.Context, c *s3Client, prefix string) error {
+	return c.list(ctx, prefix, func(objs []s3Object) error {
+		for _, o := range objs {
+			if err := c.delete(ctx, o.Key); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// backend is a blob store the image tests run against; forEachBackend runs a test once per entry.
+type backend struct {
+	name string
+	env  func(t testing.TB) map[string]string // the configuration that selects it
+}
+
+var backends = []backend{
+	{"fs", func(t testing.TB) map[string]string { return map[string]string{"UPLOAD_DIR": t.TempDir()} }},
+	{"s3", s3TestEnv},
+}
+
+// forEachBackend runs test once per blob store, as subtests named for them. env selects the store
+// (and a fresh UPLOAD_DIR); the test adds its own settings to it.
+func forEachBackend(t *testing.T, test func(t *testing.T, env map[string]string)) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) { test(t, b.env(t)) })
+	}
+}
+
+// s3TestEnv selects this run's bucket, under a key prefix of the test's own that is emptied when the
+// test ends.
+func s3TestEnv(t testing.TB) map[string]string {
+	prefix := "t" + randomHex(6) + "/"
+	t.Cleanup(func() {
+		c, err := newS3Client(s3Config{Endpoint: testS3.Endpoint, Bucket: testS3.Bucket, AccessKey: testS3.AccessKey, SecretKey: testS3.SecretKey, Prefix: prefix})
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			err = emptyPrefix(ctx, c, "")
+			cancel()
+		}
+		if err != nil {
+			t.Errorf("emptying S3 prefix %s: %v", prefix, err)
+		}
+	})
+	return map[string]string{
+		"UPLOAD_DIR":           t.TempDir(),
+		"S3_BUCKET":            testS3.Bucket,
+		"S3_ENDPOINT":          testS3.Endpoint,
+		"S3_ACCESS_KEY_ID":     testS3.AccessKey,
+		"S3_SECRET_ACCESS_KEY": testS3.SecretKey,
+		"S3_PREFIX":            prefix,
+	}
+}
+
+// with returns env with more settings added (a new map).
+func with(env map[string]string, kv ...string) map[string]string {
+	out := maps.Clone(env)
+	for i := 0; i+1 < len(kv); i += 2 {
+		out[kv[i]] = kv[i+1]
+	}
+	return out
+}
+
+// storedKeys lists the keys s's blob store holds (originals and variants).
+func (s *testServer) storedKeys() []string {
+	s.t.Helper()
+	var keys []string
+	switch b := s.blobs.(type) {
+	case *fsBlobs:
+		filepath.WalkDir(filepath.Join(b.root, originalDir), func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				rel, _ := filepath.Rel(b.root, p)
+				keys = append(keys, filepath.ToSlash(rel))
+			}
+			return nil
+		})
+	case *s3Blobs:
+		err := b.c.list(context.Background(), originalDir+"/", func(objs []s3Object) error {
+			for _, o := range objs {
+				keys = append(keys, o.Key)
+			}
+			return nil
+		})
+		if err != nil {
+			s.t.Fatalf("listing the bucket: %v", err)
+		}
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 // createTestDatabase creates database name on the server adminURL points at and returns its URL.
@@ -254,6 +400,10 @@ func (s *testServer) do(method, path string, body any, header ...string) respons
 	return doRequest(s.t, s.srv.URL, method, path, body, header...)
 }
 
+// testClient is the tests' HTTP client: it answers a redirect instead of following it, so a test
+// sees what the server said.
+var testClient = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
 func doRequest(t testing.TB, base, method, path string, body any, header ...string) response {
 	t.Helper()
 	var rd io.Reader
@@ -283,7 +433,7 @@ func doRequest(t testing.TB, base, method, path string, body any, header ...stri
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}

@@ -194,18 +194,18 @@ const (
 )
 
 // makeVariants decodes the original at path (of contentType) and writes every variant in
-// variantSpecs to a temp file of blobs, returning them and the path that made them. A JPEG goes the
+// variantSpecs to a temp file in sc, returning them and the path that made them. A JPEG goes the
 // DCT way when opts.dct is set and that path can take it; anything else, and anything the DCT path
 // refuses, goes the standard way. On error no temp file is left.
-func makeVariants(ctx context.Context, blobs *blobStore, path, contentType string, opts processOptions) ([]variantImage, string, error) {
+func makeVariants(ctx context.Context, sc *scratch, path, contentType string, opts processOptions) ([]variantImage, string, error) {
 	if contentType == "image/jpeg" && opts.dct {
-		out, err := makeVariantsDCT(ctx, blobs, path, opts)
+		out, err := makeVariantsDCT(ctx, sc, path, opts)
 		if err == nil || ctx.Err() != nil {
 			return out, pathDCT, err
 		}
 		// Unsupported, or broken as the DCT decoder reads it: the standard decoder decides.
 	}
-	out, err := makeVariantsStandard(ctx, blobs, path, contentType, opts)
+	out, err := makeVariantsStandard(ctx, sc, path, contentType, opts)
 	return out, pathStandard, err
 }
 
@@ -215,7 +215,7 @@ func makeVariants(ctx context.Context, blobs *blobStore, path, contentType strin
 // coefficients a block); both are turned upright for the EXIF orientation. It returns
 // errDCTUnsupported for what it does not do (yet): images whose 1/4 scale is smaller than the largest
 // thumbnail, and orientations that would flip a side that is not a whole number of 8-pixel blocks.
-func makeVariantsDCT(ctx context.Context, blobs *blobStore, path string, opts processOptions) (out []variantImage, err error) {
+func makeVariantsDCT(ctx context.Context, sc *scratch, path string, opts processOptions) (out []variantImage, err error) {
 	finished := false // not err: a panic leaves err nil, and the files must go then too
 	defer func() {
 		if !finished || err != nil {
@@ -270,14 +270,14 @@ func makeVariantsDCT(ctx context.Context, blobs *blobStore, path string, opts pr
 		}
 		var v variantImage
 		if spec.grayscale {
-			v, err = writeTemp(blobs, spec.name, gw, gh, "image/jpeg", func(w io.Writer) error {
+			v, err = writeTemp(sc, spec.name, gw, gh, "image/jpeg", func(w io.Writer) error {
 				return encodeGray(w, gray, gw, gh, gq)
 			})
 		} else {
 			th := fit(thumbSrc, spec.box, thumbSrc == reduced)
 			thumbSrc = th
 			// Thumbnails are small: they are turned as pixels.
-			v, err = writeVariant(blobs, spec.name, orientImage(th, orient), "image/jpeg", opts.jpegQuality)
+			v, err = writeVariant(sc, spec.name, orientImage(th, orient), "image/jpeg", opts.jpegQuality)
 		}
 		if err != nil {
 			return out, err
@@ -306,7 +306,7 @@ func dctScale(w, h int) int {
 }
 
 // makeVariantsStandard makes the variants with the standard decoders.
-func makeVariantsStandard(ctx context.Context, blobs *blobStore, path, contentType string, opts processOptions) (out []variantImage, err error) {
+func makeVariantsStandard(ctx context.Context, sc *scratch, path, contentType string, opts processOptions) (out []variantImage, err error) {
 	finished := false // not err: a panic leaves err nil, and the files must go then too
 	defer func() {
 		if !finished || err != nil {
@@ -342,7 +342,7 @@ func makeVariantsStandard(ctx context.Context, blobs *blobStore, path, contentTy
 			// A GIF's thumbnails keep its palette, and its transparency with it.
 			img = paletted(img, p.Palette)
 		}
-		v, err := writeVariant(blobs, spec.name, orientImage(img, orient), outType, opts.jpegQuality)
+		v, err := writeVariant(sc, spec.name, orientImage(img, orient), outType, opts.jpegQuality)
 		if err != nil {
 			return out, err
 		}
@@ -422,16 +422,16 @@ func outputType(inputType string) string {
 }
 
 // writeVariant encodes img as contentType into a temp file. Encoders write no metadata.
-func writeVariant(blobs *blobStore, name string, img image.Image, contentType string, quality int) (variantImage, error) {
+func writeVariant(sc *scratch, name string, img image.Image, contentType string, quality int) (variantImage, error) {
 	b := img.Bounds()
-	return writeTemp(blobs, name, b.Dx(), b.Dy(), contentType, func(w io.Writer) error {
+	return writeTemp(sc, name, b.Dx(), b.Dy(), contentType, func(w io.Writer) error {
 		return encodeImage(w, img, contentType, quality)
 	})
 }
 
 // writeTemp writes a width×height variant of contentType into a temp file with write.
-func writeTemp(blobs *blobStore, name string, width, height int, contentType string, write func(io.Writer) error) (variantImage, error) {
-	f, err := blobs.createTemp("variant-*")
+func writeTemp(sc *scratch, name string, width, height int, contentType string, write func(io.Writer) error) (variantImage, error) {
+	f, err := sc.createTemp("variant-*")
 	if err != nil {
 		return variantImage{}, err
 	}

@@ -145,7 +145,7 @@ func naiveJob(path, contentType string, quality int) error {
 // encode — with our pipeline and with the naive baseline, on real photos. Run it with -cpu 1,2; for
 // process-peak-RSS-MiB to speak for one case, select just that case (-bench 'Process/large.jpg/pipeline').
 func BenchmarkProcess(b *testing.B) {
-	blobs, err := newBlobStore(b.TempDir(), time.Hour, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	sc, err := newScratch(b.TempDir(), time.Hour, slog.New(slog.NewJSONHandler(io.Discard, nil)))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -167,7 +167,7 @@ func BenchmarkProcess(b *testing.B) {
 				b.ReportAllocs()
 				stop := sampleHeap()
 				for b.Loop() {
-					out, via, err := makeVariants(context.Background(), blobs, path, tc.contentType, processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: p.dct})
+					out, via, err := makeVariants(context.Background(), sc, path, tc.contentType, processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: p.dct})
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -294,9 +294,9 @@ func TestVariantsLookRight(t *testing.T) {
 }
 
 func testVariantsLookRight(t *testing.T, dct bool) {
-	blobs, _ := newBlobStore(t.TempDir(), time.Hour, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	sc, _ := newScratch(t.TempDir(), time.Hour, slog.New(slog.NewJSONHandler(io.Discard, nil)))
 	variants := func(file, ct string) map[string]stdimage.Image {
-		out, via, err := makeVariants(context.Background(), blobs, filepath.Join("testdata", file), ct, processOptions{jpegQuality: 95, maxPixels: 50_000_000, dct: dct})
+		out, via, err := makeVariants(context.Background(), sc, filepath.Join("testdata", file), ct, processOptions{jpegQuality: 95, maxPixels: 50_000_000, dct: dct})
 		if err != nil {
 			t.Fatal(err)
 		}

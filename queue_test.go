@@ -94,8 +94,10 @@ func decodeBody(t testing.TB, b []byte) (stdimage.Image, string) {
 
 // TestProcessEndToEnd: every supported format goes upload → ready through RabbitMQ, and each variant
 // downloads, decodes, has the right type and size, is upright, and the grayscale is truly gray.
-func TestProcessEndToEnd(t *testing.T) {
-	s := newTestServer(t, map[string]string{"BROKER_URL": testBrokerURL, "QUEUE_NAME": testQueue(t)})
+func TestProcessEndToEnd(t *testing.T) { forEachBackend(t, testProcessEndToEnd) }
+
+func testProcessEndToEnd(t *testing.T, env map[string]string) {
+	s := newTestServer(t, with(env, "BROKER_URL", testBrokerURL, "QUEUE_NAME", testQueue(t)))
 	startWorker(t, s)
 	_, auth := s.signupAndLogin()
 	pal := stdimage.NewPaletted(stdimage.Rect(0, 0, 60, 40), color.Palette{color.NRGBA{200, 30, 30, 255}, color.NRGBA{20, 200, 60, 255}, color.NRGBA{0, 0, 0, 0}})
@@ -149,6 +151,9 @@ func TestProcessEndToEnd(t *testing.T) {
 				r := s.do("GET", meta.URL, nil, "Authorization", auth)
 				if r.status != 200 || r.header.Get("Content-Type") != tc.outType || meta.ContentType != tc.outType || int64(len(r.body)) != meta.Size {
 					t.Fatalf("%s: %d %s (%d bytes), meta %+v", spec.name, r.status, r.header.Get("Content-Type"), len(r.body), meta)
+				}
+				if sr := s.do("GET", meta.SignedURL, nil); sr.status != 200 || !bytes.Equal(sr.body, r.body) {
+					t.Fatalf("%s: signed_url answers %d, %d bytes", spec.name, sr.status, len(sr.body))
 				}
 				img, _ := decodeBody(t, r.body)
 				b := img.Bounds()

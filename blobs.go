@@ -1,0 +1,345 @@
+// Blob stores: the interface the handlers and the worker keep originals and variants behind, its
+// bucket implementation (the filesystem one is in files.go), and the orphan sweep both share.
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// blobStore keeps originals and variants by key (files.go says how keys are made). Implementations:
+// fsBlobs (files under UPLOAD_DIR, one host) and s3Blobs (a bucket, any number of hosts). Every
+// method refuses a key checkKey refuses; an outage of the storage is an error storageUnavailable
+// recognises.
+type blobStore interface {
+	// place stores the local temp file at tmp under key and removes tmp: once it returns nil the
+	// bytes are durable, so a row may point at key. sha256Hex is the file's SHA-256 when known
+	// (empty: computed); contentType is kept with an object where the store keeps one.
+	place(ctx context.Context, tmp, key, contentType, sha256Hex string) error
+	// open opens key's bytes for serving; errNotFound when missing. rangeHint is the request's
+	// Range header: a store that reads over the network starts there.
+	open(ctx context.Context, key, rangeHint string) (blob, error)
+	// localCopy returns a local file with key's bytes (a job's input) and a func that releases it.
+	localCopy(ctx context.Context, key string) (path string, release func(), err error)
+	// remove deletes keys; a missing one is not an error.
+	remove(ctx context.Context, keys ...string) error
+	// sweepOrphans removes what a crash left behind: originals (and their variants) that no row
+	// refers to, written before before (the app passes orphanGrace ago). exists reports which
+	// original keys have rows. It returns how many files it removed.
+	sweepOrphans(ctx context.Context, before time.Time, exists func(context.Context, []string) (map[string]bool, error)) (int, error)
+	// ping checks that the storage answers (/readyz).
+	ping(ctx context.Context) error
+}
+
+// blob is stored bytes opened for serving with http.ServeContent.
+type blob struct {
+	io.ReadSeekCloser
+	modTime time.Time
+}
+
+// orphanSweep collects stored keys by their original and removes the files of originals that no row
+// refers to, a batch of originals at a time.
+type orphanSweep struct {
+	exists  func(context.Context, []string) (map[string]bool, error)
+	remove  func(context.Context, ...string) error
+	batch   []string            // original keys, in the order first seen
+	keys    map[string][]string // original key → its stored keys (original and variants)
+	removed int
+	before  time.Time // only what was written before it is considered
+}
+
+// orphanBatch is how many originals one exists query asks about.
+const orphanBatch = 500
+
+func newOrphanSweep(before time.Time, exists func(context.Context, []string) (map[string]bool, error), remove func(context.Context, ...string) error) *orphanSweep {
+	return &orphanSweep{exists: exists, remove: remove, keys: map[string][]string{}, before: before}
+}
+
+// add considers one stored key written at modTime: one written since o.before may belong to an
+// upload whose row is about to commit, and is left alone.
+func (o *orphanSweep) add(ctx context.Context, key string, modTime time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if !modTime.Before(o.before) || checkKey(key) != nil {
+		return nil
+	}
+	original := originalOf(key)
+	if _, seen := o.keys[original]; !seen {
+		o.batch = append(o.batch, original)
+	}
+	o.keys[original] = append(o.keys[original], key)
+	if len(o.batch) >= orphanBatch {
+		return o.flush(ctx)
+	}
+	return nil
+}
+
+// flush asks which originals of the batch have rows and removes the files of those that do not.
+func (o *orphanSweep) flush(ctx context.Context) error {
+	if len(o.batch) == 0 {
+		return nil
+	}
+	found, err := o.exists(ctx, o.batch)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, k := range o.batch {
+		if !found[k] {
+			if err := o.remove(ctx, o.keys[k]...); err != nil {
+				errs = append(errs, err)
+			} else {
+				o.removed += len(o.keys[k])
+			}
+		}
+	}
+	o.batch, o.keys = o.batch[:0], map[string][]string{}
+	return errors.Join(errs...)
+}
+
+// s3Blobs keeps originals and variants as objects in a bucket; temp files stay local (scratch).
+type s3Blobs struct {
+	c       *s3Client
+	scratch *scratch
+}
+
+// place uploads tmp as key (S3 checks the bytes against sha256Hex) and removes tmp.
+func (s *s3Blobs) place(ctx context.Context, tmp, key, contentType, sha256Hex string) error {
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	f, err := os.Open(tmp)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if sha256Hex == "" {
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return err
+		}
+		sha256Hex = hex.EncodeToString(h.Sum(nil))
+	}
+	if err := s.c.put(ctx, key, f, st.Size(), sha256Hex, contentType); err != nil {
+		return err
+	}
+	f.Close()
+	return os.Remove(tmp)
+}
+
+// open starts reading key at the request's range (a single range is passed on to S3; anything
+// else reads from the start), so that an unreachable bucket is an error before any byte is answered.
+func (s *s3Blobs) open(ctx context.Context, key, rangeHint string) (blob, error) {
+	if err := checkKey(key); err != nil {
+		return blob{}, err
+	}
+	h := http.Header{}
+	if strings.HasPrefix(rangeHint, "bytes=") && !strings.Contains(rangeHint, ",") {
+		h.Set("Range", rangeHint)
+	}
+	resp, err := s.c.get(ctx, key, h)
+	var se *s3Error
+	if errors.As(err, &se) && se.Status == http.StatusRequestedRangeNotSatisfiable {
+		// No byte in range: ServeContent answers the 416 from the size alone.
+		size, err := s.c.head(ctx, key)
+		if err != nil {
+			return blob{}, err
+		}
+		return blob{ReadSeekCloser: &s3Reader{ctx: ctx, c: s.c, key: key, size: size}}, nil
+	}
+	if err != nil {
+		return blob{}, err
+	}
+	r := &s3Reader{ctx: ctx, c: s.c, key: key, size: resp.ContentLength, body: resp.Body}
+	if resp.StatusCode == http.StatusPartialContent {
+		// Content-Range: bytes first-last/size
+		var first, last int64
+		if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-%d/%d", &first, &last, &r.size); err != nil {
+			resp.Body.Close()
+			return blob{}, fmt.Errorf("s3: get %s: Content-Range %q: %w", key, resp.Header.Get("Content-Range"), err)
+		}
+		r.bodyPos = first
+	}
+	mod, _ := http.ParseTime(resp.Header.Get("Last-Modified"))
+	return blob{ReadSeekCloser: r, modTime: mod}, nil
+}
+
+// s3Reader reads an object as an io.ReadSeeker: it reads on from the open response while the reads
+// follow each other, and asks again from the new offset after a seek elsewhere.
+type s3Reader struct {
+	ctx     context.Context
+	c       *s3Client
+	key     string
+	size    int64
+	pos     int64         // where the next Read reads
+	body    io.ReadCloser // nil: none open
+	bodyPos int64         // the offset of body's next byte
+}
+
+func (r *s3Reader) Read(p []byte) (int, error) {
+	if r.pos >= r.size {
+		return 0, io.EOF
+	}
+	if r.body != nil && r.bodyPos != r.pos {
+		r.body.Close()
+		r.body = nil
+	}
+	if r.body == nil {
+		resp, err := r.c.get(r.ctx, r.key, http.Header{"Range": {"bytes=" + strconv.FormatInt(r.pos, 10) + "-"}})
+		if err != nil {
+			return 0, err
+		}
+		r.body, r.bodyPos = resp.Body, r.pos
+	}
+	n, err := r.body.Read(p)
+	r.pos += int64(n)
+	r.bodyPos += int64(n)
+	if err == io.EOF && r.pos < r.size {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+func (r *s3Reader) Seek(off int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekCurrent:
+		off += r.pos
+	case io.SeekEnd:
+		off += r.size
+	}
+	if off < 0 {
+		return 0, errors.New("s3: seek before the start")
+	}
+	r.pos = off
+	return off, nil
+}
+
+func (r *s3Reader) Close() error {
+	if r.body == nil {
+		return nil
+	}
+	err := r.body.Close()
+	r.body = nil
+	return err
+}
+
+// localCopy downloads key into a scratch file, checking that every byte arrived.
+func (s *s3Blobs) localCopy(ctx context.Context, key string) (string, func(), error) {
+	if err := checkKey(key); err != nil {
+		return "", nil, err
+	}
+	resp, err := s.c.get(ctx, key, nil)
+	if err != nil {
+		return "", nil, err
+	}
+	defer resp.Body.Close()
+	f, err := s.scratch.createTemp("original-*")
+	if err != nil {
+		return "", nil, err
+	}
+	release := func() { os.Remove(f.Name()) }
+	n, err := io.Copy(f, resp.Body)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && resp.ContentLength >= 0 && n != resp.ContentLength {
+		err = fmt.Errorf("s3: get %s: %d of %d bytes: %w", key, n, resp.ContentLength, io.ErrUnexpectedEOF)
+	}
+	if err != nil {
+		release()
+		if !storageUnavailable(err) && ctx.Err() == nil {
+			// Cut off mid-body: an outage of the bucket, not a fault of the image.
+			err = fmt.Errorf("%w: %w", errS3Unavailable, err)
+		}
+		return "", nil, err
+	}
+	return f.Name(), release, nil
+}
+
+// remove deletes the objects of keys.
+func (s *s3Blobs) remove(ctx context.Context, keys ...string) error {
+	var errs []error
+	for _, k := range keys {
+		if k == "" {
+			continue
+		}
+		err := checkKey(k)
+		if err == nil {
+			err = s.c.delete(ctx, k)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// sweepOrphans lists the objects under o/ (a page at a time) and removes those of originals no row
+// refers to (orphanSweep).
+func (s *s3Blobs) sweepOrphans(ctx context.Context, before time.Time, exists func(context.Context, []string) (map[string]bool, error)) (int, error) {
+	sw := newOrphanSweep(before, exists, s.remove)
+	err := s.c.list(ctx, originalDir+"/", func(objs []s3Object) error {
+		for _, o := range objs {
+			if err := sw.add(ctx, o.Key, o.LastModified); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return sw.removed, err
+	}
+	return sw.removed, sw.flush(ctx)
+}
+
+func (s *s3Blobs) ping(ctx context.Context) error { return s.c.ping(ctx) }
+
+// presignedDownload returns a presigned GET of key, valid for ttl, answering with contentType and as
+// an inline file named filename.
+func (s *s3Blobs) presignedDownload(key string, ttl time.Duration, contentType, filename string) (string, error) {
+	if err := checkKey(key); err != nil {
+		return "", err
+	}
+	return s.c.presignGet(key, ttl, contentType, mime.FormatMediaType("inline", map[string]string{"filename": filename})), nil
+}
+
+// newBlobStore opens the store cfg names: the bucket when S3_BUCKET is set (creating it when it does
+// not exist and the credentials allow; a bucket that is missing and cannot be made, or refuses the
+// credentials, is an error naming it), else UPLOAD_DIR. Scratch space is under UPLOAD_DIR either way.
+func newBlobStore(ctx context.Context, cfg config, sc *scratch, log *slog.Logger) (blobStore, error) {
+	if cfg.S3.Bucket == "" {
+		return newFSBlobs(cfg.UploadDir)
+	}
+	c, err := newS3Client(cfg.S3)
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	switch err := c.ensureBucket(cctx); {
+	case storageUnavailable(err):
+		// Like the broker: a process that starts during an outage runs, answers 503 where it needs
+		// the bucket, and /readyz says storage is down until it answers.
+		log.Warn("starting without the bucket: it does not answer", slog.String("bucket", cfg.S3.Bucket), slog.Any("error", err))
+	case err != nil:
+		return nil, err
+	}
+	log.Info("images kept in a bucket", slog.String("bucket", cfg.S3.Bucket), slog.String("endpoint", c.base.Host), slog.String("prefix", cfg.S3.Prefix))
+	return &s3Blobs{c: c, scratch: sc}, nil
+}

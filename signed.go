@@ -1,0 +1,89 @@
+// Signed URLs: a link to one image's file that works without an Authorization header until it
+// expires, so that a page can show a private image in an <img>.
+package main
+
+import (
+	"crypto/hmac"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// urlSigner makes and checks signed download URLs. Its key is derived from SECRET_KEY (or the key
+// kept in the database) apart from the JWT's: a token's signature is never a URL's, nor the reverse.
+type urlSigner struct {
+	key []byte
+	ttl time.Duration // SIGNED_URL_TTL
+	now func() time.Time
+}
+
+// signedURLDomain separates this key's derivation from every other use of the secret.
+const signedURLDomain = "imageapi signed download URL key v1"
+
+func newURLSigner(secret []byte, ttl time.Duration) *urlSigner {
+	return &urlSigner{key: hmacSHA256(secret, signedURLDomain), ttl: ttl, now: time.Now}
+}
+
+// expiry is when a URL signed now expires: between ¾ and all of the TTL from now, the same instant
+// for a quarter of the TTL, so that a page that asks again soon gets the same URL and the browser's
+// cached image with it.
+func (s *urlSigner) expiry() int64 {
+	step := max(int64(s.ttl/time.Second)/4, 1)
+	return ((s.now().Unix()+3*step)/step + 1) * step
+}
+
+// mac is the signature of a link to variant of image id, owned by owner, until expires (Unix seconds).
+func (s *urlSigner) mac(id int64, variant string, owner, expires int64) string {
+	return hex.EncodeToString(hmacSHA256(s.key, fmt.Sprintf("%d\n%s\n%d\n%d", id, variant, owner, expires)))
+}
+
+// url is the signed link to variant of im (variantOriginal for the upload itself).
+func (s *urlSigner) url(im imageRecord, variant string) string {
+	exp := s.expiry()
+	q := url.Values{
+		"variant":   {variant},
+		"owner":     {strconv.FormatInt(im.OwnerID, 10)},
+		"expires":   {strconv.FormatInt(exp, 10)},
+		"signature": {s.mac(im.ID, variant, im.OwnerID, exp)},
+	}
+	return fmt.Sprintf("/api/v1/images/%d/file/signed?%s", im.ID, q.Encode())
+}
+
+// errBadSignature answers a signed link that was altered, made for another image or variant, or
+// has expired: the same answer for each, so that none tells an attacker which part was wrong.
+var errBadSignature = newError(http.StatusForbidden, "this link is invalid or has expired: ask the API for the image again to get a fresh signed_url")
+
+// signedLink is a checked signed link: whose image, which file, and for how long still.
+type signedLink struct {
+	id, owner int64
+	variant   string
+	remaining time.Duration
+}
+
+// check reads and verifies r's signed link (on route /api/v1/images/{id}/file/signed), in constant
+// time; every failure is errBadSignature.
+func (s *urlSigner) check(r *http.Request) (signedLink, error) {
+	id, err := imageID(r)
+	if err != nil {
+		return signedLink{}, errBadSignature
+	}
+	q := r.URL.Query()
+	owner, err1 := strconv.ParseInt(q.Get("owner"), 10, 64)
+	exp, err2 := strconv.ParseInt(q.Get("expires"), 10, 64)
+	variant := q.Get("variant")
+	if err1 != nil || err2 != nil || (variant != variantOriginal && !knownVariant(variant)) {
+		return signedLink{}, errBadSignature
+	}
+	want := s.mac(id, variant, owner, exp)
+	if !hmac.Equal([]byte(want), []byte(q.Get("signature"))) {
+		return signedLink{}, errBadSignature
+	}
+	remaining := time.Unix(exp, 0).Sub(s.now())
+	if remaining <= 0 {
+		return signedLink{}, errBadSignature
+	}
+	return signedLink{id: id, owner: owner, variant: variant, remaining: remaining}, nil
+}
