@@ -393,6 +393,7 @@ type passwordHasher struct {
 	free [][]uint32   // buffers not in use, the most recently used last
 	idle *time.Timer  // drops free buffers once no hash has run for idleRelease
 	held atomic.Int64 // bytes of buffers held, in use or free
+	peak atomic.Int64 // the most held at any time, for tests
 	// onChange, when set, is called after held changes (the memory governor follows it).
 	onChange func()
 }
@@ -446,7 +447,11 @@ func (h *passwordHasher) derive(ctx context.Context, password string, salt []byt
 	if len(v) < p.memory() {
 		h.held.Add(-4 * int64(len(v)))
 		v = make([]uint32, max(p.memory(), h.params.memory()))
-		h.held.Add(4 * int64(len(v)))
+		for held := h.held.Add(4 * int64(len(v))); ; {
+			if old := h.peak.Load(); held <= old || h.peak.CompareAndSwap(old, held) {
+				break
+			}
+		}
 		if h.onChange != nil {
 			h.onChange()
 		}

@@ -35,8 +35,9 @@ func TestKilledWorkerJobsReturn(t *testing.T) {
 	t.Parallel() // mostly waiting: it overlaps the others
 	// A database of its own: its workers' sweepers must not take other parallel tests' jobs.
 	queue, dir, db := testQueue(t), t.TempDir(), freshDatabase(t)
+	// A short lease and sweep: what is measured is that the image comes back within one of each.
 	env := map[string]string{"DATABASE_URL": db, "BROKER_URL": testBrokerURL, "QUEUE_NAME": queue,
-		"UPLOAD_DIR": dir, "WORKER_CONCURRENCY": "1"}
+		"UPLOAD_DIR": dir, "WORKER_CONCURRENCY": "1", "JOB_LEASE": "3s", "SWEEP_INTERVAL": "1s"}
 	api := newTestServer(t, map[string]string{"DATABASE_URL": db, "MODE": modeAPI, "BROKER_URL": testBrokerURL, "QUEUE_NAME": queue, "UPLOAD_DIR": dir})
 	_, auth := api.signupAndLogin()
 	doomed := startBinary(t, env, "-mode=worker")
@@ -45,7 +46,7 @@ func TestKilledWorkerJobsReturn(t *testing.T) {
 	api.waitStatus(auth, v.ID, 30*time.Second, statusProcessing)
 	doomed.stop(syscall.SIGKILL)
 	killed := time.Now()
-	startBinary(t, env, "-mode=worker") // defaults: JOB_LEASE 15s, SWEEP_INTERVAL 10s
+	startBinary(t, env, "-mode=worker")
 	var back time.Duration
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
 		var attempts int
@@ -61,7 +62,7 @@ func TestKilledWorkerJobsReturn(t *testing.T) {
 			t.Fatalf("image %s (attempts %d) a minute after its worker died", status, attempts)
 		}
 	}
-	t.Logf("taken up again %.1f s after the worker was killed (JOB_LEASE 15s, SWEEP_INTERVAL 10s)", back.Seconds())
+	t.Logf("taken up again %.1f s after the worker was killed (JOB_LEASE 3s, SWEEP_INTERVAL 1s)", back.Seconds())
 	if r := api.do("GET", fmt.Sprintf("/api/v1/images/%d/file?variant=thumb_100", v.ID), nil, "Authorization", auth); r.status != http.StatusOK {
 		t.Errorf("thumbnail: %d", r.status)
 	}

@@ -214,6 +214,7 @@ func TestMemoryBudget(t *testing.T) {
 // TestJobMemoryEstimate: for real photos and made files on both paths, the heap a job grows by at
 // its peak stays within the estimate its header gives, and the estimate is not absurdly loose.
 func TestJobMemoryEstimate(t *testing.T) {
+	computeOnly(t)
 	dir := t.TempDir()
 	sc, err := newScratch(dir, 0, slog.New(slog.DiscardHandler))
 	if err != nil {

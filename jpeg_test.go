@@ -77,6 +77,7 @@ func dctGray(t testing.TB, data []byte) []byte {
 // TestDCTGrayscaleIsLossless: the grayscale written from the luma coefficients decodes to exactly the
 // luma plane image/jpeg decodes from the original, and to exactly what jpegtran -grayscale makes.
 func TestDCTGrayscaleIsLossless(t *testing.T) {
+	computeOnly(t)
 	for _, name := range dctJPEGs {
 		t.Run(name, func(t *testing.T) {
 			data := readTestdata(t, name)
@@ -120,6 +121,7 @@ func TestDCTUnsupported(t *testing.T) {
 // TestDCTThumbnails: the DC coefficients are each block's mean: the 1/8-scale image they make scales
 // to thumbnails within 38 dB (luma) of a full-decode Catmull-Rom reference.
 func TestDCTThumbnails(t *testing.T) {
+	computeOnly(t)
 	data := readTestdata(t, "large.jpg")
 	img, err := decodeDCT(context.Background(), data, 50_000_000, func(i int) bool { return i > 0 })
 	if err != nil {
@@ -254,6 +256,7 @@ func TestDCTOrientation(t *testing.T) {
 // TestDCTPathTurnsPhotos: a large photo stored sideways (EXIF orientation 6, 4224x3168 as stored)
 // takes the DCT path and comes out portrait: every variant, the grayscale lossless.
 func TestDCTPathTurnsPhotos(t *testing.T) {
+	computeOnly(t)
 	src := readTestdata(t, "large.jpg")
 	// large.jpg with an EXIF segment declaring orientation 6, right after SOI.
 	prefix := exifJPEG(tiffWithOrientation(binary.BigEndian, 6), false) // SOI, APP1, then an SOS to drop
@@ -287,6 +290,7 @@ func TestDCTPathTurnsPhotos(t *testing.T) {
 // TestDCTQuarterScale: the 2×2 means computed from the coefficients equal 4×4 box averages of the
 // full decode, within its rounding.
 func TestDCTQuarterScale(t *testing.T) {
+	computeOnly(t)
 	for _, name := range []string{"mid.jpg", "jpeg/s1x1.jpg", "jpeg/s2x1.jpg", "jpeg/s4x1.jpg", "jpeg/gray.jpg"} {
 		data := readTestdata(t, name)
 		img, err := decodeDCT(context.Background(), data, 50_000_000, nil)
@@ -438,6 +442,7 @@ func fibonacciComponent(nsym int) *dctComponent {
 // TestGrayscaleOfFibonacciCounts: the crafted grayscale JPEG's coefficients re-encode (no panic),
 // and the result decodes back to the very same coefficients.
 func TestGrayscaleOfFibonacciCounts(t *testing.T) {
+	computeOnly(t)
 	c := fibonacciComponent(32) // 4000×3824 pixels; a 33-bit code before the length limit
 	w, h := c.bw, c.bh
 	var q [64]uint16

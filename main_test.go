@@ -17,6 +17,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	rtmetrics "runtime/metrics"
 	"slices"
@@ -90,6 +91,56 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "dropping test database %s: %v\n", name, err)
 	}
 	os.Exit(code)
+}
+
+// computeOnly marks a test of pure computation: one goroutine, no service, nothing for the race
+// detector to find, and ten times the time under it. Under -race it is skipped; .ci/run runs it
+// without -race, with the pattern computeTests names (TestComputeTestsRun holds them together).
+func computeOnly(t *testing.T) {
+	t.Helper()
+	if raceEnabled {
+		t.Skip("pure computation: .ci/run runs it without -race (README, Tests)")
+	}
+}
+
+// TestComputeTestsRun: every test marked computeOnly is matched by the pattern of the command that
+// runs them without -race, as .ci/run and README.md both give it.
+func TestComputeTestsRun(t *testing.T) {
+	ci, err := os.ReadFile(".ci/run")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^COMPUTE_TESTS='([^']+)'$`).FindSubmatch(ci)
+	if m == nil {
+		t.Fatal(".ci/run sets no COMPUTE_TESTS='…'")
+	}
+	pattern := string(m[1])
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(readme, []byte("go test -count=1 -run '"+pattern+"' .")) {
+		t.Errorf("README.md does not give the command .ci/run runs: go test -count=1 -run '%s' .", pattern)
+	}
+	re := regexp.MustCompile(pattern)
+	marked := regexp.MustCompile(`func (Test\w+)\(t \*testing\.T\) \{\n\tcomputeOnly\(t\)`)
+	files, _ := filepath.Glob("*_test.go")
+	n := 0
+	for _, f := range files {
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, sm := range marked.FindAllSubmatch(src, -1) {
+			n++
+			if !re.Match(sm[1]) {
+				t.Errorf("%s (%s) is computeOnly but -run '%s' does not run it", sm[1], f, pattern)
+			}
+		}
+	}
+	if n == 0 {
+		t.Error("no computeOnly test found: the pattern above is stale")
+	}
 }
 
 // testS3 is the bucket this test run owns on the S3 endpoint (TEST_S3_ENDPOINT, default the local

@@ -288,6 +288,7 @@ func decodeTestdata(t testing.TB, name string) stdimage.Image {
 // scale of the whole decoded original), a turned photo comes out upright (its thumbnail matches the
 // upright photo's, rotated), and the grayscale of a JPEG is exactly its luma plane.
 func TestVariantsLookRight(t *testing.T) {
+	computeOnly(t)
 	for _, dct := range []bool{false, true} {
 		t.Run(map[bool]string{false: "standard", true: "dct"}[dct], func(t *testing.T) { testVariantsLookRight(t, dct) })
 	}

@@ -120,14 +120,15 @@ func testProcessEndToEnd(t *testing.T, env map[string]string) {
 	gif.Encode(&bigGIF, bigPal, nil)
 	bmp.Encode(&bmpBuf, toRGBA(pal))
 	tiff.Encode(&tiffBuf, toRGBA(pal), nil)
-	for _, tc := range []struct {
+	type testCase struct {
 		name       string
 		data       []byte
 		outType    string
 		w, h       int    // as displayed
 		t500, t100 [2]int // the thumbnails' sizes: fitted, rounded to nearest, never enlarged
 		hasAlpha   bool
-	}{
+	}
+	cases := []testCase{
 		{"large.jpg", readTestdata(t, "large.jpg"), "image/jpeg", 4224, 3168, [2]int{500, 375}, [2]int{100, 75}, false},
 		{"mid-orient6.jpg", readTestdata(t, "mid-orient6.jpg"), "image/jpeg", 1600, 2560, [2]int{313, 500}, [2]int{63, 100}, false},
 		{"photo.png", readTestdata(t, "photo.png"), "image/png", 2048, 1024, [2]int{500, 250}, [2]int{100, 50}, true},
@@ -136,10 +137,15 @@ func testProcessEndToEnd(t *testing.T, env map[string]string) {
 		{"big.gif", bigGIF.Bytes(), "image/gif", 1200, 800, [2]int{500, 333}, [2]int{100, 67}, true},
 		{"bmp", bmpBuf.Bytes(), "image/png", 60, 40, [2]int{60, 40}, [2]int{60, 40}, false},
 		{"tiff", tiffBuf.Bytes(), "image/png", 60, 40, [2]int{60, 40}, [2]int{60, 40}, true},
-	} {
+	}
+	// Every image is uploaded first: the worker processes them while earlier ones are checked.
+	ids := make([]int64, len(cases))
+	for i, tc := range cases {
+		ids[i] = s.mustUpload(auth, tc.name, "", tc.name, tc.data).ID
+	}
+	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			v := s.mustUpload(auth, tc.name, "", tc.name, tc.data)
-			v = s.waitStatus(auth, v.ID, time.Minute, statusReady, statusFailed)
+			v := s.waitStatus(auth, ids[i], time.Minute, statusReady, statusFailed)
 			if v.Status != statusReady || v.Error != nil {
 				t.Fatalf("status %s, error %v", v.Status, *v.Error)
 			}
