@@ -11,7 +11,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -411,29 +410,8 @@ func BenchmarkStorage(b *testing.B) {
 		_, auth := s.signupAndLogin()
 		v := s.mustUpload(auth, "bench", "", "large.jpg", photo)
 		b.Run("upload/"+be.name, func(b *testing.B) {
-			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-			defer client.CloseIdleConnections()
 			b.SetBytes(int64(len(photo)))
-			b.SetParallelism(8 / runtime.GOMAXPROCS(0))
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					req, _ := http.NewRequest("POST", s.srv.URL+"/api/v1/images/?name=bench", bytes.NewReader(body))
-					req.Header.Set("Content-Type", ct)
-					req.Header.Set("Authorization", auth)
-					resp, err := client.Do(req)
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != http.StatusCreated {
-						b.Errorf("status %d", resp.StatusCode)
-						return
-					}
-				}
-			})
+			benchPOST(b, 8, s.srv.URL+"/api/v1/images/?name=bench", body, "Content-Type", ct, "Authorization", auth)
 		})
 		b.Run("download/"+be.name, func(b *testing.B) {
 			b.SetBytes(int64(len(photo)))

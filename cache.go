@@ -120,10 +120,10 @@ func (c *cache) ping(ctx context.Context) error { return c.rdb.Ping(ctx).Err() }
 
 func (c *cache) genKey(uid int64) string { return c.prefix + "gen:" + strconv.FormatInt(uid, 10) }
 
-// fetch returns the entry sub of user uid, from Redis when it has it, else from load — called once
+// cacheAside returns the entry sub of user uid, from Redis when it has it, else from load — called once
 // for any number of concurrent misses of one entry — and then stored. Redis failures are counted and
 // answered from load; only load's errors reach the caller.
-func fetch[T any](ctx context.Context, c *cache, uid int64, sub string, load func(context.Context) (T, error)) (T, error) {
+func cacheAside[T any](ctx context.Context, c *cache, uid int64, sub string, load func(context.Context) (T, error)) (T, error) {
 	if c == nil {
 		return load(ctx)
 	}

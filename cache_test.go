@@ -194,7 +194,7 @@ func TestCacheSingleFlight(t *testing.T) {
 	results := make([]string, n)
 	for i := range n {
 		wg.Go(func() {
-			v, err := fetch(context.Background(), c, 1, "img:1", load)
+			v, err := cacheAside(context.Background(), c, 1, "img:1", load)
 			if err != nil {
 				t.Error(err)
 			}
@@ -211,12 +211,12 @@ func TestCacheSingleFlight(t *testing.T) {
 		}
 	}
 	// Now it is cached: no further load.
-	if v, _ := fetch(context.Background(), c, 1, "img:1", load); v != "value" || loads.Load() != 1 {
+	if v, _ := cacheAside(context.Background(), c, 1, "img:1", load); v != "value" || loads.Load() != 1 {
 		t.Fatalf("after the shared load: %q, %d loads", v, loads.Load())
 	}
 	// A failed load is not cached and reaches every caller.
 	boom := errors.New("boom")
-	if _, err := fetch(context.Background(), c, 1, "img:2", func(context.Context) (string, error) { return "", boom }); !errors.Is(err, boom) {
+	if _, err := cacheAside(context.Background(), c, 1, "img:2", func(context.Context) (string, error) { return "", boom }); !errors.Is(err, boom) {
 		t.Fatalf("err = %v", err)
 	}
 }

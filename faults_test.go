@@ -234,7 +234,7 @@ func integrityPass(t *testing.T, dbURL, dir string) {
 	want := map[string]bool{}
 	for rows.Next() {
 		var key, sum string
-		var variants map[string]variantFile
+		var variants map[string]storedVariant
 		if err := rows.Scan(&key, &sum, &variants); err != nil {
 			t.Fatal(err)
 		}

@@ -53,11 +53,11 @@ type imageView struct {
 	SignedURL   string                 `json:"signed_url"`
 	CreatedAt   string                 `json:"created_at"`
 	UpdatedAt   string                 `json:"updated_at"`
-	Variants    map[string]variantView `json:"variants"`
+	Variants    map[string]variantJSON `json:"variants"`
 }
 
-// variantView is a finished variant in an Image.
-type variantView struct {
+// variantJSON is a finished variant in an Image.
+type variantJSON struct {
 	Width       int    `json:"width"`
 	Height      int    `json:"height"`
 	Size        int64  `json:"size"`
@@ -75,13 +75,13 @@ func (a *app) imageJSON(im imageRecord) imageView {
 		Width: im.Width, Height: im.Height, Resolution: fmt.Sprintf("%dx%d", im.Width, im.Height),
 		Size: im.Size, SHA256: im.SHA256, URL: fileURL, SignedURL: a.signer.url(im, variantOriginal),
 		CreatedAt: im.CreatedAt.UTC().Format(rfc3339Micro), UpdatedAt: im.UpdatedAt.UTC().Format(rfc3339Micro),
-		Variants: make(map[string]variantView, len(im.Variants)),
+		Variants: make(map[string]variantJSON, len(im.Variants)),
 	}
 	if im.Error != "" {
 		v.Error = &im.Error
 	}
 	for name, f := range im.Variants {
-		v.Variants[name] = variantView{Width: f.Width, Height: f.Height, Size: f.Size, ContentType: f.ContentType,
+		v.Variants[name] = variantJSON{Width: f.Width, Height: f.Height, Size: f.Size, ContentType: f.ContentType,
 			URL: fileURL + "?variant=" + name, SignedURL: a.signer.url(im, name)}
 	}
 	return v
@@ -309,8 +309,8 @@ func (a *app) listImages(w http.ResponseWriter, r *http.Request) {
 	}
 	uid := userID(r.Context())
 	sub := fmt.Sprintf("list:%d:%d:%s", skip, limit, tag)
-	page, err := fetch(r.Context(), a.cache, uid, sub, func(ctx context.Context) (imagePage, error) {
-		return a.store.listImages(ctx, uid, tag, skip, limit)
+	page, err := cacheAside(r.Context(), a.cache, uid, sub, func(ctx context.Context) (imagePage, error) {
+		return a.store.selectImages(ctx, uid, tag, skip, limit)
 	})
 	if err != nil {
 		a.fail(w, r, err)
@@ -330,14 +330,24 @@ func (a *app) ownImage(r *http.Request) (imageRecord, error) {
 	if err != nil {
 		return imageRecord{}, err
 	}
-	uid := userID(r.Context())
-	im, err := fetch(r.Context(), a.cache, uid, "img:"+strconv.FormatInt(id, 10), func(ctx context.Context) (imageRecord, error) {
-		return a.store.imageByID(ctx, uid, id)
+	return a.imageOf(r.Context(), userID(r.Context()), id)
+}
+
+// imageOf returns owner's image id, through the cache; errImageNotFound when owner has none such.
+func (a *app) imageOf(ctx context.Context, owner, id int64) (imageRecord, error) {
+	im, err := cacheAside(ctx, a.cache, owner, "img:"+strconv.FormatInt(id, 10), func(ctx context.Context) (imageRecord, error) {
+		return a.store.imageByID(ctx, owner, id)
 	})
+	return im, asImageNotFound(err)
+}
+
+// asImageNotFound is err, or errImageNotFound when err says the store has no such image (of this
+// owner): the one answer for a missing image and another user's.
+func asImageNotFound(err error) error {
 	if errors.Is(err, errNotFound) {
-		return imageRecord{}, errImageNotFound
+		return errImageNotFound
 	}
-	return im, err
+	return err
 }
 
 // getImage answers one of the caller's images.
@@ -403,10 +413,8 @@ func (a *app) updateImage(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	uid := userID(r.Context())
-	im, err := a.store.updateImage(r.Context(), uid, id, name, tags)
-	if errors.Is(err, errNotFound) {
-		err = errImageNotFound
-	}
+	im, err := a.store.updateImageRow(r.Context(), uid, id, name, tags)
+	err = asImageNotFound(err)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -423,10 +431,8 @@ func (a *app) deleteImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	uid := userID(r.Context())
-	im, err := a.store.deleteImage(r.Context(), uid, id)
-	if errors.Is(err, errNotFound) {
-		err = errImageNotFound
-	}
+	im, err := a.store.deleteImageRow(r.Context(), uid, id)
+	err = asImageNotFound(err)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -465,12 +471,7 @@ func (a *app) downloadSigned(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	im, err := fetch(r.Context(), a.cache, link.owner, "img:"+strconv.FormatInt(link.id, 10), func(ctx context.Context) (imageRecord, error) {
-		return a.store.imageByID(ctx, link.owner, link.id)
-	})
-	if errors.Is(err, errNotFound) {
-		err = errImageNotFound
-	}
+	im, err := a.imageOf(r.Context(), link.owner, link.id)
 	if err != nil {
 		a.fail(w, r, err)
 		return

@@ -572,7 +572,7 @@ func testSweepOrphans(t *testing.T, env map[string]string) {
 		t.Errorf("stored after the sweeps: %v, want %v", got, sorted(want))
 	}
 	// The app's own sweep (orphanGrace) leaves everything here alone: all of it is young.
-	s.sweepOrphans(ctx)
+	s.removeOrphans(ctx)
 	if got := s.storedKeys(); len(got) != 2 {
 		t.Errorf("the app's sweep removed young files: %v", got)
 	}
@@ -614,6 +614,33 @@ func testConcurrentUploads(t *testing.T, env map[string]string) {
 	if n := len(s.storedKeys()); n != 16 {
 		t.Fatalf("%d files stored, want 16", n)
 	}
+}
+
+// benchPOST sends b.N POSTs of body to url, about at once in all, each answered 201.
+func benchPOST(b *testing.B, atOnce int, url string, body []byte, header ...string) {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	defer client.CloseIdleConnections()
+	b.SetParallelism(max(1, atOnce/runtime.GOMAXPROCS(0)))
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
+			for i := 0; i+1 < len(header); i += 2 {
+				req.Header.Set(header[i], header[i+1])
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusCreated {
+				b.Errorf("status %d", resp.StatusCode)
+				return
+			}
+		}
+	})
 }
 
 // benchGET sends GETs of url from 8×GOMAXPROCS goroutines for b.N requests and reports requests per
@@ -736,30 +763,9 @@ func BenchmarkUpload(b *testing.B) {
 	bare := httptestServer(b, bareHandler(false))
 	bareSHA := httptestServer(b, bareHandler(true))
 	run := func(b *testing.B, url string) {
-		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-		defer client.CloseIdleConnections()
 		stop := sampleHeap()
 		b.SetBytes(int64(len(photo)))
-		b.SetParallelism(32 / runtime.GOMAXPROCS(0))
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
-				req.Header.Set("Content-Type", ct)
-				req.Header.Set("Authorization", auth)
-				resp, err := client.Do(req)
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusCreated {
-					b.Errorf("status %d", resp.StatusCode)
-					return
-				}
-			}
-		})
+		benchPOST(b, 32, url, body, "Content-Type", ct, "Authorization", auth)
 		b.StopTimer()
 		b.ReportMetric(stop(), "peak-heap-MiB")
 	}

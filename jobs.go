@@ -188,8 +188,8 @@ func retryDelay(base time.Duration, attempt int) time.Duration {
 // that needs more than all of it fails), then works within JOB_TIMEOUT. A panic anywhere in it is
 // recovered, logged with its stack and counted, and returned as errJobPanicked; on any error no
 // file of it is left behind.
-func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRecord) (variants map[string]variantFile, via string, err error) {
-	var outs []variantImage
+func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRecord) (variants map[string]storedVariant, via string, err error) {
+	var outs []encodedVariant
 	defer func() {
 		if v := recover(); v != nil {
 			a.metrics.jobPanics.Add(1)
@@ -230,7 +230,7 @@ func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRec
 	if err != nil {
 		return nil, via, err
 	}
-	variants = map[string]variantFile{}
+	variants = map[string]storedVariant{}
 	for len(outs) > 0 {
 		v := outs[0]
 		// A fresh key each time: a variant's key names its content (it is its ETag).
@@ -314,7 +314,7 @@ func (a *app) dropUnreferenced(err error, keys []string, referenced func(context
 
 // removeVariants deletes the placed files of variants; a file left behind is logged (the orphan
 // sweep removes it later).
-func (a *app) removeVariants(log *slog.Logger, variants map[string]variantFile) {
+func (a *app) removeVariants(log *slog.Logger, variants map[string]storedVariant) {
 	var keys []string
 	for _, v := range variants {
 		keys = append(keys, v.Key)

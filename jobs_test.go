@@ -29,7 +29,7 @@ func TestJobPanicFailsImage(t *testing.T) {
 	dir := t.TempDir()
 	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir})
 	var calls atomic.Int64
-	s.process = func(ctx context.Context, sc *scratch, path, ct string, opts processOptions) ([]variantImage, string, error) {
+	s.process = func(ctx context.Context, sc *scratch, path, ct string, opts processOptions) ([]encodedVariant, string, error) {
 		if n := calls.Add(1); n == 1 {
 			var counts []int
 			counts[n]++ // an index out of range: the kind of bug that once took the process down
@@ -63,7 +63,7 @@ func TestJobPanicFailsImage(t *testing.T) {
 // with the limit in its reason; it is not retried.
 func TestJobTimeout(t *testing.T) {
 	s := newTestServer(t, map[string]string{"JOB_TIMEOUT": "200ms"})
-	s.process = func(ctx context.Context, sc *scratch, path, ct string, opts processOptions) ([]variantImage, string, error) {
+	s.process = func(ctx context.Context, sc *scratch, path, ct string, opts processOptions) ([]encodedVariant, string, error) {
 		<-ctx.Done() // as a decoder stuck in a hostile file's scans would, checking its context
 		return nil, pathStandard, ctx.Err()
 	}
@@ -85,7 +85,7 @@ func TestServerErrorsRetried(t *testing.T) {
 	queue := testQueue(t)
 	s := newTestServer(t, map[string]string{"BROKER_URL": testBrokerURL, "QUEUE_NAME": queue, "JOB_RETRY_DELAY": "20ms"})
 	var calls atomic.Int64
-	s.process = func(context.Context, *scratch, string, string, processOptions) ([]variantImage, string, error) {
+	s.process = func(context.Context, *scratch, string, string, processOptions) ([]encodedVariant, string, error) {
 		calls.Add(1)
 		return nil, pathStandard, errors.New("disk on fire at /srv/secret/path")
 	}
@@ -284,7 +284,7 @@ func TestHeartbeatKeepsSlowJob(t *testing.T) {
 	// A database of its own: its sweeper must not take other parallel tests' jobs.
 	s := newTestServer(t, map[string]string{"DATABASE_URL": freshDatabase(t), "JOB_LEASE": "1s", "SWEEP_INTERVAL": "50ms", "WORKER_CONCURRENCY": "2"})
 	var calls atomic.Int64
-	s.process = func(ctx context.Context, sc *scratch, path, ct string, opts processOptions) ([]variantImage, string, error) {
+	s.process = func(ctx context.Context, sc *scratch, path, ct string, opts processOptions) ([]encodedVariant, string, error) {
 		calls.Add(1)
 		select {
 		case <-time.After(3500 * time.Millisecond): // three and a half leases
@@ -311,7 +311,7 @@ func TestClaimTakenOver(t *testing.T) {
 	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir, "JOB_LEASE": "1s"})
 	_, auth := s.signupAndLogin()
 	v := s.mustUpload(auth, "contested", "", "a.png", tinyPNG(t, 20, 20))
-	s.process = func(ctx context.Context, sc *scratch, path, ct string, opts processOptions) ([]variantImage, string, error) {
+	s.process = func(ctx context.Context, sc *scratch, path, ct string, opts processOptions) ([]encodedVariant, string, error) {
 		// Meanwhile another worker claims it: the attempt it counts is not ours.
 		if _, err := s.pool.Exec(context.Background(), "UPDATE images SET attempts = attempts + 1, lease_until = now() + interval '1 hour' WHERE id = $1", v.ID); err != nil {
 			return nil, "", err
@@ -327,7 +327,7 @@ func TestClaimTakenOver(t *testing.T) {
 		t.Fatalf("outcome %v, want done (the image is the other worker's)", out)
 	}
 	var status string
-	var variants map[string]variantFile
+	var variants map[string]storedVariant
 	s.pool.QueryRow(context.Background(), "SELECT status, variants FROM images WHERE id = $1", v.ID).Scan(&status, &variants)
 	if status != statusProcessing || len(variants) != 0 {
 		t.Errorf("row %s with %d variants: the old claim wrote to it", status, len(variants))

@@ -259,7 +259,7 @@ type app struct {
 	uploads                              *uploadSlots
 	// process makes an image's variants: makeVariants, replaced only by tests that need a job to
 	// misbehave (a panic) in a way no image can make it any more.
-	process func(ctx context.Context, sc *scratch, path, contentType string, opts processOptions) ([]variantImage, string, error)
+	process func(ctx context.Context, sc *scratch, path, contentType string, opts processOptions) ([]encodedVariant, string, error)
 	// closing ends the app's own goroutines (dropUnreferenced); settling counts them.
 	closing  chan struct{}
 	settling sync.WaitGroup
@@ -350,7 +350,7 @@ func (a *app) background(ctx context.Context) {
 	wg.Go(func() { a.sweepLostJobs(ctx, a.cfg.SweepInterval) })
 	wg.Go(func() {
 		for ctx.Err() == nil {
-			a.holdingLock(ctx, lockSweepFiles, orphanGrace, func() { a.sweepOrphans(ctx) })
+			a.holdingLock(ctx, lockSweepFiles, orphanGrace, func() { a.removeOrphans(ctx) })
 			select {
 			case <-ctx.Done():
 			case <-time.After(orphanGrace):
@@ -360,8 +360,8 @@ func (a *app) background(ctx context.Context) {
 	wg.Wait()
 }
 
-// sweepOrphans removes orphaned files once.
-func (a *app) sweepOrphans(ctx context.Context) {
+// removeOrphans runs the blob store's orphan sweep once and logs what it did.
+func (a *app) removeOrphans(ctx context.Context) {
 	n, err := a.blobs.sweepOrphans(ctx, time.Now().Add(-orphanGrace), a.store.fileKeysExist)
 	if err != nil && ctx.Err() == nil {
 		a.log.Warn("orphan sweep failed", slog.Any("error", err))

@@ -179,12 +179,12 @@ type processOptions struct {
 	dct         bool // JPEG_DCT: JPEGs in the DCT domain where that path can take them
 }
 
-// variantImage is a finished variant, encoded into a temp file.
-type variantImage struct {
+// encodedVariant is a finished variant, encoded into a temp file.
+type encodedVariant struct {
 	name    string
 	tmpPath string
 	ext     string
-	file    variantFile // Key is set when the file is placed
+	file    storedVariant // Key is set when the file is placed
 }
 
 // Processing paths, as logs and metrics name them.
@@ -197,7 +197,7 @@ const (
 // variantSpecs to a temp file in sc, returning them and the path that made them. A JPEG goes the
 // DCT way when opts.dct is set and that path can take it; anything else, and anything the DCT path
 // refuses, goes the standard way. On error no temp file is left.
-func makeVariants(ctx context.Context, sc *scratch, path, contentType string, opts processOptions) ([]variantImage, string, error) {
+func makeVariants(ctx context.Context, sc *scratch, path, contentType string, opts processOptions) ([]encodedVariant, string, error) {
 	if contentType == "image/jpeg" && opts.dct {
 		out, err := makeVariantsDCT(ctx, sc, path, opts)
 		if err == nil || ctx.Err() != nil {
@@ -215,7 +215,7 @@ func makeVariants(ctx context.Context, sc *scratch, path, contentType string, op
 // coefficients a block); both are turned upright for the EXIF orientation. It returns
 // errDCTUnsupported for what it does not do (yet): images whose 1/4 scale is smaller than the largest
 // thumbnail, and orientations that would flip a side that is not a whole number of 8-pixel blocks.
-func makeVariantsDCT(ctx context.Context, sc *scratch, path string, opts processOptions) (out []variantImage, err error) {
+func makeVariantsDCT(ctx context.Context, sc *scratch, path string, opts processOptions) (out []encodedVariant, err error) {
 	finished := false // not err: a panic leaves err nil, and the files must go then too
 	defer func() {
 		if !finished || err != nil {
@@ -268,7 +268,7 @@ func makeVariantsDCT(ctx context.Context, sc *scratch, path string, opts process
 		if err := ctx.Err(); err != nil {
 			return out, err
 		}
-		var v variantImage
+		var v encodedVariant
 		if spec.grayscale {
 			v, err = writeTemp(sc, spec.name, gw, gh, "image/jpeg", func(w io.Writer) error {
 				return encodeGray(w, gray, gw, gh, gq)
@@ -306,7 +306,7 @@ func dctScale(w, h int) int {
 }
 
 // makeVariantsStandard makes the variants with the standard decoders.
-func makeVariantsStandard(ctx context.Context, sc *scratch, path, contentType string, opts processOptions) (out []variantImage, err error) {
+func makeVariantsStandard(ctx context.Context, sc *scratch, path, contentType string, opts processOptions) (out []encodedVariant, err error) {
 	finished := false // not err: a panic leaves err nil, and the files must go then too
 	defer func() {
 		if !finished || err != nil {
@@ -422,7 +422,7 @@ func outputType(inputType string) string {
 }
 
 // writeVariant encodes img as contentType into a temp file. Encoders write no metadata.
-func writeVariant(sc *scratch, name string, img image.Image, contentType string, quality int) (variantImage, error) {
+func writeVariant(sc *scratch, name string, img image.Image, contentType string, quality int) (encodedVariant, error) {
 	b := img.Bounds()
 	return writeTemp(sc, name, b.Dx(), b.Dy(), contentType, func(w io.Writer) error {
 		return encodeImage(w, img, contentType, quality)
@@ -430,10 +430,10 @@ func writeVariant(sc *scratch, name string, img image.Image, contentType string,
 }
 
 // writeTemp writes a width×height variant of contentType into a temp file with write.
-func writeTemp(sc *scratch, name string, width, height int, contentType string, write func(io.Writer) error) (variantImage, error) {
+func writeTemp(sc *scratch, name string, width, height int, contentType string, write func(io.Writer) error) (encodedVariant, error) {
 	f, err := sc.createTemp("variant-*")
 	if err != nil {
-		return variantImage{}, err
+		return encodedVariant{}, err
 	}
 	w := bufio.NewWriterSize(f, 64<<10)
 	err = write(w)
@@ -452,10 +452,10 @@ func writeTemp(sc *scratch, name string, width, height int, contentType string, 
 	}
 	if err != nil {
 		os.Remove(f.Name())
-		return variantImage{}, fmt.Errorf("encode %s: %w", name, err)
+		return encodedVariant{}, fmt.Errorf("encode %s: %w", name, err)
 	}
-	return variantImage{name: name, tmpPath: f.Name(), ext: extensionFor(contentType),
-		file: variantFile{Width: width, Height: height, Size: size, ContentType: contentType}}, nil
+	return encodedVariant{name: name, tmpPath: f.Name(), ext: extensionFor(contentType),
+		file: storedVariant{Width: width, Height: height, Size: size, ContentType: contentType}}, nil
 }
 
 // encodeImage writes img as contentType.

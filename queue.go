@@ -291,7 +291,7 @@ func (q *amqpQueue) consumeOnce(ctx, jobCtx context.Context, conn *amqp.Connecti
 	stopped := context.AfterFunc(ctx, func() { ch.Cancel(tag, false) })
 	defer stopped()
 	for d := range deliveries {
-		inflight.Go(func() { q.run(jobCtx, d, handle) })
+		inflight.Go(func() { q.handleDelivery(jobCtx, d, handle) })
 	}
 	if ctx.Err() != nil {
 		return nil
@@ -299,8 +299,8 @@ func (q *amqpQueue) consumeOnce(ctx, jobCtx context.Context, conn *amqp.Connecti
 	return errors.New("delivery channel closed")
 }
 
-// run handles one delivery and settles it: ack, retry later, dead-letter, or requeue.
-func (q *amqpQueue) run(ctx context.Context, d amqp.Delivery, handle jobHandler) {
+// handleDelivery handles one delivery and settles it: ack, retry later, dead-letter, or requeue.
+func (q *amqpQueue) handleDelivery(ctx context.Context, d amqp.Delivery, handle jobHandler) {
 	id, err := strconv.ParseInt(string(d.Body), 10, 64)
 	if err != nil {
 		q.log.Error("malformed job message; dead-lettering it", slog.String("body", string(d.Body)))

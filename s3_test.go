@@ -37,13 +37,7 @@ func TestSigV4Suite(t *testing.T) {
 			"SignedHeaders=host;my-header1;x-amz-date, Signature=c9d5ea9f3f72853aea855b47ea873832890dbdd183b4468f858259531a5138ea"},
 	}
 	for _, c := range cases {
-		r, err := http.NewRequest(c.method, c.url, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, h := range c.headers {
-			r.Header.Add(h[0], h[1])
-		}
+		r := newRequestWith(t, c.method, c.url, c.headers)
 		s.sign(r, emptySHA256, at)
 		if got := r.Header.Get("Authorization"); got != scope+c.want {
 			t.Errorf("%s:\n got %s\nwant %s", c.name, got, scope+c.want)
@@ -80,13 +74,7 @@ func TestSigV4S3Examples(t *testing.T) {
 			"host;x-amz-content-sha256;x-amz-date", "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"},
 	}
 	for _, c := range cases {
-		r, err := http.NewRequest(c.method, c.url, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, h := range c.headers {
-			r.Header.Add(h[0], h[1])
-		}
+		r := newRequestWith(t, c.method, c.url, c.headers)
 		r.Header.Set("X-Amz-Content-Sha256", c.payload)
 		s.sign(r, c.payload, at)
 		if got := sigOf(r); got != c.want {
@@ -128,4 +116,17 @@ func TestURIEncode(t *testing.T) {
 	if got, want := canonicalQuery(url.Values{"b": {"2"}, "a": {"x y", "+"}, "c": {""}}), "a=%2B&a=x%20y&b=2&c="; got != want {
 		t.Errorf("canonicalQuery = %q, want %q", got, want)
 	}
+}
+
+// newRequestWith is a request with headers added in the order given (repeats kept).
+func newRequestWith(t *testing.T, method, url string, headers [][2]string) *http.Request {
+	t.Helper()
+	r, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range headers {
+		r.Header.Add(h[0], h[1])
+	}
+	return r
 }

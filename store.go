@@ -172,25 +172,25 @@ func (s *store) sharedSecret(ctx context.Context, name string) ([]byte, error) {
 
 // imageRecord is an image row. Its JSON form is the cache's, not the API's (see imageView).
 type imageRecord struct {
-	ID          int64                  `json:"id"`
-	OwnerID     int64                  `json:"owner_id"`
-	Name        string                 `json:"name"`
-	Tags        []string               `json:"tags"`
-	Status      string                 `json:"status"`
-	Error       string                 `json:"error"`
-	ContentType string                 `json:"content_type"`
-	Width       int                    `json:"width"`
-	Height      int                    `json:"height"`
-	Size        int64                  `json:"size"`
-	SHA256      string                 `json:"sha256"`
-	FileKey     string                 `json:"file_key"`
-	Variants    map[string]variantFile `json:"variants"`
-	CreatedAt   time.Time              `json:"created_at"`
-	UpdatedAt   time.Time              `json:"updated_at"`
+	ID          int64                    `json:"id"`
+	OwnerID     int64                    `json:"owner_id"`
+	Name        string                   `json:"name"`
+	Tags        []string                 `json:"tags"`
+	Status      string                   `json:"status"`
+	Error       string                   `json:"error"`
+	ContentType string                   `json:"content_type"`
+	Width       int                      `json:"width"`
+	Height      int                      `json:"height"`
+	Size        int64                    `json:"size"`
+	SHA256      string                   `json:"sha256"`
+	FileKey     string                   `json:"file_key"`
+	Variants    map[string]storedVariant `json:"variants"`
+	CreatedAt   time.Time                `json:"created_at"`
+	UpdatedAt   time.Time                `json:"updated_at"`
 }
 
-// variantFile is a finished variant as recorded in images.variants.
-type variantFile struct {
+// storedVariant is a finished variant as recorded in images.variants.
+type storedVariant struct {
 	Width       int    `json:"width"`
 	Height      int    `json:"height"`
 	Size        int64  `json:"size"`
@@ -285,9 +285,9 @@ type imagePage struct {
 	Images []imageRecord `json:"images"`
 }
 
-// listImages returns owner's images newest first, skipping skip and returning at most limit, with
+// selectImages returns owner's images newest first, skipping skip and returning at most limit, with
 // tag (when not empty) as a filter; Total counts every image the filter selects.
-func (s *store) listImages(ctx context.Context, owner int64, tag string, skip, limit int) (imagePage, error) {
+func (s *store) selectImages(ctx context.Context, owner int64, tag string, skip, limit int) (imagePage, error) {
 	// One round trip: the page and the count as a batch.
 	filter := `owner_id = $1 AND ($2 = '' OR tags @> ARRAY[$2])`
 	b := &pgx.Batch{}
@@ -318,8 +318,8 @@ func (s *store) listImages(ctx context.Context, owner int64, tag string, skip, l
 	return page, nil
 }
 
-// updateImage sets the name and/or tags (nil: unchanged) of owner's image id, or returns errNotFound.
-func (s *store) updateImage(ctx context.Context, owner, id int64, name *string, tags []string) (imageRecord, error) {
+// updateImageRow sets the name and/or tags (nil: unchanged) of owner's image id, or returns errNotFound.
+func (s *store) updateImageRow(ctx context.Context, owner, id int64, name *string, tags []string) (imageRecord, error) {
 	im, err := scanImage(s.pool.QueryRow(ctx, `
 		UPDATE images SET name = COALESCE($3, name), tags = COALESCE($4, tags), updated_at = now()
 		WHERE id = $1 AND owner_id = $2
@@ -333,9 +333,9 @@ func (s *store) updateImage(ctx context.Context, owner, id int64, name *string, 
 	return im, nil
 }
 
-// deleteImage removes owner's image id and returns the row it was, for its files to be removed; or
+// deleteImageRow removes owner's image id and returns the row it was, for its files to be removed; or
 // errNotFound.
-func (s *store) deleteImage(ctx context.Context, owner, id int64) (imageRecord, error) {
+func (s *store) deleteImageRow(ctx context.Context, owner, id int64) (imageRecord, error) {
 	im, err := scanImage(s.pool.QueryRow(ctx, `DELETE FROM images WHERE id = $1 AND owner_id = $2 RETURNING `+imageColumns, id, owner))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return imageRecord{}, fmt.Errorf("store: delete image %d: %w", id, errNotFound)
@@ -444,7 +444,7 @@ func (s *store) renewLease(ctx context.Context, id int64, attempt int, lease tim
 // finishImage records the variants of an image this worker holds and marks it ready. It returns
 // errNotFound when the image is no longer held (deleted, or its lease taken over): the caller's
 // files are then nobody's.
-func (s *store) finishImage(ctx context.Context, id int64, attempt int, variants map[string]variantFile) error {
+func (s *store) finishImage(ctx context.Context, id int64, attempt int, variants map[string]storedVariant) error {
 	tag, err := s.pool.Exec(ctx, `
 		UPDATE images SET status = 'ready', variants = $3, error = '', lease_until = NULL, updated_at = now()
 		WHERE id = $1 AND status = 'processing' AND attempts = $2`, id, attempt, variants)
