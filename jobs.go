@@ -90,6 +90,13 @@ func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duratio
 		}
 	}
 	defer a.cache.invalidateOnce(bg, im.OwnerID)
+	return a.settleJob(ctx, log, id, attempt, via, start, err)
+}
+
+// settleJob records how attempt of image id ended (err, after the variants were recorded or not) and
+// says what the queue should do with its message: done, retried after a delay, or dead.
+func (a *app) settleJob(ctx context.Context, log *slog.Logger, id int64, attempt int, via string, start time.Time, err error) (jobOutcome, time.Duration) {
+	bg := context.WithoutCancel(ctx)
 	var ie *imageError
 	switch {
 	case err == nil:

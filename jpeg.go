@@ -221,6 +221,33 @@ func (b *dctBits) decode(h *dctHuffman) (uint8, error) {
 	return 0, errors.New("jpeg: bad Huffman code")
 }
 
+// nextSegment finds the marker at or after pos (fill bytes allowed) and returns it, its segment's
+// body (none for EOI, RSTn and TEM, which have none) and where the data after it starts.
+func nextSegment(data []byte, pos int) (marker byte, seg []byte, next int, err error) {
+	for pos < len(data) && data[pos] != 0xFF {
+		pos++
+	}
+	for pos < len(data) && data[pos] == 0xFF {
+		pos++
+	}
+	if pos >= len(data) {
+		return 0, nil, pos, badImage("the jpeg data is truncated: no end of image")
+	}
+	marker = data[pos]
+	pos++
+	if marker == 0xD9 || marker >= 0xD0 && marker <= 0xD7 || marker == 0x01 {
+		return marker, nil, pos, nil
+	}
+	if pos+2 > len(data) {
+		return 0, nil, pos, badImage("the jpeg data is truncated")
+	}
+	l := int(binary.BigEndian.Uint16(data[pos:]))
+	if l < 2 || pos+l > len(data) {
+		return 0, nil, pos, badImage("the jpeg data is truncated: a segment runs past the end")
+	}
+	return marker, data[pos+2 : pos+l], pos + l, nil
+}
+
 // decodeDCT reads a sequential or progressive Huffman JPEG down to its coefficients. It checks the
 // frame's size against maxPixels before allocating anything for it, refuses a file of more than
 // maxJPEGScans scans, and stops with ctx's error once ctx ends (checked for every segment and every
@@ -240,33 +267,14 @@ func decodeDCT(ctx context.Context, data []byte, maxPixels int64, dcOnly func(in
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		// Find the next marker (fill bytes allowed).
-		for pos < len(data) && data[pos] != 0xFF {
-			pos++
+		m, seg, next, err := nextSegment(data, pos)
+		if err != nil {
+			return nil, err
 		}
-		for pos < len(data) && data[pos] == 0xFF {
-			pos++
-		}
-		if pos >= len(data) {
-			return nil, badImage("the jpeg data is truncated: no end of image")
-		}
-		m := data[pos]
-		pos++
+		pos = next
 		if m == 0xD9 { // EOI
 			break
 		}
-		if m >= 0xD0 && m <= 0xD7 || m == 0x01 {
-			continue
-		}
-		if pos+2 > len(data) {
-			return nil, badImage("the jpeg data is truncated")
-		}
-		l := int(binary.BigEndian.Uint16(data[pos:]))
-		if l < 2 || pos+l > len(data) {
-			return nil, badImage("the jpeg data is truncated: a segment runs past the end")
-		}
-		seg := data[pos+2 : pos+l]
-		pos += l
 		switch {
 		case m == 0xDB: // DQT
 			if err := img.readDQT(seg); err != nil {
@@ -1327,16 +1335,34 @@ func (img *dctImage) orientComponent(ci int, o orientation) (*dctComponent, int,
 }
 
 // encodeGray writes component c, of size width×height, as a baseline (or, with 16-bit tables,
-// extended sequential) one-component JPEG quantized by q, with Huffman tables made for it.
+// extended sequential) one-component JPEG quantized by q, with Huffman tables made for it. Two
+// passes over the blocks: count the symbols, then code them with tables made from the counts.
 func encodeGray(w io.Writer, c *dctComponent, width, height int, q [64]uint16) error {
 	if c.dcOnly {
 		return errors.New("jpeg: component kept only its DC coefficients")
 	}
-	// Two passes over the blocks (raster order, those holding image data): count the symbols, then
-	// code them with tables made from the counts. AC symbols are run/size pairs, with ZRL (0xF0) for
-	// each 16 zeros before a coefficient and EOB (0x00) when a block ends in zeros (F.1.2.2).
-	var dcFreq [256]int64
-	acFreq := c.acFreq
+	dcFreq, acFreq, err := countSymbols(c)
+	if err != nil {
+		return err
+	}
+	dcBits, dcVals := optimalTable(dcFreq)
+	acBits, acVals := optimalTable(acFreq)
+	if _, err := w.Write(grayHeaders(width, height, q, dcBits, dcVals, acBits, acVals)); err != nil {
+		return err
+	}
+	if _, err := w.Write(codeBlocks(c, codes(dcBits, dcVals), codes(acBits, acVals))); err != nil {
+		return err
+	}
+	_, err = w.Write([]byte{0xFF, 0xD9})
+	return err
+}
+
+// countSymbols counts the DC and AC symbols of c's blocks (raster order, those holding image data).
+// AC symbols are run/size pairs, with ZRL (0xF0) for each 16 zeros before a coefficient and EOB
+// (0x00) when a block ends in zeros (F.1.2.2). It refuses, with errDCTUnsupported, coefficients an
+// 8-bit JPEG cannot code.
+func countSymbols(c *dctComponent) (dcFreq, acFreq [256]int64, err error) {
+	acFreq = c.acFreq
 	countAC := !c.acCounted
 	if !countAC {
 		// A block that ends early is coded with EOB; the original may have padded it with ZRLs
@@ -1352,7 +1378,7 @@ func encodeGray(w io.Writer, c *dctComponent, width, height int, q [64]uint16) e
 			if dc > 11 {
 				// Only a corrupt file's predictions wander this far (an 8-bit JPEG's DC differences
 				// have at most 11 bits, F.1.2.1); libjpeg refuses to write it too. Pixels decide.
-				return errDCTUnsupported
+				return dcFreq, acFreq, errDCTUnsupported
 			}
 			dcFreq[dc]++
 			pred = int32(blk[0])
@@ -1367,7 +1393,7 @@ func encodeGray(w io.Writer, c *dctComponent, width, height int, q [64]uint16) e
 				}
 				ac := category(int32(blk[k]))
 				if ac > 10 {
-					return errDCTUnsupported // likewise: AC coefficients have at most 10 bits
+					return dcFreq, acFreq, errDCTUnsupported // likewise: AC coefficients have at most 10 bits
 				}
 				acFreq[0xF0] += int64(run >> 4)
 				acFreq[uint8(run&15)<<4|ac]++
@@ -1378,33 +1404,27 @@ func encodeGray(w io.Writer, c *dctComponent, width, height int, q [64]uint16) e
 			}
 		}
 	}
-	dcBits, dcVals := optimalTable(dcFreq)
-	acBits, acVals := optimalTable(acFreq)
-	dcCode, acCode := codes(dcBits, dcVals), codes(acBits, acVals)
+	return dcFreq, acFreq, nil
+}
 
+// grayHeaders is a one-component JPEG's start: SOI, DQT (8-bit, or 16-bit entries and then an
+// extended sequential SOF1), SOF, DHT of both tables, and the SOS of its one scan.
+func grayHeaders(width, height int, q [64]uint16, dcBits [16]uint8, dcVals []uint8, acBits [16]uint8, acVals []uint8) []byte {
 	var out bytes.Buffer
 	seg := func(marker byte, body []byte) {
 		out.Write([]byte{0xFF, marker, byte((len(body) + 2) >> 8), byte(len(body) + 2)})
 		out.Write(body)
 	}
 	out.Write([]byte{0xFF, 0xD8})
-	sof := byte(0xC0)
-	dqt := []byte{0}
-	for _, v := range q {
-		if v > 255 {
-			sof, dqt = 0xC1, nil // 16-bit table: extended sequential
-			break
-		}
+	sof, dqt := byte(0xC0), []byte{0}
+	if slices.ContainsFunc(q[:], func(v uint16) bool { return v > 255 }) {
+		sof, dqt = 0xC1, []byte{0x10}
 	}
-	if dqt == nil {
-		dqt = []byte{0x10}
-		for _, v := range q {
-			dqt = append(dqt, byte(v>>8), byte(v))
+	for _, v := range q {
+		if sof == 0xC1 {
+			dqt = append(dqt, byte(v>>8))
 		}
-	} else {
-		for _, v := range q {
-			dqt = append(dqt, byte(v))
-		}
+		dqt = append(dqt, byte(v))
 	}
 	seg(0xDB, dqt)
 	seg(sof, []byte{8, byte(height >> 8), byte(height), byte(width >> 8), byte(width), 1, 1, 0x11, 0})
@@ -1415,6 +1435,11 @@ func encodeGray(w io.Writer, c *dctComponent, width, height int, q [64]uint16) e
 	dht = append(dht, acVals...)
 	seg(0xC4, dht)
 	seg(0xDA, []byte{1, 1, 0x00, 0, 63, 0})
+	return out.Bytes()
+}
+
+// codeBlocks is the entropy-coded data of c's blocks under the tables dcCode and acCode.
+func codeBlocks(c *dctComponent, dcCode, acCode *huffCode) []byte {
 	// About 6 bytes a block for a photo at quality 85: start with room for 8.
 	bw := &dctWriter{buf: make([]byte, 0, c.bw*c.bh*8)}
 	// putValue writes the s low bits of v's code: v itself, or v-1 for negatives (F.1.2.1).
@@ -1424,7 +1449,7 @@ func encodeGray(w io.Writer, c *dctComponent, width, height int, q [64]uint16) e
 		}
 		bw.put(uint32(v)&(1<<s-1), uint(s))
 	}
-	pred = 0
+	var pred int32
 	for by := range c.bh {
 		for bx := range c.bw {
 			b := by*c.stride + bx
@@ -1458,12 +1483,5 @@ func encodeGray(w io.Writer, c *dctComponent, width, height int, q [64]uint16) e
 		}
 	}
 	bw.flush()
-	if _, err := w.Write(out.Bytes()); err != nil { // the headers
-		return err
-	}
-	if _, err := w.Write(bw.buf); err != nil {
-		return err
-	}
-	_, err := w.Write([]byte{0xFF, 0xD9})
-	return err
+	return bw.buf
 }

@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,35 +52,13 @@ const (
 // run is the whole program: it parses flags, loads configuration, connects to the services, serves
 // until ctx is cancelled, and shuts down gracefully. It returns instead of exiting so tests can drive it.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("imageapi", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	mode := fs.String("mode", modeAll, "what to run: all, api, worker or migrate")
-	envFile := fs.String("env-file", ".env", "file of KEY=VALUE lines read when present; the real environment wins; empty: none")
-	healthcheck := fs.Bool("healthcheck", false, "probe /readyz of the server at ADDR on this host and exit 0 when ready (for container health checks)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *envFile != "" {
-		dotenv, err := readDotenv(*envFile)
-		if err != nil {
-			return err
-		}
-		getenv = withFallback(getenv, dotenv)
-	}
-	cfg, err := loadConfig(getenv)
+	cfg, healthcheck, err := parseArgs(args, getenv, stderr)
 	if err != nil {
 		return err
 	}
-	if *healthcheck {
+	if healthcheck {
 		return probeReady(ctx, cfg.Addr)
 	}
-	switch *mode {
-	case modeAll, modeAPI, modeWorker, modeMigrate:
-	default:
-		return fmt.Errorf("unknown -mode %q (want all, api, worker or migrate)", *mode)
-	}
-	cfg.Mode = *mode
-
 	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	pool, err := connectDB(ctx, cfg.DatabaseURL, log)
 	if err != nil {
@@ -103,29 +82,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	defer a.close()
-	if cfg.MemoryLimit > 0 {
-		// Unless GOMEMLIMIT says otherwise, the runtime's limit follows what is reserved: the
-		// runtime and requests in flight (each upload holds two buffers), the running jobs'
-		// estimates and the password-hashing buffers.
-		g := &memoryGovernor{base: 16<<20 + int64(cfg.UploadsTotal)*2*uploadBufferSize, max: cfg.MemoryLimit,
-			parts: []func() int64{a.budget.inUse, a.hasher.held.Load}, set: debug.SetMemoryLimit}
-		a.budget.onChange, a.hasher.onChange = g.update, g.update
-		g.update()
-	}
+	a.governMemory()
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Addr, err)
 	}
-	srv := &http.Server{
-		Handler:           a.routes(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       cfg.RequestTimeout,
-		WriteTimeout:      cfg.RequestTimeout,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := a.httpServer(a.routes())
 	bgCtx, stopBackground := context.WithCancel(ctx)
 	bgDone := make(chan struct{})
 	go func() { a.background(bgCtx); close(bgDone) }()
@@ -150,18 +113,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("listening", slog.String("addr", ln.Addr().String()), slog.String("mode", cfg.Mode))
 	if cfg.MetricsAddr != "" {
-		// /metrics on a listener of its own, kept off the public port.
-		mln, err := net.Listen("tcp", cfg.MetricsAddr)
+		closeMetrics, err := a.serveMetricsApart()
 		if err != nil {
 			srv.Close()
-			return fmt.Errorf("listen %s (METRICS_ADDR): %w", cfg.MetricsAddr, err)
+			return err
 		}
-		mux := http.NewServeMux()
-		mux.HandleFunc("GET /metrics", a.serveMetrics)
-		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, WriteTimeout: time.Minute}
-		go msrv.Serve(mln)
-		defer msrv.Close()
-		log.Info("metrics listening", slog.String("addr", mln.Addr().String()))
+		defer closeMetrics()
 	}
 
 	select {
@@ -183,6 +140,80 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// parseArgs reads the flags, the env file they name, and the configuration; it reports whether this
+// run is a -healthcheck probe.
+func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (config, bool, error) {
+	fs := flag.NewFlagSet("imageapi", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	mode := fs.String("mode", modeAll, "what to run: all, api, worker or migrate")
+	envFile := fs.String("env-file", ".env", "file of KEY=VALUE lines read when present; the real environment wins; empty: none")
+	healthcheck := fs.Bool("healthcheck", false, "probe /readyz of the server at ADDR on this host and exit 0 when ready (for container health checks)")
+	if err := fs.Parse(args); err != nil {
+		return config{}, false, err
+	}
+	if *envFile != "" {
+		dotenv, err := readDotenv(*envFile)
+		if err != nil {
+			return config{}, false, err
+		}
+		getenv = withFallback(getenv, dotenv)
+	}
+	cfg, err := loadConfig(getenv)
+	if err != nil {
+		return config{}, false, err
+	}
+	switch *mode {
+	case modeAll, modeAPI, modeWorker, modeMigrate:
+	default:
+		if !*healthcheck {
+			return config{}, false, fmt.Errorf("unknown -mode %q (want all, api, worker or migrate)", *mode)
+		}
+	}
+	cfg.Mode = *mode
+	return cfg, *healthcheck, nil
+}
+
+// governMemory makes the Go runtime's memory limit follow what is reserved, unless GOMEMLIMIT says
+// otherwise: the runtime and requests in flight (each upload holds two buffers), the running jobs'
+// estimates and the password-hashing buffers.
+func (a *app) governMemory() {
+	if a.cfg.MemoryLimit <= 0 {
+		return
+	}
+	g := &memoryGovernor{base: 16<<20 + int64(a.cfg.UploadsTotal)*2*uploadBufferSize, max: a.cfg.MemoryLimit,
+		parts: []func() int64{a.budget.inUse, a.hasher.held.Load}, set: debug.SetMemoryLimit}
+	a.budget.onChange, a.hasher.onChange = g.update, g.update
+	g.update()
+}
+
+// httpServer is the server for h, with the timeouts and limits every listener here has.
+func (a *app) httpServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       a.cfg.RequestTimeout,
+		WriteTimeout:      a.cfg.RequestTimeout,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+}
+
+// serveMetricsApart serves /metrics on METRICS_ADDR, a listener of its own kept off the public port,
+// until the returned func closes it.
+func (a *app) serveMetricsApart() (func() error, error) {
+	mln, err := net.Listen("tcp", a.cfg.MetricsAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s (METRICS_ADDR): %w", a.cfg.MetricsAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", a.serveMetrics)
+	msrv := a.httpServer(mux)
+	go msrv.Serve(mln)
+	a.log.Info("metrics listening", slog.String("addr", mln.Addr().String()))
+	return msrv.Close, nil
 }
 
 // route is one entry of the route table.
@@ -418,147 +449,65 @@ type config struct {
 // loadConfig reads the configuration from getenv, applies defaults and validates it. It is the only
 // place that reads configuration.
 func loadConfig(getenv func(string) string) (config, error) {
+	r := &envReader{getenv: getenv}
 	c := config{
-		DatabaseURL: getenv("DATABASE_URL"),
+		DatabaseURL: normalizeDatabaseURL(cmp.Or(getenv("DATABASE_URL"), "postgres://postgres@localhost:5432/imageapi?sslmode=disable")),
 		BrokerURL:   getenv("BROKER_URL"),
 		RedisURL:    getenv("REDIS_URL"),
-		RedisPrefix: getenv("REDIS_PREFIX"),
-		QueueName:   getenv("QUEUE_NAME"),
+		RedisPrefix: cmp.Or(getenv("REDIS_PREFIX"), "imageapi:"),
+		QueueName:   cmp.Or(getenv("QUEUE_NAME"), "imageapi.jobs"),
 		SecretKey:   []byte(getenv("SECRET_KEY")),
-		Addr:        getenv("ADDR"),
-		UploadDir:   getenv("UPLOAD_DIR"),
-	}
-	if c.DatabaseURL == "" {
-		c.DatabaseURL = "postgres://postgres@localhost:5432/imageapi?sslmode=disable"
-	}
-	c.DatabaseURL = normalizeDatabaseURL(c.DatabaseURL)
-	if c.RedisPrefix == "" {
-		c.RedisPrefix = "imageapi:"
-	}
-	if c.QueueName == "" {
-		c.QueueName = "imageapi.jobs"
-	}
-	if c.Addr == "" {
-		c.Addr = ":8000"
-	}
-	if c.UploadDir == "" {
-		c.UploadDir = "./uploads"
-	}
-	var errs []error
-	intVar := func(name string, def, lo, hi int64) int64 {
-		s := getenv(name)
-		if s == "" {
-			return def
-		}
-		v, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
-		if err != nil || v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("%s=%q: want an integer from %d to %d", name, s, lo, hi))
-			return def
-		}
-		return v
-	}
-	// sizeVar reads a byte count: a whole number, with an optional KiB, MiB or GiB suffix.
-	sizeVar := func(name string, def, lo, hi int64) int64 {
-		s := strings.TrimSpace(getenv(name))
-		if s == "" {
-			return def
-		}
-		unit := int64(1)
-		for suffix, u := range map[string]int64{"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30} {
-			if num, ok := strings.CutSuffix(s, suffix); ok {
-				s, unit = strings.TrimSpace(num), u
-			}
-		}
-		v, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || v > hi/unit || v*unit < lo {
-			errs = append(errs, fmt.Errorf("%s=%q: want a byte count from %d to %d (KiB, MiB and GiB suffixes allowed)", name, getenv(name), lo, hi))
-			return def
-		}
-		return v * unit
-	}
-	durVar := func(name string, def, lo, hi time.Duration) time.Duration {
-		s := getenv(name)
-		if s == "" {
-			return def
-		}
-		v, err := time.ParseDuration(strings.TrimSpace(s))
-		if err != nil || v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("%s=%q: want a duration from %s to %s", name, s, lo, hi))
-			return def
-		}
-		return v
+		Addr:        cmp.Or(getenv("ADDR"), ":8000"),
+		UploadDir:   cmp.Or(getenv("UPLOAD_DIR"), "./uploads"),
+		MetricsAddr: strings.TrimSpace(getenv("METRICS_ADDR")),
 	}
 	procs := int64(runtime.GOMAXPROCS(0))
-	c.MaxUploadBytes = intVar("MAX_UPLOAD_BYTES", 25<<20, 1, 1<<40)
-	c.MaxPixels = intVar("MAX_PIXELS", 50_000_000, 1, 1<<31)
-	c.TokenTTL = durVar("TOKEN_TTL", 24*time.Hour, time.Minute, 366*24*time.Hour)
-	c.Concurrency = int(intVar("WORKER_CONCURRENCY", procs, 1, 1024))
-	c.JPEGQuality = int(intVar("JPEG_QUALITY", 85, 1, 100))
-	c.ScryptN = int(intVar("SCRYPT_N", 1<<15, 2, 1<<20))
-	c.HashConcurrency = int(intVar("HASH_CONCURRENCY", procs, 1, 256))
-	c.RequestTimeout = durVar("REQUEST_TIMEOUT", 5*time.Minute, time.Second, time.Hour)
-	c.ShutdownTimeout = durVar("SHUTDOWN_TIMEOUT", 30*time.Second, 0, time.Hour)
-	c.JobLease = durVar("JOB_LEASE", 15*time.Second, time.Second, 24*time.Hour)
-	c.JobRetryDelay = durVar("JOB_RETRY_DELAY", 2*time.Second, time.Millisecond, time.Hour)
-	c.JobMaxAttempts = int(intVar("JOB_MAX_ATTEMPTS", 3, 1, 100))
-	c.JobTimeout = durVar("JOB_TIMEOUT", 2*time.Minute, 100*time.Millisecond, 24*time.Hour)
-	c.SweepInterval = durVar("SWEEP_INTERVAL", 10*time.Second, 10*time.Millisecond, 24*time.Hour)
-	c.UserQuota = sizeVar("USER_QUOTA_BYTES", 0, 0, 1<<50)
-	c.UploadsPerUser = int(intVar("UPLOADS_PER_USER", 4, 1, 1024))
-	c.UploadsTotal = int(intVar("UPLOADS_IN_FLIGHT", 64, 1, 65536))
-	c.MinUploadRate = sizeVar("MIN_UPLOAD_RATE", 10<<10, 0, 1<<30)
-	c.AuthAddrRate = int(intVar("AUTH_RATE_PER_ADDR", 30, 0, 1_000_000))
-	c.AuthUserRate = int(intVar("AUTH_RATE_PER_USER", 10, 0, 1_000_000))
-	c.SignupAddrRate = int(intVar("SIGNUP_RATE_PER_ADDR", 20, 0, 1_000_000))
-	switch strings.ToLower(strings.TrimSpace(getenv("SIGNUP"))) {
-	case "", "open":
-		c.SignupOpen = true
-	case "closed":
-	default:
-		errs = append(errs, fmt.Errorf("SIGNUP=%q: want open or closed", getenv("SIGNUP")))
-	}
-	c.MetricsAddr = strings.TrimSpace(getenv("METRICS_ADDR"))
-	c.WorkerMemory = sizeVar("WORKER_MEMORY", defaultWorkerMemory(systemMemory()), 32<<20, 1<<40)
+	c.MaxUploadBytes = r.int("MAX_UPLOAD_BYTES", 25<<20, 1, 1<<40)
+	c.MaxPixels = r.int("MAX_PIXELS", 50_000_000, 1, 1<<31)
+	c.TokenTTL = r.duration("TOKEN_TTL", 24*time.Hour, time.Minute, 366*24*time.Hour)
+	c.Concurrency = int(r.int("WORKER_CONCURRENCY", procs, 1, 1024))
+	c.JPEGQuality = int(r.int("JPEG_QUALITY", 85, 1, 100))
+	c.JPEGDCT = r.onOff("JPEG_DCT", true)
+	c.ScryptN = int(r.int("SCRYPT_N", 1<<15, 2, 1<<20))
+	c.HashConcurrency = int(r.int("HASH_CONCURRENCY", procs, 1, 256))
+	c.RequestTimeout = r.duration("REQUEST_TIMEOUT", 5*time.Minute, time.Second, time.Hour)
+	c.ShutdownTimeout = r.duration("SHUTDOWN_TIMEOUT", 30*time.Second, 0, time.Hour)
+	c.JobLease = r.duration("JOB_LEASE", 15*time.Second, time.Second, 24*time.Hour)
+	c.JobRetryDelay = r.duration("JOB_RETRY_DELAY", 2*time.Second, time.Millisecond, time.Hour)
+	c.JobMaxAttempts = int(r.int("JOB_MAX_ATTEMPTS", 3, 1, 100))
+	c.JobTimeout = r.duration("JOB_TIMEOUT", 2*time.Minute, 100*time.Millisecond, 24*time.Hour)
+	c.SweepInterval = r.duration("SWEEP_INTERVAL", 10*time.Second, 10*time.Millisecond, 24*time.Hour)
+	c.UserQuota = r.size("USER_QUOTA_BYTES", 0, 0, 1<<50)
+	c.UploadsPerUser = int(r.int("UPLOADS_PER_USER", 4, 1, 1024))
+	c.UploadsTotal = int(r.int("UPLOADS_IN_FLIGHT", 64, 1, 65536))
+	c.MinUploadRate = r.size("MIN_UPLOAD_RATE", 10<<10, 0, 1<<30)
+	c.AuthAddrRate = int(r.int("AUTH_RATE_PER_ADDR", 30, 0, 1_000_000))
+	c.AuthUserRate = int(r.int("AUTH_RATE_PER_USER", 10, 0, 1_000_000))
+	c.SignupAddrRate = int(r.int("SIGNUP_RATE_PER_ADDR", 20, 0, 1_000_000))
+	c.SignupOpen = r.choice("SIGNUP", "open", "open", "closed") == "open"
+	c.WorkerMemory = r.size("WORKER_MEMORY", defaultWorkerMemory(systemMemory()), 32<<20, 1<<40)
+	c.SignedURLTTL = r.duration("SIGNED_URL_TTL", time.Hour, time.Minute, 7*24*time.Hour)
+	c.DownloadRedirect = r.onOff("DOWNLOAD_REDIRECT", false)
+	c.S3 = loadS3Config(getenv)
 	if getenv("GOMEMLIMIT") == "" {
 		// The heap may grow to what the jobs may hold, the password hashes in flight, and a margin for
 		// the rest (requests, pools, buffers); past it the collector works harder, not the kernel's
 		// OOM killer.
 		c.MemoryLimit = c.WorkerMemory + int64(c.HashConcurrency)*128*8*int64(c.ScryptN) + 96<<20
 	}
-	if c.ScryptN&(c.ScryptN-1) != 0 {
-		errs = append(errs, fmt.Errorf("SCRYPT_N=%d: want a power of two", c.ScryptN))
-	}
-	onOff := func(name string, def bool) bool {
-		switch s := strings.ToLower(strings.TrimSpace(getenv(name))); s {
-		case "":
-			return def
-		case "on", "true", "1", "yes":
-			return true
-		case "off", "false", "0", "no":
-			return false
-		}
-		errs = append(errs, fmt.Errorf("%s=%q: want on or off", name, getenv(name)))
-		return def
-	}
-	c.JPEGDCT = onOff("JPEG_DCT", true)
-	c.SignedURLTTL = durVar("SIGNED_URL_TTL", time.Hour, time.Minute, 7*24*time.Hour)
-	c.DownloadRedirect = onOff("DOWNLOAD_REDIRECT", false)
-	c.S3 = loadS3Config(getenv)
-	if c.DownloadRedirect && c.S3.Bucket == "" {
-		errs = append(errs, errors.New("DOWNLOAD_REDIRECT=on needs S3_BUCKET: only a bucket can serve a presigned download"))
-	}
-	if c.S3.Bucket != "" && (c.S3.AccessKey == "" || c.S3.SecretKey == "") {
-		errs = append(errs, errors.New("S3_BUCKET is set but no credentials are: set S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"))
-	}
-	if c.S3.Endpoint != "" {
-		if u, err := url.Parse(c.S3.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			errs = append(errs, fmt.Errorf("S3_ENDPOINT=%q: want an http:// or https:// URL", c.S3.Endpoint))
-		}
-	}
 	if s := getenv("LOG_LEVEL"); s != "" {
 		if err := c.LogLevel.UnmarshalText([]byte(s)); err != nil {
-			errs = append(errs, fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", s))
+			r.errs = append(r.errs, fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", s))
 		}
+	}
+	return c, errors.Join(append(r.errs, c.validate()...)...)
+}
+
+// validate checks what no single variable's range says: how settings fit together, and formats.
+func (c config) validate() []error {
+	var errs []error
+	if c.ScryptN&(c.ScryptN-1) != 0 {
+		errs = append(errs, fmt.Errorf("SCRYPT_N=%d: want a power of two", c.ScryptN))
 	}
 	if n := len(c.SecretKey); n > 0 && n < minSecretBytes {
 		// The value itself is never echoed: it is a secret.
@@ -572,7 +521,100 @@ func loadConfig(getenv func(string) string) (config, error) {
 			errs = append(errs, fmt.Errorf("%s: want a %s:// URL", u.name, u.scheme))
 		}
 	}
-	return c, errors.Join(errs...)
+	if c.DownloadRedirect && c.S3.Bucket == "" {
+		errs = append(errs, errors.New("DOWNLOAD_REDIRECT=on needs S3_BUCKET: only a bucket can serve a presigned download"))
+	}
+	if c.S3.Bucket != "" && (c.S3.AccessKey == "" || c.S3.SecretKey == "") {
+		errs = append(errs, errors.New("S3_BUCKET is set but no credentials are: set S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"))
+	}
+	if c.S3.Endpoint != "" {
+		if u, err := url.Parse(c.S3.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("S3_ENDPOINT=%q: want an http:// or https:// URL", c.S3.Endpoint))
+		}
+	}
+	return errs
+}
+
+// envReader reads typed variables, each with a default and a range, collecting one error per
+// variable that is out of it (naming the variable; the value is echoed, for none of these is secret).
+type envReader struct {
+	getenv func(string) string
+	errs   []error
+}
+
+// int reads a whole number from lo to hi.
+func (r *envReader) int(name string, def, lo, hi int64) int64 {
+	s := r.getenv(name)
+	if s == "" {
+		return def
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || v < lo || v > hi {
+		r.errs = append(r.errs, fmt.Errorf("%s=%q: want an integer from %d to %d", name, s, lo, hi))
+		return def
+	}
+	return v
+}
+
+// size reads a byte count: a whole number, with an optional KiB, MiB or GiB suffix.
+func (r *envReader) size(name string, def, lo, hi int64) int64 {
+	s := strings.TrimSpace(r.getenv(name))
+	if s == "" {
+		return def
+	}
+	unit := int64(1)
+	for suffix, u := range map[string]int64{"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30} {
+		if num, ok := strings.CutSuffix(s, suffix); ok {
+			s, unit = strings.TrimSpace(num), u
+		}
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || v > hi/unit || v*unit < lo {
+		r.errs = append(r.errs, fmt.Errorf("%s=%q: want a byte count from %d to %d (KiB, MiB and GiB suffixes allowed)", name, r.getenv(name), lo, hi))
+		return def
+	}
+	return v * unit
+}
+
+// duration reads a Go duration from lo to hi.
+func (r *envReader) duration(name string, def, lo, hi time.Duration) time.Duration {
+	s := r.getenv(name)
+	if s == "" {
+		return def
+	}
+	v, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil || v < lo || v > hi {
+		r.errs = append(r.errs, fmt.Errorf("%s=%q: want a duration from %s to %s", name, s, lo, hi))
+		return def
+	}
+	return v
+}
+
+// onOff reads a switch: on, true, 1 or yes; off, false, 0 or no.
+func (r *envReader) onOff(name string, def bool) bool {
+	switch s := strings.ToLower(strings.TrimSpace(r.getenv(name))); s {
+	case "":
+		return def
+	case "on", "true", "1", "yes":
+		return true
+	case "off", "false", "0", "no":
+		return false
+	}
+	r.errs = append(r.errs, fmt.Errorf("%s=%q: want on or off", name, r.getenv(name)))
+	return def
+}
+
+// choice reads one of the words allowed (case-insensitive).
+func (r *envReader) choice(name, def string, allowed ...string) string {
+	s := strings.ToLower(strings.TrimSpace(r.getenv(name)))
+	if s == "" {
+		return def
+	}
+	if !slices.Contains(allowed, s) {
+		r.errs = append(r.errs, fmt.Errorf("%s=%q: want %s", name, r.getenv(name), strings.Join(allowed, " or ")))
+		return def
+	}
+	return s
 }
 
 // loadS3Config reads the S3_* variables; the credentials fall back to AWS's own variable names.
