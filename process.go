@@ -217,14 +217,7 @@ func makeVariants(ctx context.Context, sc *scratch, path, contentType string, op
 // thumbnail, and orientations that would flip a side that is not a whole number of 8-pixel blocks.
 func makeVariantsDCT(ctx context.Context, sc *scratch, path string, opts processOptions) (out []encodedVariant, err error) {
 	finished := false // not err: a panic leaves err nil, and the files must go then too
-	defer func() {
-		if !finished || err != nil {
-			for _, v := range out {
-				os.Remove(v.tmpPath)
-			}
-			out = nil
-		}
-	}()
+	defer discardUnfinished(&out, &err, &finished)
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -305,17 +298,21 @@ func dctScale(w, h int) int {
 	return 0
 }
 
+// discardUnfinished, deferred by a function making variants, removes the temp files of *out unless
+// it finished without an error.
+func discardUnfinished(out *[]encodedVariant, err *error, finished *bool) {
+	if !*finished || *err != nil {
+		for _, v := range *out {
+			os.Remove(v.tmpPath)
+		}
+		*out = nil
+	}
+}
+
 // makeVariantsStandard makes the variants with the standard decoders.
 func makeVariantsStandard(ctx context.Context, sc *scratch, path, contentType string, opts processOptions) (out []encodedVariant, err error) {
 	finished := false // not err: a panic leaves err nil, and the files must go then too
-	defer func() {
-		if !finished || err != nil {
-			for _, v := range out {
-				os.Remove(v.tmpPath)
-			}
-			out = nil
-		}
-	}()
+	defer discardUnfinished(&out, &err, &finished)
 	src, orient, err := decodeFile(ctx, path, opts.maxPixels)
 	if err != nil {
 		return nil, err
