@@ -32,8 +32,9 @@ type docAsset struct {
 	body, gz    []byte
 }
 
-// docAssets loads each embedded file once, on first use.
+// docAssets loads each embedded file of files once, on first use.
 type docAssets struct {
+	files  embed.FS
 	mu     sync.Mutex
 	assets map[string]*docAsset
 }
@@ -44,6 +45,7 @@ var docTypes = map[string]string{
 	".js":   "text/javascript; charset=utf-8",
 	".css":  "text/css; charset=utf-8",
 	".png":  "image/png",
+	".svg":  "image/svg+xml",
 	".json": "application/json",
 	".txt":  "text/plain; charset=utf-8",
 }
@@ -59,7 +61,12 @@ func (d *docAssets) get(name string) *docAsset {
 	if !ok {
 		return nil
 	}
-	body, err := docFiles.ReadFile(name)
+	body, err := d.files.ReadFile(name)
+	if closed, ok := strings.CutSuffix(name, "-closed.html"); ok && err != nil {
+		// The page as served with SIGNUP=closed: index.html saying so.
+		body, err = d.files.ReadFile(closed + ".html")
+		body = bytes.Replace(body, []byte(`<meta name="imageapi-signup" content="open">`), []byte(`<meta name="imageapi-signup" content="closed">`), 1)
+	}
 	if err != nil {
 		return nil
 	}

@@ -207,7 +207,7 @@ func TestSchemaValidator(t *testing.T) {
 	v := schemaValidator{openAPIDoc(t)}
 	image := map[string]any{"$ref": "#/components/schemas/Image"}
 	good := map[string]any{"id": 1.0, "name": "n", "tags": []any{}, "status": "ready", "error": nil, "content_type": "image/png", "width": 1.0, "height": 1.0,
-		"resolution": "1x1", "size": 3.0, "sha256": strings.Repeat("a", 64), "url": "/x", "signed_url": "/x/signed", "created_at": "2026-11-27T05:06:40.872022Z",
+		"resolution": "1x1", "size": 3.0, "sha256": strings.Repeat("a", 64), "url": "/x", "signed_url": "/x/signed", "placeholder": nil, "created_at": "2026-11-27T05:06:40.872022Z",
 		"updated_at": "2026-11-27T05:06:40Z", "variants": map[string]any{"thumb_100": map[string]any{"width": 1.0, "height": 1.0, "size": 2.0, "content_type": "image/png", "url": "/y", "signed_url": "/y/signed"}}}
 	if errs := v.validate(image, good, "image"); len(errs) != 0 {
 		t.Fatalf("a valid image is refused: %v", errs)
@@ -379,6 +379,9 @@ func TestOpenAPIResponses(t *testing.T) {
 	check("GET", "/healthz", s.do("GET", "/healthz", nil))
 	check("GET", "/readyz", s.do("GET", "/readyz", nil))
 	check("GET", "/metrics", s.do("GET", "/metrics", nil))
+	check("GET", "/", s.do("GET", "/", nil))
+	check("GET", "/app/{file}", s.do("GET", "/app/app.js", nil))
+	check("GET", "/app/{file}", s.do("GET", "/app/nope.js", nil))
 	check("GET", "/docs", s.do("GET", "/docs", nil))
 	check("GET", "/docs/{file}", s.do("GET", "/docs/init.js", nil))
 	check("GET", "/docs/{file}", s.do("GET", "/docs/nope.js", nil))

@@ -51,6 +51,7 @@ type imageView struct {
 	SHA256      string                 `json:"sha256"`
 	URL         string                 `json:"url"`
 	SignedURL   string                 `json:"signed_url"`
+	Placeholder *string                `json:"placeholder"`
 	CreatedAt   string                 `json:"created_at"`
 	UpdatedAt   string                 `json:"updated_at"`
 	Variants    map[string]variantJSON `json:"variants"`
@@ -79,6 +80,9 @@ func (a *app) imageJSON(im imageRecord) imageView {
 	}
 	if im.Error != "" {
 		v.Error = &im.Error
+	}
+	if im.Placeholder != "" {
+		v.Placeholder = &im.Placeholder
 	}
 	for name, f := range im.Variants {
 		v.Variants[name] = variantJSON{Width: f.Width, Height: f.Height, Size: f.Size, ContentType: f.ContentType,

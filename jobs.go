@@ -4,9 +4,11 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"image"
 	"log/slog"
 	"os"
 	"runtime/debug"
@@ -60,7 +62,7 @@ func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duratio
 	jobCtx, stopJob := context.WithCancelCause(ctx)
 	beating := make(chan struct{})
 	go func() { defer close(beating); a.heartbeat(jobCtx, log, id, attempt, stopJob) }()
-	variants, via, err := a.produceVariants(jobCtx, log, im)
+	variants, placeholder, via, err := a.produceVariants(jobCtx, log, im)
 	lost := errors.Is(context.Cause(jobCtx), errClaimLost)
 	stopJob(nil)
 	<-beating
@@ -71,7 +73,7 @@ func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duratio
 		return jobDone, 0
 	}
 	if err == nil {
-		err = a.store.finishImage(bg, id, attempt, variants)
+		err = a.store.finishImage(bg, id, attempt, variants, placeholder)
 		if errors.Is(err, errNotFound) {
 			// Deleted (or taken over) while we worked: these files are nobody's.
 			a.removeVariants(log, variants)
@@ -195,7 +197,7 @@ func retryDelay(base time.Duration, attempt int) time.Duration {
 // that needs more than all of it fails), then works within JOB_TIMEOUT. A panic anywhere in it is
 // recovered, logged with its stack and counted, and returned as errJobPanicked; on any error no
 // file of it is left behind.
-func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRecord) (variants map[string]storedVariant, via string, err error) {
+func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRecord) (variants map[string]storedVariant, placeholder, via string, err error) {
 	var outs []encodedVariant
 	defer func() {
 		if v := recover(); v != nil {
@@ -213,21 +215,21 @@ func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRec
 	}()
 	path, done, err := a.blobs.localCopy(ctx, im.FileKey)
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
 	defer done()
 	need, err := jobMemory(ctx, path, a.cfg.JPEGDCT)
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
 	// Wait for the bytes before the clock starts: a job queued behind large ones is not late.
 	release, err := a.budget.acquire(ctx, need)
 	if errors.Is(err, errOverBudget) {
-		return nil, "", badImage("processing this image needs about %s of memory, over this server's limit of %s (WORKER_MEMORY)",
+		return nil, "", "", badImage("processing this image needs about %s of memory, over this server's limit of %s (WORKER_MEMORY)",
 			formatMiB(need), formatMiB(a.cfg.WorkerMemory))
 	}
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
 	defer release()
 	tctx, cancel := context.WithTimeout(ctx, a.cfg.JobTimeout)
@@ -235,21 +237,46 @@ func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRec
 	outs, via, err = a.process(tctx, a.scratch, path, im.ContentType,
 		processOptions{jpegQuality: a.cfg.JPEGQuality, maxPixels: a.cfg.MaxPixels, dct: a.cfg.JPEGDCT})
 	if err != nil {
-		return nil, via, err
+		return nil, "", via, err
 	}
+	placeholder = placeholderOfVariants(log, outs)
 	variants = map[string]storedVariant{}
 	for len(outs) > 0 {
 		v := outs[0]
 		// A fresh key each time: a variant's key names its content (it is its ETag).
 		key := variantKey(im.FileKey, v.name, v.ext)
 		if err := a.blobs.place(ctx, v.tmpPath, key, v.file.ContentType, ""); err != nil {
-			return nil, via, err
+			return nil, "", via, err
 		}
 		outs = outs[1:]
 		v.file.Key = key
 		variants[v.name] = v.file
 	}
-	return variants, via, nil
+	return variants, placeholder, via, nil
+}
+
+// placeholderOfVariants is the BlurHash of the thumb_100 among outs (read back from its temp file,
+// whichever path made it); empty, and logged, when there is none or it cannot be read: a missing
+// placeholder costs a page a moment of blank, not the image.
+func placeholderOfVariants(log *slog.Logger, outs []encodedVariant) string {
+	for _, v := range outs {
+		if v.name != "thumb_100" {
+			continue
+		}
+		f, err := os.Open(v.tmpPath)
+		if err != nil {
+			log.Warn("no placeholder", slog.Any("error", err))
+			return ""
+		}
+		defer f.Close()
+		img, _, err := image.Decode(bufio.NewReader(f))
+		if err != nil {
+			log.Warn("no placeholder", slog.Any("error", err))
+			return ""
+		}
+		return placeholderOf(img)
+	}
+	return ""
 }
 
 // jobMemory estimates the peak bytes of processing the image file at path, from its header alone.

@@ -238,6 +238,8 @@ func (a *app) routeTable() []route {
 		return rs
 	}
 	rs = append(rs,
+		route{"GET", "/{$}", a.servePage, false},
+		route{"GET", "/app/{file}", a.servePage, false},
 		route{"GET", "/docs", a.serveDocs, false},
 		route{"GET", "/docs/{file}", a.serveDocs, false},
 		route{"GET", "/openapi.json", a.serveOpenAPI, false},
@@ -283,7 +285,8 @@ type app struct {
 	metrics *metrics
 	tokens  *tokenIssuer
 	hasher  *passwordHasher
-	docs    docAssets
+	docs    docAssets     // Swagger UI and openapi.json
+	page    docAssets     // the web page at /
 	budget  *memoryBudget // WORKER_MEMORY, shared by the jobs running at once
 	// Abuse limits (limits.go).
 	authByAddr, authByUser, signupByAddr *rateLimiter
@@ -361,6 +364,8 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 		signupByAddr: newRateLimiter(cfg.SignupAddrRate, time.Hour, maxRateKeys),
 		uploads:      newUploadSlots(cfg.UploadsPerUser, cfg.UploadsTotal),
 		process:      makeVariants,
+		docs:         docAssets{files: docFiles},
+		page:         docAssets{files: pageFiles},
 		closing:      make(chan struct{}),
 	}, nil
 }

@@ -152,6 +152,9 @@ func testProcessEndToEnd(t *testing.T, env map[string]string) {
 			if len(v.Variants) != len(variantSpecs) {
 				t.Fatalf("variants = %v", v.Variants)
 			}
+			if v.Placeholder == nil || len(*v.Placeholder) != 28 {
+				t.Fatalf("placeholder = %v, want a 28-character BlurHash", v.Placeholder)
+			}
 			for _, spec := range variantSpecs {
 				meta := v.Variants[spec.name]
 				r := s.do("GET", meta.URL, nil, "Authorization", auth)

@@ -185,6 +185,7 @@ type imageRecord struct {
 	SHA256      string                   `json:"sha256"`
 	FileKey     string                   `json:"file_key"`
 	Variants    map[string]storedVariant `json:"variants"`
+	Placeholder string                   `json:"placeholder"` // BlurHash; empty until ready
 	CreatedAt   time.Time                `json:"created_at"`
 	UpdatedAt   time.Time                `json:"updated_at"`
 }
@@ -207,13 +208,13 @@ const (
 )
 
 // imageColumns is the column list scanImage reads, in its order.
-const imageColumns = `id, owner_id, name, tags, status, error, content_type, width, height, size, sha256, file_key, variants, created_at, updated_at`
+const imageColumns = `id, owner_id, name, tags, status, error, content_type, width, height, size, sha256, file_key, variants, placeholder, created_at, updated_at`
 
 // scanImage reads one row of imageColumns.
 func scanImage(row pgx.Row) (imageRecord, error) {
 	var im imageRecord
 	err := row.Scan(&im.ID, &im.OwnerID, &im.Name, &im.Tags, &im.Status, &im.Error, &im.ContentType, &im.Width, &im.Height,
-		&im.Size, &im.SHA256, &im.FileKey, &im.Variants, &im.CreatedAt, &im.UpdatedAt)
+		&im.Size, &im.SHA256, &im.FileKey, &im.Variants, &im.Placeholder, &im.CreatedAt, &im.UpdatedAt)
 	if im.Tags == nil {
 		im.Tags = []string{}
 	}
@@ -444,10 +445,10 @@ func (s *store) renewLease(ctx context.Context, id int64, attempt int, lease tim
 // finishImage records the variants of an image this worker holds and marks it ready. It returns
 // errNotFound when the image is no longer held (deleted, or its lease taken over): the caller's
 // files are then nobody's.
-func (s *store) finishImage(ctx context.Context, id int64, attempt int, variants map[string]storedVariant) error {
+func (s *store) finishImage(ctx context.Context, id int64, attempt int, variants map[string]storedVariant, placeholder string) error {
 	tag, err := s.pool.Exec(ctx, `
-		UPDATE images SET status = 'ready', variants = $3, error = '', lease_until = NULL, updated_at = now()
-		WHERE id = $1 AND status = 'processing' AND attempts = $2`, id, attempt, variants)
+		UPDATE images SET status = 'ready', variants = $3, placeholder = $4, error = '', lease_until = NULL, updated_at = now()
+		WHERE id = $1 AND status = 'processing' AND attempts = $2`, id, attempt, variants, placeholder)
 	if err != nil {
 		return fmt.Errorf("store: finish image %d: %w", id, err)
 	}

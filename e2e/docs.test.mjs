@@ -3,78 +3,21 @@
 // OAuth2 password dialog, upload a real photo, list it. Screenshots go to e2e/artifacts/.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import net from "node:net";
-import { chromium } from "playwright-core";
+import { root, artifacts, startServer, launchBrowser } from "./server.mjs";
 
-const root = new URL("..", import.meta.url).pathname;
-const artifacts = join(root, "e2e", "artifacts");
-const adminURL = process.env.TEST_DATABASE_URL || "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable";
-const dbName = `imageapi_e2e_${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
-const databaseURL = adminURL.replace(/\/[^/?]*(\?|$)/, `/${dbName}$1`);
-const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
-
-let server, base, browser, workdir;
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-    srv.on("error", reject);
-  });
-}
-
-async function waitHealthy(url, ms) {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    try {
-      if ((await fetch(url)).ok) return;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${url} did not answer within ${ms} ms`);
-}
+let server, base, browser;
 
 before(async () => {
-  mkdirSync(artifacts, { recursive: true });
-  workdir = mkdtempSync(join(tmpdir(), "imageapi-e2e-"));
-  const bin = join(workdir, "imageapi");
-  execFileSync("go", ["build", "-o", bin, "."], { cwd: root, stdio: "inherit" });
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}`;
-  // The binary creates its database when missing; BROKER_URL empty: jobs run in-process.
-  server = spawn(bin, ["-mode=all", "-env-file="], {
-    cwd: workdir,
-    env: { ...process.env, ADDR: `127.0.0.1:${port}`, DATABASE_URL: databaseURL, UPLOAD_DIR: join(workdir, "uploads"),
-           BROKER_URL: "", REDIS_URL: "", SECRET_KEY: "" },
-    stdio: ["ignore", "inherit", "inherit"],
-  });
-  await waitHealthy(`${base}/healthz`, 30_000);
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", "--no-first-run", "--disable-quic"],
-  });
+  // BROKER_URL empty: jobs run in-process.
+  server = await startServer(["-mode=all"]);
+  base = server.base;
+  browser = await launchBrowser();
 });
 
 after(async () => {
   await browser?.close();
-  if (server) {
-    server.kill("SIGTERM");
-    await new Promise((r) => server.once("exit", r));
-  }
-  try {
-    execFileSync("psql", [adminURL, "-qc", `DROP DATABASE IF EXISTS "${dbName}" WITH (FORCE)`], { stdio: "inherit" });
-  } finally {
-    rmSync(workdir, { recursive: true, force: true });
-  }
+  await server?.stop();
 });
 
 // execute runs the open operation block's "Execute" and returns the status its live response shows.

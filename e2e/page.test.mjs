@@ -1,0 +1,176 @@
+// End-to-end: the web page at / in headless Chromium, against the real binary: sign up; drop three
+// real photos and one refused file at once; see the refusal's reason; see each photo's card turn from
+// its placeholder into a rendered thumbnail without a reload (the worker starts only once the cards
+// wait for it); rename and retag one; filter by tag; open one, switch to grayscale, delete it; sign
+// out; open and close an image with the keyboard alone. axe-core checks the sign-in screen, the
+// gallery (light and dark) and the image view; screenshots at 360 and 1280 px go to e2e/artifacts/.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { join } from "node:path";
+import { root, artifacts, startServer, launchBrowser } from "./server.mjs";
+
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+const brokerURL = process.env.TEST_BROKER_URL || "amqp://guest:guest@127.0.0.1:5672/";
+const queue = `imageapi_e2e_${Math.random().toString(36).slice(2, 8)}`;
+
+let server, browser;
+
+before(async () => {
+  // The API alone: jobs wait in RabbitMQ until the test starts a worker.
+  server = await startServer(["-mode=api"], { BROKER_URL: brokerURL, QUEUE_NAME: queue });
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+// accessibility runs axe-core on the page as it is and returns its serious and critical violations.
+// (page.evaluate runs through the DevTools protocol, which the page's CSP does not govern.)
+async function accessibility(page, what) {
+  await page.evaluate(axeSource);
+  const violations = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { resultTypes: ["violations"] });
+    return r.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map((n) => n.target.join(" ")) }));
+  });
+  const bad = violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  assert.deepEqual(bad, [], `${what}: serious or critical accessibility violations`);
+  return violations.length;
+}
+
+// shots saves the page at phone and desktop widths.
+async function shots(page, name) {
+  for (const width of [360, 1280]) {
+    await page.setViewportSize({ width, height: width === 360 ? 780 : 900 });
+    await page.screenshot({ path: join(artifacts, `page-${name}-${width}.png`), fullPage: true });
+  }
+}
+
+test("the page: sign up, upload, watch, edit, filter, view, delete, sign out", async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const problems = [];
+  page.on("console", (m) => {
+    // The refused upload's 415 is the one error expected; the browser logs it as a failed load.
+    if ((m.type() === "error" && !/status of 415/.test(m.text())) || /Content.Security.Policy/i.test(m.text())) problems.push(m.text());
+  });
+  page.on("pageerror", (e) => problems.push(String(e)));
+  let navigations = 0;
+  page.on("framenavigated", (f) => {
+    if (f === page.mainFrame()) navigations++;
+  });
+  await page.goto(`${server.base}/`);
+  await page.getByRole("button", { name: "Sign in" }).waitFor();
+  await accessibility(page, "the sign-in screen");
+  await shots(page, "signin");
+
+  // Sign up (the same screen).
+  const username = `p_${Math.random().toString(36).slice(2, 8)}`;
+  await page.getByLabel("Username").fill(username);
+  await page.getByLabel("Password").fill("correct horse battery");
+  await page.getByRole("button", { name: "Sign up" }).click();
+  await page.getByRole("heading", { name: "Your images", level: 2 }).waitFor();
+  assert.match(await page.locator("#whoami").innerText(), new RegExp(username));
+
+  // Three photos and a text file named .jpg, in one go, with tags typed first.
+  await page.getByLabel("Tags for the next uploads (comma-separated)").fill("e2e, photos");
+  await page.getByLabel("Upload images").setInputFiles([
+    join(root, "testdata", "mid.jpg"),
+    join(root, "testdata", "photo.png"),
+    join(root, "testdata", "small.webp"),
+    join(root, "testdata", "bad", "text.jpg"),
+  ]);
+  const refused = page.locator("#uploads li", { hasText: "text.jpg" }).locator(".status");
+  await refused.filter({ hasText: "Refused" }).waitFor();
+  assert.match(await refused.innerText(), /not an image this service accepts/);
+  await page.locator('#uploads li[data-state="done"]').nth(2).waitFor();
+  assert.equal(await page.locator('#uploads li[data-state="done"]').count(), 3);
+
+  // The cards wait with their placeholders: no worker runs yet.
+  const cards = page.locator("#gallery article");
+  await page.waitForFunction(() => document.querySelectorAll("#gallery article").length === 3);
+  assert.equal(await page.locator('#gallery article[data-status="pending"]').count(), 3);
+  assert.equal(await cards.locator("img").count(), 0);
+  await shots(page, "pending");
+
+  // A worker starts; each card turns into its thumbnail, on this same page.
+  await server.spawnAnother(["-mode=worker"], { BROKER_URL: brokerURL, QUEUE_NAME: queue });
+  await page.waitForFunction(() => {
+    const imgs = [...document.querySelectorAll("#gallery article img")];
+    return imgs.length === 3 && imgs.every((i) => i.complete && i.naturalWidth > 0);
+  }, null, { timeout: 60_000 });
+  const navigationsBefore = navigations;
+  for (const name of ["mid.jpg", "photo.png", "small.webp"]) {
+    const card = page.locator("#gallery article", { has: page.getByRole("heading", { name }) });
+    assert.equal(await card.locator("img").getAttribute("alt"), name);
+    assert.match(await card.locator("img").getAttribute("srcset"), /variant=thumb_100.* 100w, .*variant=thumb_500/);
+  }
+  // The placeholder under each thumbnail was painted (a BlurHash decoded onto its canvas).
+  const painted = await page.evaluate(() => [...document.querySelectorAll("#gallery article canvas")].map((c) => {
+    const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+    return d.some((v, i) => i % 4 !== 3 && v !== 0);
+  }));
+  assert.deepEqual(painted, [true, true, true]);
+  await accessibility(page, "the gallery");
+  await shots(page, "gallery");
+  await page.emulateMedia({ colorScheme: "dark" });
+  await page.screenshot({ path: join(artifacts, "page-gallery-dark-1280.png"), fullPage: true });
+  await accessibility(page, "the gallery, dark");
+  await page.emulateMedia({ colorScheme: "light" });
+
+  // With the keyboard alone: a card's heading button opens it, Escape closes it, focus comes back.
+  await page.getByRole("button", { name: "small.webp" }).focus();
+  await page.keyboard.press("Enter");
+  await page.getByRole("dialog").waitFor();
+  assert.equal(await page.evaluate(() => document.activeElement?.closest("dialog")?.id), "viewer");
+  await page.keyboard.press("Escape");
+  await page.getByRole("dialog").waitFor({ state: "hidden" });
+  assert.equal(await page.evaluate(() => document.activeElement?.textContent), "small.webp");
+
+  // Rename and retag one, through its view.
+  await page.getByRole("button", { name: "mid.jpg" }).click();
+  const dialog = page.getByRole("dialog");
+  await dialog.waitFor();
+  await dialog.getByLabel("Name").fill("Ladybird");
+  await dialog.getByLabel("Tags (comma-separated)").fill("bugs, red");
+  await dialog.getByRole("button", { name: "Save" }).click();
+  await dialog.getByText("Saved.").waitFor();
+  await dialog.getByRole("button", { name: "Close" }).click();
+  await page.getByRole("heading", { name: "Ladybird" }).waitFor();
+  assert.match(await page.locator("#gallery article", { hasText: "Ladybird" }).locator(".tags").innerText(), /#bugs #red/);
+
+  // Filter by tag.
+  await page.getByLabel("Filter by tag").fill("bugs");
+  await page.getByRole("button", { name: "Filter", exact: true }).click();
+  await page.waitForFunction(() => document.querySelectorAll("#gallery article").length === 1);
+  assert.match(await page.locator("#count").innerText(), /1 image tagged “bugs”/);
+  await page.getByRole("button", { name: "Show all" }).click();
+  await page.waitForFunction(() => document.querySelectorAll("#gallery article").length === 3);
+
+  // Open one, switch to the grayscale copy, then delete it.
+  await page.getByRole("button", { name: "photo.png" }).click();
+  await dialog.waitFor();
+  await dialog.getByRole("button", { name: "Grayscale" }).click();
+  await page.waitForFunction(() => {
+    const img = document.getElementById("viewer-img");
+    return img.src.includes("variant=grayscale") && img.complete && img.naturalWidth === 2048;
+  }, null, { timeout: 30_000 });
+  assert.match(await dialog.locator("#details").innerText(), /2048 × 1024 pixels/);
+  await accessibility(page, "the image view");
+  await shots(page, "view");
+  await dialog.getByRole("button", { name: "Delete…" }).click();
+  await dialog.getByRole("button", { name: "Delete for good" }).click();
+  await dialog.waitFor({ state: "hidden" });
+  await page.waitForFunction(() => document.querySelectorAll("#gallery article").length === 2);
+  assert.equal(await page.getByRole("heading", { name: "photo.png" }).count(), 0);
+  assert.equal(navigations, navigationsBefore, "the page reloaded");
+
+  // Sign out: back to the sign-in screen, the token gone from this tab.
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByRole("button", { name: "Sign in" }).waitFor();
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("imageapi.token")), null);
+  assert.equal(await page.evaluate(() => localStorage.length), 0);
+  assert.deepEqual(problems, [], "the page logged errors or CSP violations");
+});

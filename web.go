@@ -1,0 +1,48 @@
+// The web page at /: a small app of plain HTML, CSS and JavaScript modules (web/), embedded, that
+// signs a person in and shows their pictures through the public API.
+package main
+
+import (
+	"embed"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// pageFiles are the page and its modules.
+//
+//go:embed web
+var pageFiles embed.FS
+
+// pageCSP allows the page its own scripts, styles and API, and images from this server (signed
+// URLs) and, when downloads redirect to the bucket, from the bucket's origin: no inline script or
+// style, no other origin, no framing.
+func (a *app) pageCSP() string {
+	img := "'self'"
+	if s3b, ok := a.blobs.(*s3Blobs); ok && a.cfg.DownloadRedirect {
+		u := url.URL{Scheme: s3b.c.base.Scheme, Host: s3b.c.base.Host}
+		img += " " + u.String()
+	}
+	return "default-src 'none'; script-src 'self'; style-src 'self'; img-src " + img + "; connect-src 'self'; " +
+		"base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+}
+
+// servePage serves the page: index.html at /, its files at /app/{file}. With SIGNUP=closed the page
+// is told so (and shows no sign-up button).
+func (a *app) servePage(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("file")
+	if name == "" {
+		name = "index.html"
+		if !a.cfg.SignupOpen {
+			name = "index-closed.html"
+		}
+	}
+	asset := a.page.get("web/" + name)
+	if asset == nil || strings.Contains(name, "/") {
+		writeProblem(w, r, http.StatusNotFound, "no such file")
+		return
+	}
+	w.Header().Set("Content-Security-Policy", a.pageCSP())
+	// The page's files change with the binary: revalidated each time (their ETags make that a 304).
+	asset.serve(w, r, true)
+}
