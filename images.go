@@ -542,7 +542,10 @@ func (a *app) serveFile(w http.ResponseWriter, r *http.Request, im imageRecord, 
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
-	b, err := a.blobs.open(r.Context(), key, r.Header.Get("Range"))
+	// A bucket that stalls mid-body must not hold the handler past REQUEST_TIMEOUT.
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RequestTimeout)
+	defer cancel()
+	b, err := a.blobs.open(ctx, key, r.Header.Get("Range"))
 	if errors.Is(err, errNotFound) {
 		// Deleted between reading the row and opening the file.
 		h.Del("Content-Disposition")

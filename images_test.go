@@ -206,8 +206,10 @@ func testUploadAndDownload(t *testing.T, env map[string]string) {
 
 // TestUploadFormats: every input format is sniffed from its bytes (the filename and the part's
 // Content-Type are ignored) and sized from its header.
-func TestUploadFormats(t *testing.T) {
-	s := newTestServer(t, nil)
+func TestUploadFormats(t *testing.T) { forEachBackend(t, testUploadFormats) }
+
+func testUploadFormats(t *testing.T, env map[string]string) {
+	s := newTestServer(t, env)
 	_, auth := s.signupAndLogin()
 	src := stdimage.NewPaletted(stdimage.Rect(0, 0, 30, 20), []color.Color{color.Black, color.White})
 	var gifBuf, bmpBuf, tiffBuf bytes.Buffer
@@ -321,8 +323,10 @@ func testUploadRefusals(t *testing.T, env map[string]string) {
 	}
 }
 
-func TestListPagesAndTags(t *testing.T) {
-	s := newTestServer(t, nil)
+func TestListPagesAndTags(t *testing.T) { forEachBackend(t, testListPagesAndTags) }
+
+func testListPagesAndTags(t *testing.T, env map[string]string) {
+	s := newTestServer(t, env)
 	_, auth := s.signupAndLogin()
 	var ids []int64
 	for i := range 5 {
@@ -384,8 +388,10 @@ func TestListPagesAndTags(t *testing.T) {
 	}
 }
 
-func TestUpdateImage(t *testing.T) {
-	s := newTestServer(t, nil)
+func TestUpdateImage(t *testing.T) { forEachBackend(t, testUpdateImage) }
+
+func testUpdateImage(t *testing.T, env map[string]string) {
+	s := newTestServer(t, env)
 	_, auth := s.signupAndLogin()
 	v := s.mustUpload(auth, "before", "a,b", "a.png", tinyPNG(t, 2, 2))
 	path := fmt.Sprintf("/api/v1/images/%d", v.ID)
@@ -469,8 +475,10 @@ func testDeleteImage(t *testing.T, env map[string]string) {
 
 // TestOwnership: another user's image answers exactly like a missing one on every route, and never
 // shows in a list; ids that are not positive canonical integers are missing images too.
-func TestOwnership(t *testing.T) {
-	s := newTestServer(t, nil)
+func TestOwnership(t *testing.T) { forEachBackend(t, testOwnership) }
+
+func testOwnership(t *testing.T, env map[string]string) {
+	s := newTestServer(t, env)
 	_, alice := s.signupAndLogin()
 	_, bob := s.signupAndLogin()
 	v := s.mustUpload(alice, "alice's", "private", "a.png", tinyPNG(t, 2, 2))

@@ -213,7 +213,14 @@ func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRec
 			variants = nil
 		}
 	}()
-	path, done, err := a.blobs.localCopy(ctx, im.FileKey)
+	// Fetching the original (from a bucket, it is a download) is bounded like the work itself.
+	fctx, cancelFetch := context.WithTimeout(ctx, a.cfg.JobTimeout)
+	path, done, err := a.blobs.localCopy(fctx, im.FileKey)
+	if err != nil && fctx.Err() != nil && ctx.Err() == nil {
+		// The storage, not the image, was too slow: retried like an outage.
+		err = fmt.Errorf("%w: fetching the original took over %s: %w", errS3Unavailable, a.cfg.JobTimeout, err)
+	}
+	cancelFetch()
 	if err != nil {
 		return nil, "", "", err
 	}

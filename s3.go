@@ -365,7 +365,8 @@ func (c *s3Client) do(ctx context.Context, req s3Request) (*http.Response, error
 // attempt sends req once. Its context is cancelled by the returned func (after the body is read).
 func (c *s3Client) attempt(ctx context.Context, req s3Request, hash string) (*http.Response, context.CancelFunc, error) {
 	actx, cancel := context.WithCancel(ctx)
-	timer := time.AfterFunc(c.timeout, cancel)
+	// A body sent gets time for its bytes too, at no less than 512 KiB/s.
+	timer := time.AfterFunc(c.timeout+time.Duration(req.size>>19)*time.Second, cancel)
 	if req.stream {
 		// A streamed body may take longer than the timeout to read: only the answer's headers are
 		// bounded (by the transport's ResponseHeaderTimeout, and this timer until they arrive).

@@ -1,5 +1,5 @@
 // End-to-end: the web page at / in headless Chromium, against the real binary: sign up; drop three
-// real photos and one refused file at once; see the refusal's reason; see each photo's card turn from
+// real photos and one refused file in one drag and drop; see the refusal's reason; see each photo's card turn from
 // its placeholder into a rendered thumbnail without a reload (the worker starts only once the cards
 // wait for it); rename and retag one; filter by tag; open one, switch to grayscale, delete it; sign
 // out; open and close an image with the keyboard alone. axe-core checks the sign-in screen, the
@@ -8,7 +8,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { root, artifacts, startServer, launchBrowser } from "./server.mjs";
 
 const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
@@ -39,6 +39,23 @@ async function accessibility(page, what) {
   const bad = violations.filter((v) => v.impact === "serious" || v.impact === "critical");
   assert.deepEqual(bad, [], `${what}: serious or critical accessibility violations`);
   return violations.length;
+}
+
+// drop drops testdata files (path, type) on the element at selector, as one drag and drop.
+async function drop(page, selector, files) {
+  const payload = files.map(([path, type]) => ({ name: basename(path), type, b64: readFileSync(join(root, "testdata", path)).toString("base64") }));
+  const dt = await page.evaluateHandle((files) => {
+    const dt = new DataTransfer();
+    for (const f of files) {
+      const bin = atob(f.b64);
+      const bytes = new Uint8Array(bin.length);
+      for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+      dt.items.add(new File([bytes], f.name, { type: f.type }));
+    }
+    return dt;
+  }, payload);
+  await page.locator(selector).dispatchEvent("dragover", { dataTransfer: dt });
+  await page.locator(selector).dispatchEvent("drop", { dataTransfer: dt });
 }
 
 // shots saves the page at phone and desktop widths.
@@ -76,12 +93,7 @@ test("the page: sign up, upload, watch, edit, filter, view, delete, sign out", a
 
   // Three photos and a text file named .jpg, in one go, with tags typed first.
   await page.getByLabel("Tags for the next uploads (comma-separated)").fill("e2e, photos");
-  await page.getByLabel("Upload images").setInputFiles([
-    join(root, "testdata", "mid.jpg"),
-    join(root, "testdata", "photo.png"),
-    join(root, "testdata", "small.webp"),
-    join(root, "testdata", "bad", "text.jpg"),
-  ]);
+  await drop(page, "#dropzone", [["mid.jpg", "image/jpeg"], ["photo.png", "image/png"], ["small.webp", "image/webp"], ["bad/text.jpg", "image/jpeg"]]);
   const refused = page.locator("#uploads li", { hasText: "text.jpg" }).locator(".status");
   await refused.filter({ hasText: "Refused" }).waitFor();
   assert.match(await refused.innerText(), /not an image this service accepts/);
@@ -166,6 +178,11 @@ test("the page: sign up, upload, watch, edit, filter, view, delete, sign out", a
   await page.waitForFunction(() => document.querySelectorAll("#gallery article").length === 2);
   assert.equal(await page.getByRole("heading", { name: "photo.png" }).count(), 0);
   assert.equal(navigations, navigationsBefore, "the page reloaded");
+
+  // The file picker ("Upload images") takes files too.
+  await page.getByLabel("Upload images").setInputFiles(join(root, "testdata", "small.webp"));
+  await page.locator('#uploads li[data-state="done"]').nth(3).waitFor();
+  await page.waitForFunction(() => document.querySelectorAll("#gallery article").length === 3);
 
   // Sign out: back to the sign-in screen, the token gone from this tab.
   await page.getByRole("button", { name: "Sign out" }).click();
