@@ -107,12 +107,25 @@ test("the page: sign up, upload, watch, edit, filter, view, delete, sign out", a
   assert.equal(await cards.locator("img").count(), 0);
   await shots(page, "pending");
 
-  // A worker starts; each card turns into its thumbnail, on this same page.
+  // A worker starts; each card turns into its thumbnail, on this same page. When each card shows its
+  // image as ready is recorded, to compare with when the worker committed it (updated_at).
+  await page.evaluate(() => {
+    window.readyAt = {};
+    new MutationObserver(() => {
+      for (const a of document.querySelectorAll('#gallery article[data-status="ready"]')) window.readyAt[a.dataset.id] ??= Date.now();
+    }).observe(document.getElementById("gallery"), { childList: true, subtree: true, attributes: true });
+  });
   await server.spawnAnother(["-mode=worker"], { BROKER_URL: brokerURL, QUEUE_NAME: queue });
   await page.waitForFunction(() => {
     const imgs = [...document.querySelectorAll("#gallery article img")];
     return imgs.length === 3 && imgs.every((i) => i.complete && i.naturalWidth > 0);
   }, null, { timeout: 60_000 });
+  const delays = await page.evaluate(async () => {
+    const r = await fetch("/api/v1/images/", { headers: { Authorization: `Bearer ${sessionStorage.getItem("imageapi.token")}` } });
+    return (await r.json()).map((im) => window.readyAt[im.id] - Date.parse(im.updated_at)).sort((a, b) => a - b);
+  });
+  console.log(`status change to the page: ${delays.join(", ")} ms after the worker's commit (median ${delays[1]} ms)`);
+  assert.ok(delays.every((d) => d >= 0), "a card showed ready before its commit");
   const navigationsBefore = navigations;
   for (const name of ["mid.jpg", "photo.png", "small.webp"]) {
     const card = page.locator("#gallery article", { has: page.getByRole("heading", { name }) });
