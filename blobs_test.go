@@ -170,6 +170,22 @@ func TestSignedURLs(t *testing.T) {
 	}
 }
 
+// TestSignedURLExpires: with SIGNED_URL_TTL=2s a link works at once and is refused once its two
+// seconds have passed, on the real clock.
+func TestSignedURLExpires(t *testing.T) {
+	t.Parallel() // mostly waiting
+	s := newTestServer(t, map[string]string{"SIGNED_URL_TTL": "2s", "DATABASE_URL": freshDatabase(t)})
+	_, auth := s.signupAndLogin()
+	v := s.mustUpload(auth, "brief", "", "a.png", tinyPNG(t, 4, 4))
+	if r := s.do("GET", v.SignedURL, nil); r.status != 200 {
+		t.Fatalf("a fresh link: %d", r.status)
+	}
+	u, _ := url.Parse(v.SignedURL)
+	exp, _ := strconv.ParseInt(u.Query().Get("expires"), 10, 64)
+	time.Sleep(time.Until(time.Unix(exp, 0)) + 100*time.Millisecond)
+	s.do("GET", v.SignedURL, nil).problem(t, http.StatusForbidden)
+}
+
 // TestSignedURLExpiry: a link lives between ¾ of SIGNED_URL_TTL and all of it, and is the same
 // link for a quarter of it (so a page asking again soon gets the browser's cached image).
 func TestSignedURLExpiry(t *testing.T) {
@@ -180,6 +196,13 @@ func TestSignedURLExpiry(t *testing.T) {
 		life := s.expiry() - at
 		if life < 2700 || life > 3600 {
 			t.Errorf("at %d: a link lives %d s, want 2700–3600", at, life)
+		}
+	}
+	short := newURLSigner([]byte("k"), 2*time.Second)
+	for _, at := range []int64{1_700_000_000, 1_700_000_001} {
+		short.now = func() time.Time { return time.Unix(at, 0) }
+		if life := short.expiry() - at; life != 2 {
+			t.Errorf("SIGNED_URL_TTL=2s: a link lives %d s", life)
 		}
 	}
 	s.now = func() time.Time { return time.Unix(1_700_000_100, 0) }
@@ -302,14 +325,16 @@ func TestS3Outage(t *testing.T) {
 // TestScaleOut: two API processes and two worker processes of the real binary, each with an empty
 // UPLOAD_DIR of its own, share nothing but PostgreSQL, RabbitMQ and one bucket: an image uploaded
 // through one API is processed by some worker and served, every variant, by the other API, by
-// token and by signed link; a delete through either removes every object.
+// token and by signed link; a delete through the first removes every object, and no UPLOAD_DIR
+// holds a file afterwards.
 func TestScaleOut(t *testing.T) {
 	t.Parallel() // mostly waiting for processes: it overlaps the others
 	db, queue, s3env := freshDatabase(t), testQueue(t), s3TestEnv(t)
+	var dirs []string
 	procEnv := func() map[string]string {
-		env := with(s3env, "DATABASE_URL", db, "BROKER_URL", testBrokerURL, "QUEUE_NAME", queue, "UPLOAD_DIR", t.TempDir(),
+		dirs = append(dirs, t.TempDir())
+		return with(s3env, "DATABASE_URL", db, "BROKER_URL", testBrokerURL, "QUEUE_NAME", queue, "UPLOAD_DIR", dirs[len(dirs)-1],
 			"SECRET_KEY", "scale-out-test-secret-0123456789abcdef")
-		return env
 	}
 	apis := []*binaryServer{startBinary(t, procEnv(), "-mode=api"), startBinary(t, procEnv(), "-mode=api")}
 	for range 2 {
@@ -363,6 +388,12 @@ func TestScaleOut(t *testing.T) {
 	if left != 0 {
 		t.Errorf("%d objects left after deleting every image", left)
 	}
+	// Every process's UPLOAD_DIR holds nothing but its empty temp directory.
+	for _, d := range dirs {
+		if files := filesUnder(t, d); len(files) != 0 {
+			t.Errorf("files left in an UPLOAD_DIR: %v", files)
+		}
+	}
 	for _, a := range apis {
 		a.stop(syscall.SIGTERM)
 	}
@@ -400,8 +431,8 @@ func sha256Hex(b []byte) string {
 }
 
 // BenchmarkStorage compares the two blob stores through the API: uploads of the 13.4 MP JPEG, 8 at
-// once, and downloads of it, 8×GOMAXPROCS at once. The filesystem is the baseline of the bucket
-// (SeaweedFS on the same machine).
+// once, and downloads of it, 8×GOMAXPROCS at once, streamed by the API or (s3-redirect) fetched from
+// the bucket after a 307. The filesystem is the baseline of the bucket (SeaweedFS on the same machine).
 func BenchmarkStorage(b *testing.B) {
 	photo := readTestdata(b, "large.jpg")
 	body, ct := multipartBody(b, "file", "large.jpg", photo)
@@ -418,4 +449,13 @@ func BenchmarkStorage(b *testing.B) {
 			benchGET(b, s.srv.URL+v.URL, "Authorization", auth)
 		})
 	}
+	// The bucket's own GET, through DOWNLOAD_REDIRECT's 307 (the client follows it): what the API
+	// no longer carries.
+	s := newTestServer(b, with(s3TestEnv(b), "LOG_LEVEL", "error", "DOWNLOAD_REDIRECT", "on"))
+	_, auth := s.signupAndLogin()
+	v := s.mustUpload(auth, "bench", "", "large.jpg", photo)
+	b.Run("download/s3-redirect", func(b *testing.B) {
+		b.SetBytes(int64(len(photo)))
+		benchGET(b, s.srv.URL+v.URL, "Authorization", auth)
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -247,17 +248,25 @@ func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRec
 		return nil, "", via, err
 	}
 	placeholder = placeholderOfVariants(log, outs)
+	// The files are placed at once: in a bucket, each is a request whose answer the others need not
+	// wait for. A fresh key each time: a variant's key names its content (it is its ETag).
+	errs := make([]error, len(outs))
+	placed := make([]storedVariant, len(outs))
+	var wg sync.WaitGroup
+	for i, v := range outs {
+		placed[i] = v.file
+		placed[i].Key = variantKey(im.FileKey, v.name, v.ext)
+		wg.Go(func() { errs[i] = a.blobs.place(ctx, v.tmpPath, placed[i].Key, v.file.ContentType, "") })
+	}
+	wg.Wait()
 	variants = map[string]storedVariant{}
-	for len(outs) > 0 {
-		v := outs[0]
-		// A fresh key each time: a variant's key names its content (it is its ETag).
-		key := variantKey(im.FileKey, v.name, v.ext)
-		if err := a.blobs.place(ctx, v.tmpPath, key, v.file.ContentType, ""); err != nil {
-			return nil, "", via, err
+	for i, v := range outs {
+		if errs[i] == nil {
+			variants[v.name] = placed[i] // removed again below if another failed
 		}
-		outs = outs[1:]
-		v.file.Key = key
-		variants[v.name] = v.file
+	}
+	if err := errors.Join(errs...); err != nil {
+		return variants, "", via, err // the deferred cleanup removes what was placed, and the rest
 	}
 	return variants, placeholder, via, nil
 }

@@ -470,7 +470,13 @@ func loadConfig(getenv func(string) string) (config, error) {
 	c.MaxUploadBytes = r.int("MAX_UPLOAD_BYTES", 25<<20, 1, 1<<40)
 	c.MaxPixels = r.int("MAX_PIXELS", 50_000_000, 1, 1<<31)
 	c.TokenTTL = r.duration("TOKEN_TTL", 24*time.Hour, time.Minute, 366*24*time.Hour)
-	c.Concurrency = int(r.int("WORKER_CONCURRENCY", procs, 1, 1024))
+	// With a bucket, each job also waits on the network (fetching its original, storing its
+	// variants): twice as many at once keep the cores busy meanwhile. WORKER_MEMORY bounds them either way.
+	jobsAtOnce := procs
+	if strings.TrimSpace(getenv("S3_BUCKET")) != "" {
+		jobsAtOnce *= 2
+	}
+	c.Concurrency = int(r.int("WORKER_CONCURRENCY", jobsAtOnce, 1, 1024))
 	c.JPEGQuality = int(r.int("JPEG_QUALITY", 85, 1, 100))
 	c.JPEGDCT = r.onOff("JPEG_DCT", true)
 	c.ScryptN = int(r.int("SCRYPT_N", 1<<15, 2, 1<<20))
@@ -491,7 +497,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 	c.SignupAddrRate = int(r.int("SIGNUP_RATE_PER_ADDR", 20, 0, 1_000_000))
 	c.SignupOpen = r.choice("SIGNUP", "open", "open", "closed") == "open"
 	c.WorkerMemory = r.size("WORKER_MEMORY", defaultWorkerMemory(systemMemory()), 32<<20, 1<<40)
-	c.SignedURLTTL = r.duration("SIGNED_URL_TTL", time.Hour, time.Minute, 7*24*time.Hour)
+	c.SignedURLTTL = r.duration("SIGNED_URL_TTL", time.Hour, time.Second, 7*24*time.Hour)
 	c.DownloadRedirect = r.onOff("DOWNLOAD_REDIRECT", false)
 	c.S3 = loadS3Config(getenv)
 	if getenv("GOMEMLIMIT") == "" {

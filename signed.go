@@ -27,12 +27,13 @@ func newURLSigner(secret []byte, ttl time.Duration) *urlSigner {
 	return &urlSigner{key: hmacSHA256(secret, signedURLDomain), ttl: ttl, now: time.Now}
 }
 
-// expiry is when a URL signed now expires: between ¾ and all of the TTL from now, the same instant
-// for a quarter of the TTL, so that a page that asks again soon gets the same URL and the browser's
-// cached image with it.
+// expiry is when a URL signed now expires: within the TTL, on a grid of a quarter of it (at least a
+// second), so that a page asking again soon gets the same URL, and the browser's cached image with
+// it. A link thus lives between ¾ of the TTL and all of it.
 func (s *urlSigner) expiry() int64 {
-	step := max(int64(s.ttl/time.Second)/4, 1)
-	return ((s.now().Unix()+3*step)/step + 1) * step
+	ttl := max(int64(s.ttl/time.Second), 1)
+	step := max(ttl/4, 1)
+	return (s.now().Unix() + ttl) / step * step
 }
 
 // mac is the signature of a link to variant of image id, owned by owner, until expires (Unix seconds).
