@@ -126,7 +126,7 @@ function card(im) {
   } else {
     const state = document.createElement("p");
     state.className = "state";
-    state.textContent = im.status === "failed" ? "Failed" : im.status === "processing" ? "Processing…" : "Waiting to be processed…";
+    state.textContent = im.status === "failed" ? "Failed" : im.status === "processing" ? "Processing…" : "Waiting…";
     thumb.append(state);
   }
   const meta = document.createElement("div");
