@@ -4,8 +4,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -24,8 +22,8 @@ import (
 // recognises.
 type blobStore interface {
 	// place stores the local temp file at tmp under key and removes tmp: once it returns nil the
-	// bytes are durable, so a row may point at key. sha256Hex is the file's SHA-256 when known
-	// (empty: computed); contentType is kept with an object where the store keeps one.
+	// bytes are durable, so a row may point at key. sha256Hex is the file's SHA-256 (a bucket checks
+	// the bytes against it); contentType is kept with an object where the store keeps one.
 	place(ctx context.Context, tmp, key, contentType, sha256Hex string) error
 	// open opens key's bytes for serving; errNotFound when missing. rangeHint is the request's
 	// Range header: a store that reads over the network starts there.
@@ -128,13 +126,6 @@ func (s *s3Blobs) place(ctx context.Context, tmp, key, contentType, sha256Hex st
 	st, err := f.Stat()
 	if err != nil {
 		return err
-	}
-	if sha256Hex == "" {
-		h := sha256.New()
-		if _, err := io.Copy(h, f); err != nil {
-			return err
-		}
-		sha256Hex = hex.EncodeToString(h.Sum(nil))
 	}
 	if err := s.c.put(ctx, key, f, st.Size(), sha256Hex, contentType); err != nil {
 		return err

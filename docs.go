@@ -32,9 +32,10 @@ type docAsset struct {
 	body, gz    []byte
 }
 
-// docAssets loads each embedded file of files once, on first use.
+// docAssets loads each embedded file of files once, on first use, through edit when it is set.
 type docAssets struct {
 	files  embed.FS
+	edit   func(name string, body []byte) []byte
 	mu     sync.Mutex
 	assets map[string]*docAsset
 }
@@ -62,13 +63,11 @@ func (d *docAssets) get(name string) *docAsset {
 		return nil
 	}
 	body, err := d.files.ReadFile(name)
-	if closed, ok := strings.CutSuffix(name, "-closed.html"); ok && err != nil {
-		// The page as served with SIGNUP=closed: index.html saying so.
-		body, err = d.files.ReadFile(closed + ".html")
-		body = bytes.Replace(body, []byte(`<meta name="imageapi-signup" content="open">`), []byte(`<meta name="imageapi-signup" content="closed">`), 1)
-	}
 	if err != nil {
 		return nil
+	}
+	if d.edit != nil {
+		body = d.edit(name, body)
 	}
 	sum := sha256.Sum256(body)
 	a := &docAsset{contentType: ct, etag: `"` + hex.EncodeToString(sum[:16]) + `"`, body: body}

@@ -557,7 +557,7 @@ func testSweepOrphans(t *testing.T, env map[string]string) {
 		}
 		f.WriteString("x")
 		f.Close()
-		if err := s.blobs.place(ctx, f.Name(), key, "image/png", ""); err != nil {
+		if err := s.blobs.place(ctx, f.Name(), key, "image/png", sha256Hex([]byte("x"))); err != nil {
 			t.Fatal(err)
 		}
 	}

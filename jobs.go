@@ -256,7 +256,7 @@ func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRec
 	for i, v := range outs {
 		placed[i] = v.file
 		placed[i].Key = variantKey(im.FileKey, v.name, v.ext)
-		wg.Go(func() { errs[i] = a.blobs.place(ctx, v.tmpPath, placed[i].Key, v.file.ContentType, "") })
+		wg.Go(func() { errs[i] = a.blobs.place(ctx, v.tmpPath, placed[i].Key, v.file.ContentType, v.sha256) })
 	}
 	wg.Wait()
 	variants = map[string]storedVariant{}

@@ -365,7 +365,7 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 		uploads:      newUploadSlots(cfg.UploadsPerUser, cfg.UploadsTotal),
 		process:      makeVariants,
 		docs:         docAssets{files: docFiles},
-		page:         docAssets{files: pageFiles},
+		page:         docAssets{files: pageFiles, edit: pageEdit(cfg)},
 		closing:      make(chan struct{}),
 	}, nil
 }

@@ -6,7 +6,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"image"
@@ -184,6 +186,7 @@ type encodedVariant struct {
 	name    string
 	tmpPath string
 	ext     string
+	sha256  string        // hex SHA-256 of the file
 	file    storedVariant // Key is set when the file is placed
 }
 
@@ -432,7 +435,9 @@ func writeTemp(sc *scratch, name string, width, height int, contentType string, 
 	if err != nil {
 		return encodedVariant{}, err
 	}
-	w := bufio.NewWriterSize(f, 64<<10)
+	// Hashed as written: a bucket checks every byte it stores against the SHA-256 it is sent.
+	sum := sha256.New()
+	w := bufio.NewWriterSize(io.MultiWriter(f, sum), 64<<10)
 	err = write(w)
 	if err == nil {
 		err = w.Flush()
@@ -451,7 +456,7 @@ func writeTemp(sc *scratch, name string, width, height int, contentType string, 
 		os.Remove(f.Name())
 		return encodedVariant{}, fmt.Errorf("encode %s: %w", name, err)
 	}
-	return encodedVariant{name: name, tmpPath: f.Name(), ext: extensionFor(contentType),
+	return encodedVariant{name: name, tmpPath: f.Name(), ext: extensionFor(contentType), sha256: hex.EncodeToString(sum.Sum(nil)),
 		file: storedVariant{Width: width, Height: height, Size: size, ContentType: contentType}}, nil
 }
 

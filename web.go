@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"embed"
 	"net/http"
 	"net/url"
@@ -13,6 +14,20 @@ import (
 //
 //go:embed web
 var pageFiles embed.FS
+
+// pageEdit tells the page what this server allows: with SIGNUP=closed, index.html says so (and the
+// page shows no sign-up button).
+func pageEdit(cfg config) func(name string, body []byte) []byte {
+	if cfg.SignupOpen {
+		return nil
+	}
+	return func(name string, body []byte) []byte {
+		if name != "web/index.html" {
+			return body
+		}
+		return bytes.Replace(body, []byte(`<meta name="imageapi-signup" content="open">`), []byte(`<meta name="imageapi-signup" content="closed">`), 1)
+	}
+}
 
 // pageCSP allows the page its own scripts, styles and API, and images from this server (signed
 // URLs) and, when downloads redirect to the bucket, from the bucket's origin: no inline script or
@@ -27,15 +42,11 @@ func (a *app) pageCSP() string {
 		"base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 }
 
-// servePage serves the page: index.html at /, its files at /app/{file}. With SIGNUP=closed the page
-// is told so (and shows no sign-up button).
+// servePage serves the page: index.html at /, its files at /app/{file}.
 func (a *app) servePage(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("file")
 	if name == "" {
 		name = "index.html"
-		if !a.cfg.SignupOpen {
-			name = "index-closed.html"
-		}
 	}
 	asset := a.page.get("web/" + name)
 	if asset == nil || strings.Contains(name, "/") {
