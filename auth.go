@@ -45,15 +45,27 @@ type credentials struct {
 	Password string `json:"password"`
 }
 
+// validUsername reports whether name has the shape of a username: minUsernameLen to maxUsernameLen
+// of ASCII letters, digits, '_', '.' and '-'.
+func validUsername(name string) bool {
+	if n := len(name); n < minUsernameLen || n > maxUsernameLen {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '.' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 // validate checks the username and password against the account rules.
 func (c credentials) validate() error {
 	if n := len(c.Username); n < minUsernameLen || n > maxUsernameLen {
 		return newError(http.StatusUnprocessableEntity, "username must be %d to %d characters", minUsernameLen, maxUsernameLen)
 	}
-	for _, r := range c.Username {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '.' || r == '-') {
-			return newError(http.StatusUnprocessableEntity, "username may contain only letters, digits, '_', '.' and '-'")
-		}
+	if !validUsername(c.Username) {
+		return newError(http.StatusUnprocessableEntity, "username may contain only letters, digits, '_', '.' and '-'")
 	}
 	if n := len(c.Password); n < minPasswordLen || n > maxPasswordLen {
 		return newError(http.StatusUnprocessableEntity, "password must be %d to %d bytes", minPasswordLen, maxPasswordLen)
@@ -114,13 +126,9 @@ var errBadCredentials = newError(http.StatusBadRequest, "incorrect username or p
 
 // token exchanges a username and password for a JWT. It takes JSON or an OAuth2 password-grant form.
 // A wrong password and an unknown user get the same answer after the same work: a full scrypt run.
-// Attempts are rate-limited per client address and per username (429 with Retry-After), before any
-// hashing.
+// Failures are throttled per client address and per account and network (signinThrottle; 429 with
+// Retry-After), before any hashing; a name that is no username is refused before either.
 func (a *app) token(w http.ResponseWriter, r *http.Request) {
-	if ok, wait := a.authByAddr.allow(clientKey(r)); !ok {
-		a.fail(w, r, tooMany(w, wait, "sign-in attempts from your address"))
-		return
-	}
 	c, err := readCredentials(w, r)
 	if err != nil {
 		a.fail(w, r, err)
@@ -130,32 +138,24 @@ func (a *app) token(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, newError(http.StatusUnprocessableEntity, "username and password are required"))
 		return
 	}
-	// Per username too, whether or not it exists (the answer must not tell): guessing one account's
-	// password from many addresses is as slow as from one.
-	if ok, wait := a.authByUser.allow(strings.ToLower(c.Username)); !ok {
-		a.fail(w, r, tooMany(w, wait, "sign-in attempts for this username"))
-		return
-	}
-	if len(c.Password) > maxPasswordLen || len(c.Username) > maxUsernameLen {
-		// No account can have these: refuse before spending a hash on them.
+	if !validUsername(c.Username) || len(c.Password) > maxPasswordLen {
+		// No account can have these: refuse before any limiter or hash (the rules are public, so
+		// this tells nothing about who has an account).
 		a.fail(w, r, errBadCredentials)
 		return
 	}
-	u, err := a.store.userByName(r.Context(), c.Username)
-	switch {
-	case errors.Is(err, errNotFound):
-		// Spend what a real check spends, so timing does not tell which usernames exist.
-		if err := a.hasher.burn(r.Context(), c.Password); err != nil {
-			a.fail(w, r, err)
-			return
-		}
-		a.fail(w, r, errBadCredentials)
-		return
-	case err != nil:
-		a.fail(w, r, err)
+	client := clientKey(r)
+	if ok, wait := a.authByAddr.allow(client); !ok {
+		a.fail(w, r, tooMany(w, wait, "failed sign-ins from your address"))
 		return
 	}
-	ok, stale, err := a.hasher.verify(r.Context(), c.Password, u.PasswordHash)
+	// Per account and network, whether or not the account exists (the answer must not tell).
+	if wait := a.signins.begin(c.Username, client); wait > 0 {
+		a.authByAddr.refund(client) // no password was tried
+		a.fail(w, r, tooMany(w, wait, "failed sign-ins for this username from your network"))
+		return
+	}
+	u, ok, err := a.checkPassword(r.Context(), c)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -164,14 +164,8 @@ func (a *app) token(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, errBadCredentials)
 		return
 	}
-	if stale {
-		// The hash was made with other parameters: upgrade it now that we know the password.
-		if h, err := a.hasher.hash(r.Context(), c.Password); err == nil {
-			if err := a.store.setPasswordHash(r.Context(), u.ID, h); err != nil {
-				a.log.Warn("password hash upgrade failed", slog.Int64("user_id", u.ID), slog.Any("error", err))
-			}
-		}
-	}
+	a.signins.succeeded(c.Username, client)
+	a.authByAddr.refund(client)
 	tok, exp, err := a.tokens.issue(u.ID)
 	if err != nil {
 		a.fail(w, r, err)
@@ -179,6 +173,33 @@ func (a *app) token(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, tokenResponse{AccessToken: tok, TokenType: "bearer", ExpiresIn: exp.Unix() - a.tokens.now().Unix()})
+}
+
+// checkPassword reports whether c names an account and its password. A wrong password and an
+// unknown user cost the same work (a full scrypt run), so timing does not tell which usernames
+// exist. A hash made with older parameters is upgraded on the way.
+func (a *app) checkPassword(ctx context.Context, c credentials) (user, bool, error) {
+	u, err := a.store.userByName(ctx, c.Username)
+	switch {
+	case errors.Is(err, errNotFound):
+		// Spend what a real check spends, so timing does not tell which usernames exist.
+		return user{}, false, a.hasher.burn(ctx, c.Password)
+	case err != nil:
+		return user{}, false, err
+	}
+	ok, stale, err := a.hasher.verify(ctx, c.Password, u.PasswordHash)
+	if err != nil || !ok {
+		return user{}, false, err
+	}
+	if stale {
+		// The hash was made with other parameters: upgrade it now that we know the password.
+		if h, err := a.hasher.hash(ctx, c.Password); err == nil {
+			if err := a.store.setPasswordHash(ctx, u.ID, h); err != nil {
+				a.log.Warn("password hash upgrade failed", slog.Int64("user_id", u.ID), slog.Any("error", err))
+			}
+		}
+	}
+	return u, true, nil
 }
 
 // readCredentials reads a token request: JSON, or an application/x-www-form-urlencoded OAuth2
@@ -223,6 +244,13 @@ func (a *app) requireAuth(next http.Handler) http.Handler {
 			return
 		}
 		id, err := a.tokens.parse(strings.TrimSpace(tok))
+		if err == nil {
+			// A valid signature is not enough: the account must still be there.
+			if err = a.accounts.check(r.Context(), id); err != nil && !errors.Is(err, errAccountGone) {
+				a.fail(w, r, err)
+				return
+			}
+		}
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 			writeProblem(w, r, http.StatusUnauthorized, err.Error())
@@ -230,6 +258,65 @@ func (a *app) requireAuth(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userIDKey{}, id)))
 	})
+}
+
+// errAccountGone answers a valid token whose account no longer exists.
+var errAccountGone = errors.New("invalid token: the account no longer exists")
+
+// liveAccounts remembers, for a short while, which accounts a valid token was last seen to belong
+// to, so that requireAuth asks the database about an account at most once per accountCheckTTL per
+// process, and a token outlives its account's row by at most that long.
+type liveAccounts struct {
+	store *store
+	ttl   time.Duration
+	now   func() time.Time
+
+	mu   sync.Mutex
+	seen map[int64]time.Time // account id → when its existence was last confirmed
+}
+
+// accountCheckTTL is how long a confirmed account is taken to exist without asking again.
+const accountCheckTTL = time.Second
+
+// maxLiveAccounts bounds liveAccounts' map: past it, expired entries are swept (and, if all are
+// fresh, the map is cleared: the next requests ask the database again).
+const maxLiveAccounts = 100_000
+
+func newLiveAccounts(st *store) *liveAccounts {
+	return &liveAccounts{store: st, ttl: accountCheckTTL, now: time.Now, seen: map[int64]time.Time{}}
+}
+
+// check returns nil when account id exists, errAccountGone when it does not, or the store's error.
+func (l *liveAccounts) check(ctx context.Context, id int64) error {
+	now := l.now()
+	l.mu.Lock()
+	at, ok := l.seen[id]
+	l.mu.Unlock()
+	if ok && now.Sub(at) < l.ttl {
+		return nil
+	}
+	exists, err := l.store.userExists(ctx, id)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !exists {
+		delete(l.seen, id)
+		return errAccountGone
+	}
+	if len(l.seen) >= maxLiveAccounts {
+		for k, v := range l.seen {
+			if now.Sub(v) >= l.ttl {
+				delete(l.seen, k)
+			}
+		}
+		if len(l.seen) >= maxLiveAccounts {
+			clear(l.seen)
+		}
+	}
+	l.seen[id] = now
+	return nil
 }
 
 // ---- JSON Web Tokens (HS256 only) ----

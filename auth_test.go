@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -635,4 +636,40 @@ func TestStoredHashBounds(t *testing.T) {
 			t.Errorf("%s refused: %v", params, err)
 		}
 	}
+}
+
+// TestTokenOfGoneAccount: a valid token whose account row is gone is 401 on every route that takes
+// one, never a 500 or an empty list; also when the row goes between the check and the write.
+func TestTokenOfGoneAccount(t *testing.T) {
+	s := newTestServer(t, nil)
+	_, auth := s.signupAndLogin()
+	im := s.mustUpload(auth, "a", "", "a.png", tinyPNG(t, 4, 4))
+	drop := func(auth string) {
+		t.Helper()
+		tok := strings.TrimPrefix(auth, "Bearer ")
+		id, err := s.tokens.parse(tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.pool.Exec(context.Background(), "DELETE FROM users WHERE id = $1", id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The row goes while the account is remembered as live: the upload's insert finds it gone.
+	drop(auth)
+	r := s.upload(auth, "b", "", "b.png", tinyPNG(t, 4, 4))
+	r.problem(t, http.StatusUnauthorized)
+	// Once the check is due, every route says so.
+	s.accounts.now = func() time.Time { return time.Now().Add(accountCheckTTL) }
+	id := strconv.FormatInt(im.ID, 10)
+	for _, rt := range []struct{ method, path string }{
+		{"GET", "/api/v1/images/"}, {"GET", "/api/v1/images"}, {"GET", "/api/v1/images/" + id},
+		{"PUT", "/api/v1/images/" + id}, {"DELETE", "/api/v1/images/" + id}, {"GET", "/api/v1/images/" + id + "/file"},
+	} {
+		r := s.do(rt.method, rt.path, map[string]string{"name": "x"}, "Authorization", auth)
+		if p := r.problem(t, http.StatusUnauthorized); !strings.Contains(p.Detail, "no longer exists") {
+			t.Errorf("%s %s: %q", rt.method, rt.path, p.Detail)
+		}
+	}
+	s.upload(auth, "c", "", "c.png", tinyPNG(t, 4, 4)).problem(t, http.StatusUnauthorized)
 }

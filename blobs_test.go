@@ -151,6 +151,14 @@ func TestSignedURLs(t *testing.T) {
 			return q, p
 		}),
 		"an unknown variant": alter(func(q url.Values, p string) (url.Values, string) { q.Set("variant", "../etc"); return q, p }),
+		// The same link spelled another way: one spelling only.
+		"expires=+…":       strings.Replace(a.SignedURL, "expires=", "expires=%2B", 1),
+		"a leading zero":   strings.Replace(a.SignedURL, "expires=", "expires=0", 1),
+		"owner=0…":         strings.Replace(a.SignedURL, "owner=", "owner=00", 1),
+		"another param":    a.SignedURL + "&x=1",
+		"a repeated param": a.SignedURL + "&variant=" + q.Get("variant"),
+		"reordered":        u.Path + "?signature=" + q.Get("signature") + "&variant=" + q.Get("variant") + "&owner=" + q.Get("owner") + "&expires=" + q.Get("expires"),
+		"upper-case hex":   strings.Replace(a.SignedURL, q.Get("signature"), strings.ToUpper(q.Get("signature")), 1),
 	} {
 		r := s.do("GET", link, nil)
 		r.problem(t, http.StatusForbidden)

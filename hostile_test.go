@@ -426,7 +426,7 @@ func startBinary(t *testing.T, env map[string]string, args ...string) *binarySer
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	vars := map[string]string{"UPLOAD_DIR": t.TempDir(), "ADDR": addr, "SCRYPT_N": "1024", "LOG_LEVEL": "warn"}
+	vars := map[string]string{"UPLOAD_DIR": t.TempDir(), "ADDR": addr, "SCRYPT_N": "1024", "LOG_LEVEL": "warn", "METRICS_ADDR": "127.0.0.1:0"}
 	if env["DATABASE_URL"] == "" {
 		vars["DATABASE_URL"] = freshDatabase(t)
 	}

@@ -78,6 +78,9 @@ func (a *app) fail(w http.ResponseWriter, r *http.Request, err error) {
 		a.fail(w, r, tooLarge("request body", mbe.Limit))
 	case errors.Is(err, errNotFound):
 		writeProblem(w, r, http.StatusNotFound, "not found")
+	case errors.Is(err, errAccountGone):
+		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+		writeProblem(w, r, http.StatusUnauthorized, errAccountGone.Error())
 	case errors.Is(err, errConflict):
 		writeProblem(w, r, http.StatusConflict, "conflict")
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:

@@ -32,8 +32,6 @@ const (
 	multipartSlack = 64 << 10 // multipart framing and small fields allowed beyond MAX_UPLOAD_BYTES
 	// uploadBufferSize is the read buffer, and the write buffer, of one upload in flight.
 	uploadBufferSize = 128 << 10
-	// minRateWindow is the span over which MIN_UPLOAD_RATE is judged.
-	minRateWindow = 10 * time.Second
 )
 
 // imageView is the API's Image. Width and height are as displayed (after EXIF orientation).
@@ -186,6 +184,8 @@ func (a *app) uploadImage(w http.ResponseWriter, r *http.Request) {
 			err = tooLarge("upload", a.cfg.MaxUploadBytes)
 		} else if errors.Is(err, errTooSlow) {
 			err = newError(http.StatusRequestTimeout, "the upload arrived slower than the minimum of %d bytes a second: %v", a.cfg.MinUploadRate, err)
+		} else if errors.Is(err, errUploadTimeout) {
+			err = newError(http.StatusRequestTimeout, "the upload took longer than the server allows for one request (%s); send a smaller file or use a faster link", a.cfg.RequestTimeout)
 		} else if errors.Is(err, errQuota) {
 			err = newError(http.StatusRequestEntityTooLarge, "this upload would take your images past your storage quota of %d bytes; delete some to make room", a.cfg.UserQuota)
 		} else if re := (readError{}); errors.As(err, &re) {
@@ -244,7 +244,9 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 	}
 	body := io.Reader(r.Body)
 	if a.cfg.MinUploadRate > 0 {
-		mr := newMinRateReader(w, r.Body, a.cfg.MinUploadRate, minRateWindow)
+		// The body must be in before the response's own deadline, with time left to answer.
+		deadline := time.Now().Add(a.cfg.RequestTimeout - min(5*time.Second, a.cfg.RequestTimeout/10))
+		mr := newMinRateReader(w, r.Body, a.cfg.MinUploadRate, a.cfg.UploadRateWindow, deadline)
 		defer mr.done()
 		body = mr
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,7 +19,8 @@ import (
 	"time"
 )
 
-// TestRateLimiter: a burst, then the refill rate; keys are independent; the table stays bounded.
+// TestRateLimiter: a burst, then the refill rate; keys are independent; a full table evicts the
+// oldest key instead of refusing a new one; a refund gives a token back.
 func TestRateLimiter(t *testing.T) {
 	now := time.Unix(1000, 0)
 	l := newRateLimiter(3, time.Minute, 2)
@@ -31,6 +34,11 @@ func TestRateLimiter(t *testing.T) {
 	if ok || wait <= 0 || wait > 20*time.Second {
 		t.Fatalf("past the burst: ok=%v wait=%v (want about 20 s)", ok, wait)
 	}
+	l.refund("a")
+	if ok, _ := l.allow("a"); !ok {
+		t.Fatal("a refunded token was not there")
+	}
+	now = now.Add(time.Second)
 	if ok, _ := l.allow("b"); !ok {
 		t.Fatal("another key was limited")
 	}
@@ -38,16 +46,117 @@ func TestRateLimiter(t *testing.T) {
 	if ok, _ := l.allow("a"); !ok {
 		t.Fatal("no refill after 20 s")
 	}
-	// Full table: a third key is refused until the others have refilled and are forgotten.
-	if ok, _ := l.allow("c"); ok {
-		t.Fatal("the table grew past its bound")
+	// Full table: a third key is let in, evicting the least recently touched ("b").
+	now = now.Add(time.Second)
+	if ok, _ := l.allow("c"); !ok {
+		t.Fatal("a full table refused a new key")
+	}
+	if n := len(l.table.entries); n != 2 {
+		t.Fatalf("%d entries in a table of 2", n)
+	}
+	if _, ok := l.table.get(l.table.key("b")); ok {
+		t.Error("the oldest key was not the one evicted")
 	}
 	now = now.Add(2 * time.Minute)
-	if ok, _ := l.allow("c"); !ok {
-		t.Fatal("refilled keys were not forgotten")
+	l.allow("d")
+	if n := len(l.table.entries); n != 1 {
+		t.Fatalf("%d entries kept after every bucket refilled", n)
 	}
-	if len(l.buckets) != 1 {
-		t.Fatalf("%d buckets kept", len(l.buckets))
+}
+
+// TestLimiterTableBytes: a full table costs about limiterEntryBytes an entry, whatever the length of
+// its keys (they are hashed), and stays at its bound.
+func TestLimiterTableBytes(t *testing.T) {
+	const n = 50_000
+	long := strings.Repeat("x", 60<<10)
+	before := heapBytes()
+	tab := newLimiterTable(n)
+	for i := range 2 * n {
+		tab.put(tab.key(long+strconv.Itoa(i)), limiterEntry{n: 1, when: int64(i)})
+	}
+	after := heapBytes()
+	if len(tab.entries) != n {
+		t.Fatalf("%d entries, bound %d", len(tab.entries), n)
+	}
+	per := float64(after-before) / n
+	t.Logf("%.0f bytes an entry", per)
+	if per > 1.5*limiterEntryBytes {
+		t.Errorf("%.0f bytes an entry, documented as about %d", per, limiterEntryBytes)
+	}
+	runtime.KeepAlive(tab)
+}
+
+// TestSigninThrottle: failures, not attempts; per account and network with a growing delay, reset
+// by a success; a stranger's guesses from elsewhere never hold back the owner at a network they
+// signed in from; past the account's ceiling, unknown networks wait between attempts.
+func TestSigninThrottle(t *testing.T) {
+	now := time.Unix(1000, 0)
+	th := newSigninThrottle(3, 10, time.Minute, 1000)
+	th.now = func() time.Time { return now }
+	attempt := func(user, net string, ok bool) time.Duration {
+		t.Helper()
+		if wait := th.begin(user, net); wait > 0 {
+			return wait
+		}
+		if ok {
+			th.succeeded(user, net)
+		}
+		return 0
+	}
+	// Successes cost nothing.
+	for range 20 {
+		if w := attempt("alice", "home", true); w != 0 {
+			t.Fatalf("a correct password waited %s", w)
+		}
+	}
+	// Three free failures, then 1 s, 2 s, 4 s… from the last one.
+	for i := range 3 {
+		if w := attempt("bob", "net1", false); w != 0 {
+			t.Fatalf("free failure %d waited %s", i+1, w)
+		}
+	}
+	if w := attempt("bob", "net1", false); w != time.Second {
+		t.Fatalf("after 3 failures: wait %s, want 1s", w)
+	}
+	now = now.Add(time.Second)
+	attempt("bob", "net1", false) // the 4th failure
+	if w := attempt("bob", "NET1", false); w != 0 {
+		t.Fatal("another network was held back by net1's failures")
+	}
+	if w := attempt("BOB", "net1", false); w != 2*time.Second {
+		t.Fatalf("after 4 failures: wait %s, want 2s (usernames are case-insensitive)", w)
+	}
+	now = now.Add(2 * time.Second)
+	if w := attempt("bob", "net1", true); w != 0 {
+		t.Fatalf("the right password after the delay waited %s", w)
+	}
+	if w := attempt("bob", "net1", false); w != 0 {
+		t.Fatal("a success did not reset the failures")
+	}
+	// A stranger spreads guesses for alice over many networks, past the ceiling of 10.
+	for i := range 12 {
+		attempt("alice", fmt.Sprintf("stranger%d", i), false)
+	}
+	if w := attempt("alice", "home", true); w != 0 {
+		t.Fatalf("the owner at a network she signed in from waited %s", w)
+	}
+	for i := range 12 {
+		attempt("alice", fmt.Sprintf("stranger%d", i), false)
+	}
+	if w := attempt("alice", "cafe", false); w == 0 || w > th.accountDelay {
+		t.Fatalf("a new network past the account's ceiling waited %s, want up to %s", w, th.accountDelay)
+	}
+	now = now.Add(th.accountDelay)
+	if w := attempt("alice", "cafe", true); w != 0 {
+		t.Fatalf("after the account delay: waited %s", w)
+	}
+	// The delay is capped.
+	for range 40 {
+		now = now.Add(time.Hour)
+		attempt("carol", "x", false)
+	}
+	if w := attempt("carol", "x", false); w != time.Minute {
+		t.Fatalf("after 40 failures: wait %s, want the cap of 1m", w)
 	}
 }
 
@@ -66,12 +175,14 @@ func TestClientKey(t *testing.T) {
 	}
 }
 
-// TestAuthRateLimits: sign-in attempts are limited per address and per username, sign-ups per
-// address; the refusal is a 429 problem with Retry-After, and comes before any password hashing.
+// TestAuthRateLimits: sign-in failures are limited per address, and per account and network (a
+// stranger's guesses do not stop the owner); sign-ups per address; a name that is no username is
+// refused before any limiter; a refusal is a 429 problem with Retry-After, before any hashing.
 func TestAuthRateLimits(t *testing.T) {
-	s := newTestServer(t, map[string]string{"AUTH_RATE_PER_ADDR": "5", "AUTH_RATE_PER_USER": "3", "SIGNUP_RATE_PER_ADDR": "2"})
-	for i := range 2 {
-		if r := s.do("POST", "/api/v1/auth/signup", credentials{fmt.Sprintf("rate_%s_%d", randomHex(3), i), "correct horse"}); r.status != 200 {
+	s := newTestServer(t, map[string]string{"AUTH_RATE_PER_ADDR": "8", "AUTH_FREE_FAILURES": "3", "SIGNUP_RATE_PER_ADDR": "2"})
+	alice := "rate_" + randomHex(3)
+	for i, name := range []string{alice, "rate_" + randomHex(3)} {
+		if r := s.do("POST", "/api/v1/auth/signup", credentials{name, "correct horse"}); r.status != 200 {
 			t.Fatalf("signup %d: %d %s", i, r.status, r.body)
 		}
 	}
@@ -81,21 +192,32 @@ func TestAuthRateLimits(t *testing.T) {
 		t.Errorf("Retry-After %q", r.header.Get("Retry-After"))
 	}
 	hashed := s.hasher.computed.Load()
-	// Per username: the 4th attempt on one name is refused, existing or not.
-	for i := range 3 {
+	// Junk names cost nothing and count nowhere.
+	for range 20 {
+		s.do("POST", "/api/v1/auth/token", credentials{strings.Repeat("x", 5000), "wrong password"}).problem(t, http.StatusBadRequest)
+	}
+	// Successes count nowhere either.
+	for range 10 {
+		if r := s.do("POST", "/api/v1/auth/token", credentials{alice, "correct horse"}); r.status != 200 {
+			t.Fatalf("sign-in: %d %s", r.status, r.body)
+		}
+	}
+	// Per account and network: three free failures on one name, existing or not, then a delay.
+	for range 3 {
 		s.do("POST", "/api/v1/auth/token", credentials{"nobody_here", "wrong password"}).problem(t, http.StatusBadRequest)
-		_ = i
 	}
 	r = s.do("POST", "/api/v1/auth/token", credentials{"NOBODY_HERE", "wrong password"})
 	r.problem(t, http.StatusTooManyRequests)
-	if r.header.Get("Retry-After") == "" {
-		t.Error("no Retry-After")
+	if r.header.Get("Retry-After") != "1" {
+		t.Errorf("Retry-After %q after the free failures, want 1", r.header.Get("Retry-After"))
 	}
-	// Per address: 5 in all, whatever the names.
-	s.do("POST", "/api/v1/auth/token", credentials{"someone_else", "wrong password"}).problem(t, http.StatusBadRequest)
+	// Per address: 8 failures a minute in all, whatever the names.
+	for i := range 5 {
+		s.do("POST", "/api/v1/auth/token", credentials{fmt.Sprintf("someone_%d", i), "wrong password"}).problem(t, http.StatusBadRequest)
+	}
 	s.do("POST", "/api/v1/auth/token", credentials{"someone_new", "wrong password"}).problem(t, http.StatusTooManyRequests)
-	if n := s.hasher.computed.Load() - hashed; n != 4 {
-		t.Errorf("%d hashes for 4 attempts let through", n)
+	if n := s.hasher.computed.Load() - hashed; n != 18 {
+		t.Errorf("%d hashes for 18 attempts let through", n)
 	}
 }
 
@@ -262,7 +384,7 @@ func TestSlowUploadCutOff(t *testing.T) {
 			}
 		}
 	}()
-	conn.SetReadDeadline(time.Now().Add(minRateWindow + 10*time.Second))
+	conn.SetReadDeadline(time.Now().Add(s.cfg.UploadRateWindow + 10*time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
 		t.Fatalf("no answer within a window and a margin: %v", err)
@@ -280,7 +402,8 @@ func TestSlowUploadCutOff(t *testing.T) {
 	}
 }
 
-// TestMetricsAddr: with METRICS_ADDR, /metrics is served there and not on the main listener.
+// TestMetricsAddr: /metrics is never on the main listener unless METRICS_ADDR=main: with an address,
+// it is served there; unset, on loopback.
 func TestMetricsAddr(t *testing.T) {
 	t.Parallel() // mostly waiting: it overlaps the others
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -297,6 +420,12 @@ func TestMetricsAddr(t *testing.T) {
 	if r.status != 200 || !bytes.Contains(r.body, []byte("imageapi_jobs_done_total")) {
 		t.Errorf("/metrics on METRICS_ADDR: %d %s", r.status, r.body)
 	}
+	// Unset, it is not on the public listener either (but on loopback, or nowhere when that port is
+	// another process's).
+	plain := startBinary(t, map[string]string{"METRICS_ADDR": ""})
+	if r := doRequest(t, plain.base, "GET", "/metrics", nil); r.status != http.StatusNotFound {
+		t.Errorf("/metrics on the public listener by default: %d", r.status)
+	}
 }
 
 // TestBadKeysRefused: a storage key that is not one the store makes never becomes a path.
@@ -310,4 +439,122 @@ func TestBadKeysRefused(t *testing.T) {
 	if _, err := b.path(newKey() + ".thumb_100.0a1b2c3d.jpg"); err != nil {
 		t.Errorf("a variant key: %v", err)
 	}
+}
+
+// TestUploadPace: an upload that keeps MIN_UPLOAD_RATE on average is never cut, however many windows
+// it spans (a phone on a weak link: 1.5 MB at 100 KB/s; a 20 MB file at 1 MiB/s); one that keeps half
+// the rate, or stops, is cut with 408 after a window. Real sockets, real pacing.
+func TestUploadPace(t *testing.T) {
+	t.Parallel() // mostly waiting: it overlaps the others
+	photo := readTestdata(t, "large.jpg")
+	big := bmpOfSize(t, 20_000_000)
+	for _, tc := range []struct {
+		name       string
+		env        map[string]string
+		data       []byte
+		rate       int // bytes a second sent
+		stallAfter int // stop sending after this many bytes; 0: never
+		want       int
+	}{
+		{"1.5MB at 100KB/s", nil, photo, 100_000, 0, http.StatusCreated},
+		{"20MB at 1MiB/s", nil, big, 1 << 20, 0, http.StatusCreated},
+		{"half the rate", map[string]string{"MIN_UPLOAD_RATE": "200000", "UPLOAD_RATE_WINDOW": "2s"}, photo, 100_000, 0, http.StatusRequestTimeout},
+		{"a stall", map[string]string{"UPLOAD_RATE_WINDOW": "2s"}, photo, 400_000, 500_000, http.StatusRequestTimeout},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := newTestServer(t, tc.env)
+			_, auth := s.signupAndLogin()
+			body, ct := multipartBody(t, "file", "a", tc.data)
+			if tc.stallAfter > 0 {
+				body = body[:tc.stallAfter]
+			}
+			start := time.Now()
+			r := pacedUpload(t, s.srv.URL, auth, ct, body, len(body)+boolInt(tc.stallAfter > 0), tc.rate)
+			took := time.Since(start)
+			if tc.want == http.StatusCreated && r.status != tc.want {
+				t.Fatalf("after %s: %d %s", took.Round(time.Millisecond), r.status, r.body)
+			}
+			if tc.want != http.StatusCreated {
+				p := r.problem(t, tc.want)
+				t.Logf("after %s: %s", took.Round(time.Millisecond), p.Detail)
+			}
+		})
+	}
+}
+
+// boolInt is 1 for true.
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// pacedUpload posts body over a raw connection, declaring contentLength, at rate bytes a second
+// (in tenths of a second), and returns the answer.
+func pacedUpload(t *testing.T, base, auth, ct string, body []byte, contentLength, rate int) response {
+	t.Helper()
+	u, _ := url.Parse(base)
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /api/v1/images/?name=paced HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n", auth, ct, contentLength)
+	go func() {
+		start := time.Now()
+		for sent := 0; sent < len(body); {
+			// Whatever is due by now, so the average holds however the scheduler wakes us.
+			due := min(len(body), int(time.Since(start).Seconds()*float64(rate))+rate/10)
+			if due > sent {
+				if _, err := conn.Write(body[sent:due]); err != nil {
+					return
+				}
+				sent = due
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	conn.SetReadDeadline(time.Now().Add(2 * time.Minute))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return response{status: resp.StatusCode, header: resp.Header, body: b}
+}
+
+// bmpOfSize is a valid 24-bit BMP of about n bytes (a gray gradient), made in memory.
+func bmpOfSize(t testing.TB, n int) []byte {
+	t.Helper()
+	w := 2000
+	h := n / (w * 3)
+	row := w * 3
+	var b bytes.Buffer
+	le := func(v any) { binary.Write(&b, binary.LittleEndian, v) }
+	b.WriteString("BM")
+	le(uint32(54 + row*h))
+	le(uint32(0))
+	le(uint32(54))
+	le(uint32(40))
+	le(int32(w))
+	le(int32(h))
+	le(uint16(1))
+	le(uint16(24))
+	le(uint32(0))
+	le(uint32(row * h))
+	le(int32(2835))
+	le(int32(2835))
+	le(uint32(0))
+	le(uint32(0))
+	line := make([]byte, row)
+	for y := range h {
+		for x := range line {
+			line[x] = byte(x/3 + y)
+		}
+		b.Write(line)
+	}
+	return b.Bytes()
 }

@@ -112,13 +112,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("listening", slog.String("addr", ln.Addr().String()), slog.String("mode", cfg.Mode))
-	if cfg.MetricsAddr != "" {
+	if cfg.MetricsAddr != metricsOnMain {
 		closeMetrics, err := a.serveMetricsApart()
-		if err != nil {
+		switch {
+		case err == nil:
+			defer closeMetrics()
+		case cfg.MetricsAddr == defaultMetricsAddr:
+			// Another process on this host has the default port (a second replica, say): this one
+			// runs without /metrics rather than not at all.
+			log.Warn("no /metrics: its default listener is taken; set METRICS_ADDR", slog.Any("error", err))
+		default:
 			srv.Close()
 			return err
 		}
-		defer closeMetrics()
 	}
 
 	select {
@@ -201,6 +207,13 @@ func (a *app) httpServer(h http.Handler) *http.Server {
 	}
 }
 
+// defaultMetricsAddr is where /metrics is served unless METRICS_ADDR says otherwise: loopback, so
+// that only this host (a local Prometheus or agent) reads it, never the public.
+const defaultMetricsAddr = "127.0.0.1:9090"
+
+// metricsOnMain is the METRICS_ADDR that serves /metrics on the main listener, to everyone.
+const metricsOnMain = "main"
+
 // serveMetricsApart serves /metrics on METRICS_ADDR, a listener of its own kept off the public port,
 // until the returned func closes it.
 func (a *app) serveMetricsApart() (func() error, error) {
@@ -231,7 +244,7 @@ func (a *app) routeTable() []route {
 		{"GET", "/healthz", a.healthz, false},
 		{"GET", "/readyz", a.readyz, false},
 	}
-	if a.cfg.MetricsAddr == "" {
+	if a.cfg.MetricsAddr == metricsOnMain {
 		rs = append(rs, route{"GET", "/metrics", a.serveMetrics, false})
 	}
 	if a.cfg.Mode == modeWorker {
@@ -273,24 +286,26 @@ func (a *app) routes() http.Handler {
 
 // app holds what the handlers and the worker share; its methods are the HTTP handlers.
 type app struct {
-	cfg     config
-	log     *slog.Logger
-	pool    *pgxpool.Pool
-	store   *store
-	blobs   blobStore
-	scratch *scratch // UPLOAD_DIR/tmp: local temp files, whichever store keeps the images
-	signer  *urlSigner
-	cache   *cache // nil: no cache
-	queue   jobQueue
-	metrics *metrics
-	tokens  *tokenIssuer
-	hasher  *passwordHasher
-	docs    docAssets     // Swagger UI and openapi.json
-	page    docAssets     // the web page at /
-	budget  *memoryBudget // WORKER_MEMORY, shared by the jobs running at once
+	cfg      config
+	log      *slog.Logger
+	pool     *pgxpool.Pool
+	store    *store
+	blobs    blobStore
+	scratch  *scratch // UPLOAD_DIR/tmp: local temp files, whichever store keeps the images
+	signer   *urlSigner
+	cache    *cache // nil: no cache
+	queue    jobQueue
+	metrics  *metrics
+	tokens   *tokenIssuer
+	accounts *liveAccounts // which token's account still exists
+	hasher   *passwordHasher
+	docs     docAssets     // Swagger UI and openapi.json
+	page     docAssets     // the web page at /
+	budget   *memoryBudget // WORKER_MEMORY, shared by the jobs running at once
 	// Abuse limits (limits.go).
-	authByAddr, authByUser, signupByAddr *rateLimiter
-	uploads                              *uploadSlots
+	authByAddr, signupByAddr *rateLimiter
+	signins                  *signinThrottle
+	uploads                  *uploadSlots
 	// process makes an image's variants: makeVariants, replaced only by tests that need a job to
 	// misbehave (a panic) in a way no image can make it any more.
 	process func(ctx context.Context, sc *scratch, path, contentType string, opts processOptions) ([]encodedVariant, string, error)
@@ -345,23 +360,24 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 		return nil, fmt.Errorf("-mode=%s needs BROKER_URL: only -mode=all can run jobs in-process", cfg.Mode)
 	}
 	return &app{
-		cfg:     cfg,
-		log:     log,
-		pool:    pool,
-		store:   st,
-		blobs:   blobs,
-		scratch: sc,
-		signer:  newURLSigner(key, cfg.SignedURLTTL),
-		cache:   c,
-		queue:   q,
-		metrics: m,
-		tokens:  &tokenIssuer{key: key, ttl: cfg.TokenTTL, issuer: tokenIssuerName, now: time.Now},
-		hasher:  hasher,
-		budget:  newMemoryBudget(cfg.WorkerMemory),
+		cfg:      cfg,
+		log:      log,
+		pool:     pool,
+		store:    st,
+		blobs:    blobs,
+		scratch:  sc,
+		signer:   newURLSigner(key, cfg.SignedURLTTL),
+		cache:    c,
+		queue:    q,
+		metrics:  m,
+		tokens:   &tokenIssuer{key: key, ttl: cfg.TokenTTL, issuer: tokenIssuerName, now: time.Now},
+		hasher:   hasher,
+		accounts: newLiveAccounts(st),
+		budget:   newMemoryBudget(cfg.WorkerMemory),
 		// A limit of 0 turns that limiter off (allow answers yes to a nil one).
-		authByAddr:   newRateLimiter(cfg.AuthAddrRate, time.Minute, maxRateKeys),
-		authByUser:   newRateLimiter(cfg.AuthUserRate, time.Minute, maxRateKeys),
-		signupByAddr: newRateLimiter(cfg.SignupAddrRate, time.Hour, maxRateKeys),
+		authByAddr:   newRateLimiter(cfg.AuthAddrRate, time.Minute, cfg.LimiterKeys),
+		signins:      newSigninThrottle(cfg.AuthFreeFailures, cfg.AuthAccountCeiling, cfg.AuthMaxDelay, cfg.LimiterKeys),
+		signupByAddr: newRateLimiter(cfg.SignupAddrRate, time.Hour, cfg.LimiterKeys),
 		uploads:      newUploadSlots(cfg.UploadsPerUser, cfg.UploadsTotal),
 		process:      makeVariants,
 		docs:         docAssets{files: docFiles},
@@ -409,28 +425,34 @@ func (a *app) removeOrphans(ctx context.Context) {
 
 // config is the service's whole configuration, read once by loadConfig.
 type config struct {
-	Mode           string
-	DatabaseURL    string
-	BrokerURL      string
-	RedisURL       string
-	RedisPrefix    string // prefix of every Redis key, so several deployments can share one Redis
-	QueueName      string // the RabbitMQ work queue; QueueName.retry and QueueName.dead beside it
-	JobLease       time.Duration
-	JobRetryDelay  time.Duration
-	JobMaxAttempts int
-	JobTimeout     time.Duration // deadline of one job
-	WorkerMemory   int64         // bytes the jobs running at once may need together (their estimates)
-	SignupOpen     bool          // SIGNUP=open; closed: only existing accounts sign in
-	UserQuota      int64         // USER_QUOTA_BYTES: original bytes one user may keep; 0: unlimited
-	UploadsPerUser int           // uploads one user may have in flight
-	UploadsTotal   int           // uploads the process takes in flight
-	MinUploadRate  int64         // bytes per second an upload must keep up, over 10 s windows; 0: off
-	AuthAddrRate   int           // sign-in attempts per minute per client address
-	AuthUserRate   int           // sign-in attempts per minute per username
-	SignupAddrRate int           // sign-ups per hour per client address
-	MetricsAddr    string        // a listener of its own for /metrics; empty: the main one
-	S3             s3Config      // S3_BUCKET set: images live in that bucket, not under UPLOAD_DIR
-	SignedURLTTL   time.Duration // lifetime of a signed_url
+	Mode             string
+	DatabaseURL      string
+	BrokerURL        string
+	RedisURL         string
+	RedisPrefix      string // prefix of every Redis key, so several deployments can share one Redis
+	QueueName        string // the RabbitMQ work queue; QueueName.retry and QueueName.dead beside it
+	JobLease         time.Duration
+	JobRetryDelay    time.Duration
+	JobMaxAttempts   int
+	JobTimeout       time.Duration // deadline of one job
+	WorkerMemory     int64         // bytes the jobs running at once may need together (their estimates)
+	SignupOpen       bool          // SIGNUP=open; closed: only existing accounts sign in
+	UserQuota        int64         // USER_QUOTA_BYTES: original bytes one user may keep; 0: unlimited
+	UploadsPerUser   int           // uploads one user may have in flight
+	UploadsTotal     int           // uploads the process takes in flight
+	MinUploadRate    int64         // bytes per second an upload must keep up on average over each window; 0: off
+	UploadRateWindow time.Duration // UPLOAD_RATE_WINDOW: the span MIN_UPLOAD_RATE is judged over
+	AuthAddrRate     int           // failed sign-ins per minute per client address
+	// Sign-in throttle per account (signinThrottle): failures free per account and network before
+	// delays, the delay's ceiling, and consecutive failures per account before unknown networks wait.
+	AuthFreeFailures   int
+	AuthMaxDelay       time.Duration
+	AuthAccountCeiling int
+	LimiterKeys        int           // entries in each limiter table
+	SignupAddrRate     int           // sign-ups per hour per client address
+	MetricsAddr        string        // a listener of its own for /metrics; empty: the main one
+	S3                 s3Config      // S3_BUCKET set: images live in that bucket, not under UPLOAD_DIR
+	SignedURLTTL       time.Duration // lifetime of a signed_url
 	// DownloadRedirect (S3 only): downloads answer 307 to a presigned S3 GET instead of the bytes.
 	DownloadRedirect bool
 	MemoryLimit      int64 // the Go runtime's soft memory limit; 0: GOMEMLIMIT decides
@@ -464,7 +486,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		SecretKey:   []byte(getenv("SECRET_KEY")),
 		Addr:        cmp.Or(getenv("ADDR"), ":8000"),
 		UploadDir:   cmp.Or(getenv("UPLOAD_DIR"), "./uploads"),
-		MetricsAddr: strings.TrimSpace(getenv("METRICS_ADDR")),
+		MetricsAddr: cmp.Or(strings.TrimSpace(getenv("METRICS_ADDR")), defaultMetricsAddr),
 	}
 	procs := int64(runtime.GOMAXPROCS(0))
 	c.MaxUploadBytes = r.int("MAX_UPLOAD_BYTES", 25<<20, 1, 1<<40)
@@ -492,8 +514,12 @@ func loadConfig(getenv func(string) string) (config, error) {
 	c.UploadsPerUser = int(r.int("UPLOADS_PER_USER", 4, 1, 1024))
 	c.UploadsTotal = int(r.int("UPLOADS_IN_FLIGHT", 64, 1, 65536))
 	c.MinUploadRate = r.size("MIN_UPLOAD_RATE", 10<<10, 0, 1<<30)
+	c.UploadRateWindow = r.duration("UPLOAD_RATE_WINDOW", 10*time.Second, time.Second, 10*time.Minute)
 	c.AuthAddrRate = int(r.int("AUTH_RATE_PER_ADDR", 30, 0, 1_000_000))
-	c.AuthUserRate = int(r.int("AUTH_RATE_PER_USER", 10, 0, 1_000_000))
+	c.AuthFreeFailures = int(r.int("AUTH_FREE_FAILURES", 5, 0, 1000))
+	c.AuthMaxDelay = r.duration("AUTH_MAX_DELAY", 5*time.Minute, time.Second, 24*time.Hour)
+	c.AuthAccountCeiling = int(r.int("AUTH_ACCOUNT_CEILING", 100, 1, 100))
+	c.LimiterKeys = int(r.int("LIMITER_KEYS", maxRateKeys, 100, 100_000_000))
 	c.SignupAddrRate = int(r.int("SIGNUP_RATE_PER_ADDR", 20, 0, 1_000_000))
 	c.SignupOpen = r.choice("SIGNUP", "open", "open", "closed") == "open"
 	c.WorkerMemory = r.size("WORKER_MEMORY", defaultWorkerMemory(systemMemory()), 32<<20, 1<<40)

@@ -340,9 +340,10 @@ func testEnv(t testing.TB, overrides map[string]string) func(string) string {
 		// The suite signs up and uploads far faster than any person: the abuse limits are off here
 		// and tested on their own (limits_test.go).
 		"AUTH_RATE_PER_ADDR":   "0",
-		"AUTH_RATE_PER_USER":   "0",
+		"AUTH_FREE_FAILURES":   "0",
 		"SIGNUP_RATE_PER_ADDR": "0",
 		"UPLOADS_PER_USER":     "1024",
+		"METRICS_ADDR":         metricsOnMain, // the tests read /metrics through the handler
 	}
 	for k, v := range overrides {
 		env[k] = v

@@ -44,13 +44,18 @@ func (s *urlSigner) mac(id int64, variant string, owner, expires int64) string {
 // url is the signed link to variant of im (variantOriginal for the upload itself).
 func (s *urlSigner) url(im imageRecord, variant string) string {
 	exp := s.expiry()
-	q := url.Values{
+	return fmt.Sprintf("/api/v1/images/%d/file/signed?%s", im.ID, signedQuery(variant, im.OwnerID, exp, s.mac(im.ID, variant, im.OwnerID, exp)))
+}
+
+// signedQuery is the one spelling of a signed link's query: these four parameters, in this order
+// (url.Values.Encode sorts them), integers in canonical decimal.
+func signedQuery(variant string, owner, expires int64, signature string) string {
+	return url.Values{
 		"variant":   {variant},
-		"owner":     {strconv.FormatInt(im.OwnerID, 10)},
-		"expires":   {strconv.FormatInt(exp, 10)},
-		"signature": {s.mac(im.ID, variant, im.OwnerID, exp)},
-	}
-	return fmt.Sprintf("/api/v1/images/%d/file/signed?%s", im.ID, q.Encode())
+		"owner":     {strconv.FormatInt(owner, 10)},
+		"expires":   {strconv.FormatInt(expires, 10)},
+		"signature": {signature},
+	}.Encode()
 }
 
 // errBadSignature answers a signed link that was altered, made for another image or variant, or
@@ -65,7 +70,7 @@ type signedLink struct {
 }
 
 // check reads and verifies r's signed link (on route /api/v1/images/{id}/file/signed), in constant
-// time; every failure is errBadSignature.
+// time; every failure is errBadSignature, and so is any spelling of the link but the one url made.
 func (s *urlSigner) check(r *http.Request) (signedLink, error) {
 	id, err := imageID(r)
 	if err != nil {
@@ -79,7 +84,8 @@ func (s *urlSigner) check(r *http.Request) (signedLink, error) {
 		return signedLink{}, errBadSignature
 	}
 	want := s.mac(id, variant, owner, exp)
-	if !hmac.Equal([]byte(want), []byte(q.Get("signature"))) {
+	if !hmac.Equal([]byte(want), []byte(q.Get("signature"))) || r.URL.RawQuery != signedQuery(variant, owner, exp, want) {
+		// A link has one spelling: no "+1", leading zeros, other parameters, repeats or reordering.
 		return signedLink{}, errBadSignature
 	}
 	remaining := time.Unix(exp, 0).Sub(s.now())

@@ -16,9 +16,10 @@ import (
 
 // PostgreSQL error codes the store handles.
 const (
-	pgUniqueViolation    = "23505"
-	pgInvalidCatalogName = "3D000" // the database does not exist
-	pgDuplicateDatabase  = "42P04"
+	pgUniqueViolation     = "23505"
+	pgForeignKeyViolation = "23503" // an image for a user whose row is gone
+	pgInvalidCatalogName  = "3D000" // the database does not exist
+	pgDuplicateDatabase   = "42P04"
 )
 
 // connectDB opens a pool on url and checks it answers. When the database does not exist it is created
@@ -144,6 +145,15 @@ func (s *store) userByName(ctx context.Context, name string) (user, error) {
 	return u, nil
 }
 
+// userExists reports whether account id still exists.
+func (s *store) userExists(ctx context.Context, id int64) (bool, error) {
+	var ok bool
+	if err := s.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", id).Scan(&ok); err != nil {
+		return false, fmt.Errorf("store: user exists: %w", err)
+	}
+	return ok, nil
+}
+
 // setPasswordHash replaces an account's password hash (to upgrade its parameters).
 func (s *store) setPasswordHash(ctx context.Context, id int64, hash string) error {
 	if _, err := s.pool.Exec(ctx, "UPDATE users SET password_hash = $2 WHERE id = $1", id, hash); err != nil {
@@ -253,6 +263,9 @@ func (s *store) insertImage(ctx context.Context, quota int64, im imageRecord) (i
 			im.OwnerID, im.Name, im.Tags, im.ContentType, im.Width, im.Height, im.Size, im.SHA256, im.FileKey))
 		return err
 	})
+	if pgCode(err) == pgForeignKeyViolation {
+		return imageRecord{}, fmt.Errorf("store: insert image: %w", errAccountGone)
+	}
 	if err != nil {
 		return imageRecord{}, fmt.Errorf("store: insert image: %w", err)
 	}
