@@ -32,6 +32,9 @@ const (
 	multipartSlack = 64 << 10 // multipart framing and small fields allowed beyond MAX_UPLOAD_BYTES
 	// uploadBufferSize is the read buffer, and the write buffer, of one upload in flight.
 	uploadBufferSize = 128 << 10
+	// maxPreambleBytes caps a multipart upload's bytes before the file's own: preamble, part
+	// headers and any small fields before "file".
+	maxPreambleBytes = 64 << 10
 )
 
 // imageView is the API's Image. Width and height are as displayed (after EXIF orientation).
@@ -186,6 +189,8 @@ func (a *app) uploadImage(w http.ResponseWriter, r *http.Request) {
 			err = newError(http.StatusRequestTimeout, "the upload arrived slower than the minimum of %d bytes a second: %v", a.cfg.MinUploadRate, err)
 		} else if errors.Is(err, errUploadTimeout) {
 			err = newError(http.StatusRequestTimeout, "the upload took longer than the server allows for one request (%s); send a smaller file or use a faster link", a.cfg.RequestTimeout)
+		} else if errors.Is(err, errPreambleTooLarge) {
+			err = newError(http.StatusRequestEntityTooLarge, "the multipart body has more than %d bytes before the file's own: send the file part with short headers, first or after small fields", maxPreambleBytes)
 		} else if errors.Is(err, errQuota) {
 			err = newError(http.StatusRequestEntityTooLarge, "this upload would take your images past your storage quota of %d bytes; delete some to make room", a.cfg.UserQuota)
 		} else if re := (readError{}); errors.As(err, &re) {
@@ -229,7 +234,7 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 		return imageRecord{}, newError(http.StatusUnsupportedMediaType, "want a multipart/form-data body with the image in field \"file\"")
 	}
 	uid := userID(r.Context())
-	release, err := a.uploads.take(w, uid)
+	release, err := a.uploads.take(w, uid, clientKey(r))
 	if err != nil {
 		return imageRecord{}, err
 	}
@@ -252,12 +257,17 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 	}
 	// multipart reads through a bufio.Reader of 4 KiB unless it is given a larger one, which it then
 	// uses as is: large reads cost far fewer copies and syscalls per megabyte.
-	mr := multipart.NewReader(bufio.NewReaderSize(http.MaxBytesReader(w, io.NopCloser(body), limit), uploadBufferSize), params["boundary"])
+	pre := &preambleReader{r: http.MaxBytesReader(w, io.NopCloser(body), limit), limit: maxPreambleBytes + uploadBufferSize}
+	buf := bufio.NewReaderSize(pre, uploadBufferSize)
+	mr := multipart.NewReader(buf, params["boundary"])
 	var part io.Reader
 	for part == nil {
 		p, err := mr.NextPart()
 		if err == io.EOF {
 			return imageRecord{}, newError(http.StatusUnprocessableEntity, "multipart field \"file\" is required")
+		}
+		if errors.Is(err, errPreambleTooLarge) {
+			return imageRecord{}, errPreambleTooLarge
 		}
 		if err != nil {
 			return imageRecord{}, readError{err}
@@ -266,6 +276,11 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 			part = p
 		}
 	}
+	// What multipart has taken from the body so far is the preamble and headers, exactly.
+	if pre.n-int64(buf.Buffered()) > maxPreambleBytes {
+		return imageRecord{}, errPreambleTooLarge
+	}
+	pre.open = true
 	up, err := a.scratch.receive(requestReader{part}, uploadLimits{maxBytes: a.cfg.MaxUploadBytes, maxPixels: a.cfg.MaxPixels,
 		maxJobBytes: a.cfg.WorkerMemory, dct: a.cfg.JPEGDCT})
 	if err != nil {

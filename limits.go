@@ -34,9 +34,10 @@ type limiterEntry struct {
 	when int64 // Unix nanoseconds
 }
 
-// limiterEntryBytes is about what one entry of a full limiterTable costs: 8 bytes of key and 16 of
-// value in a Go map, with its buckets' overhead and growth slack.
-const limiterEntryBytes = 64
+// limiterEntryBytes bounds what one entry of a full limiterTable costs: 8 bytes of key and 16 of
+// value in a Go map, with its groups' control words, free slots and the tombstones eviction leaves
+// (about 70 bytes measured, TestLimiterTableBytes).
+const limiterEntryBytes = 96
 
 // evictionSample is how many entries a full table looks at to choose the one to evict.
 const evictionSample = 8
@@ -249,8 +250,8 @@ func (t *signinThrottle) succeeded(username, network string) {
 	t.known.put(t.known.key(user+"\x00"+network), limiterEntry{n: 1, when: now.UnixNano()})
 }
 
-// maxRateKeys is the default bound of each limiter table (AUTH_TABLE_KEYS): at limiterEntryBytes an
-// entry, about 6.4 MB each when full.
+// maxRateKeys is the default bound of each limiter table (LIMITER_KEYS): at limiterEntryBytes an
+// entry, at most 9.6 MB each when full (five tables: under 50 MB).
 const maxRateKeys = 100_000
 
 // clientKey names the client of r for rate limits: its address, with an IPv6 address cut to its
@@ -278,32 +279,40 @@ func tooMany(w http.ResponseWriter, wait time.Duration, what string) error {
 	return newError(http.StatusTooManyRequests, "too many %s; try again in %d s", what, secs)
 }
 
-// uploadSlots caps the uploads in flight, per user and in all.
+// uploadSlots caps the uploads in flight: per user, per client address (an IPv6 /64), and in all.
+// With the per-address cap, throwaway accounts from one network cannot take every slot.
 type uploadSlots struct {
-	perUser, total int
-	mu             sync.Mutex
-	byUser         map[int64]int
-	all            int
+	perUser, perAddr, total int
+	mu                      sync.Mutex
+	byUser                  map[int64]int
+	byAddr                  map[string]int // bounded by total: an address is here only while it has a slot
+	all                     int
 }
 
-func newUploadSlots(perUser, total int) *uploadSlots {
-	return &uploadSlots{perUser: perUser, total: total, byUser: map[int64]int{}}
+func newUploadSlots(perUser, perAddr, total int) *uploadSlots {
+	return &uploadSlots{perUser: perUser, perAddr: perAddr, total: total, byUser: map[int64]int{}, byAddr: map[string]int{}}
 }
 
-// take reserves a slot for user, or returns the error to answer with: 429 when the user has
-// perUser uploads in flight, 503 when the process has total; both with Retry-After.
-func (s *uploadSlots) take(w http.ResponseWriter, user int64) (release func(), err error) {
+// take reserves a slot for user at client address addr, or returns the error to answer with: 429
+// when the user, or the address, has its uploads in flight already, 503 when the process has
+// total; each with Retry-After.
+func (s *uploadSlots) take(w http.ResponseWriter, user int64, addr string) (release func(), err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.byUser[user] >= s.perUser {
 		w.Header().Set("Retry-After", "1")
 		return nil, newError(http.StatusTooManyRequests, "you have %d uploads in progress already, the most at once; send the next when one ends", s.perUser)
 	}
+	if s.byAddr[addr] >= s.perAddr {
+		w.Header().Set("Retry-After", "1")
+		return nil, newError(http.StatusTooManyRequests, "your network has %d uploads in progress already, the most at once; send the next when one ends", s.perAddr)
+	}
 	if s.all >= s.total {
 		w.Header().Set("Retry-After", "1")
 		return nil, newError(http.StatusServiceUnavailable, "the server is receiving as many uploads as it takes at once; try again in a moment")
 	}
 	s.byUser[user]++
+	s.byAddr[addr]++
 	s.all++
 	return func() {
 		s.mu.Lock()
@@ -311,8 +320,39 @@ func (s *uploadSlots) take(w http.ResponseWriter, user int64) (release func(), e
 		if s.byUser[user]--; s.byUser[user] == 0 {
 			delete(s.byUser, user)
 		}
+		if s.byAddr[addr]--; s.byAddr[addr] == 0 {
+			delete(s.byAddr, addr)
+		}
 		s.all--
 	}, nil
+}
+
+// errPreambleTooLarge is what preambleReader returns when the multipart body's preamble and part
+// headers before the file's bytes pass their cap.
+var errPreambleTooLarge = errors.New("multipart preamble and part headers too large")
+
+// preambleReader caps what a multipart upload may send before its file part begins (the preamble,
+// the headers of every part, and the fields before "file"), so that nobody makes the server hold
+// megabytes of part headers (Go's multipart allows 10 MiB a part). It sits under the upload's
+// bufio.Reader, which reads ahead: while closed it lets through max plus that buffer's size; the
+// exact count is checked by consumed once the file part is found, and open lifts the cap.
+type preambleReader struct {
+	r     io.Reader
+	limit int64 // bytes let through while closed
+	n     int64 // bytes read so far
+	open  bool
+}
+
+func (p *preambleReader) Read(b []byte) (int, error) {
+	if !p.open {
+		if p.n >= p.limit {
+			return 0, errPreambleTooLarge
+		}
+		b = b[:min(int64(len(b)), p.limit-p.n)]
+	}
+	n, err := p.r.Read(b)
+	p.n += int64(n)
+	return n, err
 }
 
 // errTooSlow is what minRateReader returns when the client sends too slowly.

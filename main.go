@@ -182,13 +182,14 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (con
 }
 
 // governMemory makes the Go runtime's memory limit follow what is reserved, unless GOMEMLIMIT says
-// otherwise: the runtime and requests in flight (each upload holds two buffers), the running jobs'
+// otherwise: the runtime and requests in flight (each upload holds two buffers and at most
+// maxPreambleBytes of part headers), the running jobs'
 // estimates and the password-hashing buffers.
 func (a *app) governMemory() {
 	if a.cfg.MemoryLimit <= 0 {
 		return
 	}
-	g := &memoryGovernor{base: 16<<20 + int64(a.cfg.UploadsTotal)*2*uploadBufferSize, max: a.cfg.MemoryLimit,
+	g := &memoryGovernor{base: 16<<20 + int64(a.cfg.UploadsTotal)*(2*uploadBufferSize+maxPreambleBytes), max: a.cfg.MemoryLimit,
 		parts: []func() int64{a.budget.inUse, a.hasher.held.Load}, set: debug.SetMemoryLimit}
 	a.budget.onChange, a.hasher.onChange = g.update, g.update
 	g.update()
@@ -378,7 +379,7 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 		authByAddr:   newRateLimiter(cfg.AuthAddrRate, time.Minute, cfg.LimiterKeys),
 		signins:      newSigninThrottle(cfg.AuthFreeFailures, cfg.AuthAccountCeiling, cfg.AuthMaxDelay, cfg.LimiterKeys),
 		signupByAddr: newRateLimiter(cfg.SignupAddrRate, time.Hour, cfg.LimiterKeys),
-		uploads:      newUploadSlots(cfg.UploadsPerUser, cfg.UploadsTotal),
+		uploads:      newUploadSlots(cfg.UploadsPerUser, cfg.UploadsPerAddr, cfg.UploadsTotal),
 		process:      makeVariants,
 		docs:         docAssets{files: docFiles},
 		page:         docAssets{files: pageFiles, edit: pageEdit(cfg)},
@@ -440,6 +441,7 @@ type config struct {
 	UserQuota        int64         // USER_QUOTA_BYTES: original bytes one user may keep; 0: unlimited
 	UploadsPerUser   int           // uploads one user may have in flight
 	UploadsTotal     int           // uploads the process takes in flight
+	UploadsPerAddr   int           // uploads one client address (IPv6: its /64) may have in flight
 	MinUploadRate    int64         // bytes per second an upload must keep up on average over each window; 0: off
 	UploadRateWindow time.Duration // UPLOAD_RATE_WINDOW: the span MIN_UPLOAD_RATE is judged over
 	AuthAddrRate     int           // failed sign-ins per minute per client address
@@ -512,7 +514,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 	c.SweepInterval = r.duration("SWEEP_INTERVAL", 10*time.Second, 10*time.Millisecond, 24*time.Hour)
 	c.UserQuota = r.size("USER_QUOTA_BYTES", 0, 0, 1<<50)
 	c.UploadsPerUser = int(r.int("UPLOADS_PER_USER", 4, 1, 1024))
+	c.UploadsPerAddr = int(r.int("UPLOADS_PER_ADDR", 8, 1, 65536))
 	c.UploadsTotal = int(r.int("UPLOADS_IN_FLIGHT", 64, 1, 65536))
+	c.UploadsPerAddr = int(r.int("UPLOADS_PER_ADDR", 8, 1, 65536))
 	c.MinUploadRate = r.size("MIN_UPLOAD_RATE", 10<<10, 0, 1<<30)
 	c.UploadRateWindow = r.duration("UPLOAD_RATE_WINDOW", 10*time.Second, time.Second, 10*time.Minute)
 	c.AuthAddrRate = int(r.int("AUTH_RATE_PER_ADDR", 30, 0, 1_000_000))

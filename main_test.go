@@ -343,6 +343,7 @@ func testEnv(t testing.TB, overrides map[string]string) func(string) string {
 		"AUTH_FREE_FAILURES":   "0",
 		"SIGNUP_RATE_PER_ADDR": "0",
 		"UPLOADS_PER_USER":     "1024",
+		"UPLOADS_PER_ADDR":     "1024",
 		"METRICS_ADDR":         metricsOnMain, // the tests read /metrics through the handler
 	}
 	for k, v := range overrides {
