@@ -294,7 +294,7 @@ func newFaultRig(t *testing.T) *faultRig {
 	r.broker, brokerVia = via(testBrokerURL)
 	r.env = map[string]string{"DATABASE_URL": dbVia, "BROKER_URL": brokerVia, "QUEUE_NAME": testQueue(t),
 		"UPLOAD_DIR": r.dir, "SWEEP_INTERVAL": "500ms", "REDIS_URL": redisVia, "REDIS_PREFIX": redisPrefix(t),
-		"UPLOADS_PER_USER": "64"}
+		"UPLOADS_PER_USER": "64", "UPLOADS_PER_ADDR": "64"}
 	r.api1 = startBinary(t, r.env, "-mode=api")
 	r.api2 = startBinary(t, r.env, "-mode=api")
 	r.worker = startBinary(t, r.env, "-mode=worker")

@@ -35,6 +35,8 @@ const (
 	// maxPreambleBytes caps a multipart upload's bytes before the file's own: preamble, part
 	// headers and any small fields before "file".
 	maxPreambleBytes = 64 << 10
+	// retryAfterBacklog is the Retry-After, in seconds, of an upload refused for JOBS_PER_USER.
+	retryAfterBacklog = 5
 )
 
 // imageView is the API's Image. Width and height are as displayed (after EXIF orientation).
@@ -246,6 +248,14 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 		} else if used >= a.cfg.UserQuota {
 			return imageRecord{}, errQuota
 		}
+	}
+	// A user's backlog is capped: their jobs wait behind nobody else's (jobPriority), but rows and
+	// queue space are everyone's.
+	if n, err := a.store.unfinishedJobs(r.Context(), uid); err != nil {
+		return imageRecord{}, err
+	} else if n >= int64(a.cfg.JobsPerUser) {
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterBacklog))
+		return imageRecord{}, newError(http.StatusTooManyRequests, "you have %d images waiting to be processed, the most at once (JOBS_PER_USER); send more as they become ready", n)
 	}
 	body := io.Reader(r.Body)
 	if a.cfg.MinUploadRate > 0 {

@@ -378,7 +378,7 @@ func (a *app) removeVariants(log *slog.Logger, variants map[string]storedVariant
 // pending with no confirm, and the sweeper publishes it again.
 func (a *app) enqueue(ctx context.Context, id int64) {
 	ctx = context.WithoutCancel(ctx)
-	if err := a.queue.publish(ctx, id); err != nil {
+	if err := a.queue.publish(ctx, id, a.priorityOf(ctx, id)); err != nil {
 		a.metrics.publishErrors.Add(1)
 		a.log.Warn("job not queued; the sweeper will retry", slog.Int64("image_id", id), slog.Any("error", err))
 		return
@@ -386,6 +386,19 @@ func (a *app) enqueue(ctx context.Context, id int64) {
 	if err := a.store.markQueued(ctx, id); err != nil {
 		a.log.Warn("job queued but not recorded", slog.Int64("image_id", id), slog.Any("error", err))
 	}
+}
+
+// priorityOf is the queue priority of image id's job: from its place among its owner's unfinished
+// jobs (jobPriority). When that cannot be read, the middle priority: the job still goes out.
+func (a *app) priorityOf(ctx context.Context, id int64) uint8 {
+	rank, err := a.store.jobRank(ctx, id)
+	if err != nil {
+		if !errors.Is(err, errNotFound) {
+			a.log.Warn("job priority unknown", slog.Int64("image_id", id), slog.Any("error", err))
+		}
+		return maxJobPriority / 2
+	}
+	return jobPriority(rank)
 }
 
 // sweepLostJobs publishes again, every interval, the jobs that may be lost (never confirmed, or
@@ -427,7 +440,7 @@ func (a *app) sweepJobsOnce(ctx context.Context) {
 	}
 	var queued []int64
 	for _, id := range ids {
-		if err := a.queue.publish(ctx, id); err != nil {
+		if err := a.queue.publish(ctx, id, a.priorityOf(ctx, id)); err != nil {
 			a.metrics.publishErrors.Add(1)
 			break // the broker is down: try again next round
 		}

@@ -442,6 +442,7 @@ type config struct {
 	UploadsPerUser   int           // uploads one user may have in flight
 	UploadsTotal     int           // uploads the process takes in flight
 	UploadsPerAddr   int           // uploads one client address (IPv6: its /64) may have in flight
+	JobsPerUser      int           // images one user may have waiting for or in processing
 	MinUploadRate    int64         // bytes per second an upload must keep up on average over each window; 0: off
 	UploadRateWindow time.Duration // UPLOAD_RATE_WINDOW: the span MIN_UPLOAD_RATE is judged over
 	AuthAddrRate     int           // failed sign-ins per minute per client address
@@ -514,9 +515,11 @@ func loadConfig(getenv func(string) string) (config, error) {
 	c.SweepInterval = r.duration("SWEEP_INTERVAL", 10*time.Second, 10*time.Millisecond, 24*time.Hour)
 	c.UserQuota = r.size("USER_QUOTA_BYTES", 0, 0, 1<<50)
 	c.UploadsPerUser = int(r.int("UPLOADS_PER_USER", 4, 1, 1024))
-	c.UploadsPerAddr = int(r.int("UPLOADS_PER_ADDR", 8, 1, 65536))
+	c.UploadsPerAddr = int(r.int("UPLOADS_PER_ADDR", 16, 1, 65536))
+	c.JobsPerUser = int(r.int("JOBS_PER_USER", 500, 1, 1_000_000))
 	c.UploadsTotal = int(r.int("UPLOADS_IN_FLIGHT", 64, 1, 65536))
-	c.UploadsPerAddr = int(r.int("UPLOADS_PER_ADDR", 8, 1, 65536))
+	c.UploadsPerAddr = int(r.int("UPLOADS_PER_ADDR", 16, 1, 65536))
+	c.JobsPerUser = int(r.int("JOBS_PER_USER", 500, 1, 1_000_000))
 	c.MinUploadRate = r.size("MIN_UPLOAD_RATE", 10<<10, 0, 1<<30)
 	c.UploadRateWindow = r.duration("UPLOAD_RATE_WINDOW", 10*time.Second, time.Second, 10*time.Minute)
 	c.AuthAddrRate = int(r.int("AUTH_RATE_PER_ADDR", 30, 0, 1_000_000))

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/bits"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -29,16 +30,33 @@ const (
 // jobHandler processes image id; ctx ends when the worker must give the job up.
 type jobHandler func(ctx context.Context, id int64) (jobOutcome, time.Duration)
 
-// jobQueue carries image ids from the API to workers.
+// jobQueue carries image ids from the API to workers, the highest priority first (FIFO within one).
 type jobQueue interface {
 	// publish returns nil once the queue holds the job durably (a confirmed publish).
-	publish(ctx context.Context, id int64) error
+	publish(ctx context.Context, id int64, priority uint8) error
 	// consume runs handle on jobs, at most concurrency at once, until ctx ends; it then stops taking
 	// jobs and returns when the jobs in hand are done (their own context ends after drain).
 	consume(ctx context.Context, concurrency int, drain time.Duration, handle jobHandler)
 	// ping reports whether the queue can take jobs now.
 	ping(ctx context.Context) error
 	close()
+}
+
+// maxJobPriority is the highest job priority (the work queue's x-max-priority).
+const maxJobPriority = 9
+
+// jobPriority is the priority of the job that is rank-th among its owner's unfinished jobs (1: the
+// oldest): each user's first job comes before everyone's second, their second and third before the
+// fourth to seventh, and so on in powers of two. So a user's backlog, however long, delays another
+// user's first images by at most about one job (the one a worker is busy with), while the queue
+// stays first-in first-out among equals and never starves anyone: a job's priority is fixed when it
+// is published, and everything published after it with a higher one is another user's job of a
+// lower rank.
+func jobPriority(rank int64) uint8 {
+	if rank < 1 {
+		rank = 1
+	}
+	return uint8(max(0, maxJobPriority-(bits.Len64(uint64(rank))-1)))
 }
 
 // drainContext returns the context jobs run in: it ends drain after ctx does, so a shutdown first
@@ -134,6 +152,16 @@ func (q *amqpQueue) connect() (*amqp.Connection, *amqp.Channel, error) {
 	if err == nil {
 		err = q.declare(ch)
 	}
+	if ae := (*amqp.Error)(nil); errors.As(err, &ae) && ae.Code == amqp.PreconditionFailed {
+		// A work queue of an earlier version, without priorities: replace it. Its messages go with
+		// it, and the sweeper publishes their jobs again from the rows (the database is the truth).
+		q.log.Warn("replacing the work queue to give it priorities; the sweeper will publish its jobs again", slog.String("queue", q.name))
+		if ch, err = conn.Channel(); err == nil {
+			if _, err = ch.QueueDelete(q.name, false, false, false); err == nil {
+				err = q.declare(ch)
+			}
+		}
+	}
 	if err == nil {
 		err = ch.Confirm(false)
 	}
@@ -147,7 +175,7 @@ func (q *amqpQueue) connect() (*amqp.Connection, *amqp.Channel, error) {
 // declare makes the work queue, the retry queue (whose messages expire back into the work queue)
 // and the dead-letter queue; all durable, so they survive a broker restart.
 func (q *amqpQueue) declare(ch *amqp.Channel) error {
-	if _, err := ch.QueueDeclare(q.name, true, false, false, false, nil); err != nil {
+	if _, err := ch.QueueDeclare(q.name, true, false, false, false, amqp.Table{"x-max-priority": int32(maxJobPriority)}); err != nil {
 		return err
 	}
 	if _, err := ch.QueueDeclare(q.name+".retry", true, false, false, false, amqp.Table{
@@ -183,13 +211,13 @@ func (q *amqpQueue) waitConnected(timeout time.Duration) bool {
 	}
 }
 
-func (q *amqpQueue) publish(ctx context.Context, id int64) error {
-	return q.publishTo(ctx, q.name, id, 0)
+func (q *amqpQueue) publish(ctx context.Context, id int64, priority uint8) error {
+	return q.publishTo(ctx, q.name, id, priority, 0)
 }
 
-// publishTo sends id to queue, persistent, expiring after delay when delay > 0, and waits for the
-// broker's confirm (at most 5 s).
-func (q *amqpQueue) publishTo(ctx context.Context, queue string, id int64, delay time.Duration) error {
+// publishTo sends id to queue with priority, persistent, expiring after delay when delay > 0, and
+// waits for the broker's confirm (at most 5 s).
+func (q *amqpQueue) publishTo(ctx context.Context, queue string, id int64, priority uint8, delay time.Duration) error {
 	_, pub, _ := q.current()
 	if pub == nil {
 		return errQueueDown
@@ -200,6 +228,7 @@ func (q *amqpQueue) publishTo(ctx context.Context, queue string, id int64, delay
 		ContentType:  "text/plain",
 		DeliveryMode: amqp.Persistent,
 		MessageId:    strconv.FormatInt(id, 10),
+		Priority:     priority,
 		Timestamp:    time.Now(),
 		Body:         []byte(strconv.FormatInt(id, 10)),
 	}
@@ -315,14 +344,14 @@ func (q *amqpQueue) handleDelivery(ctx context.Context, d amqp.Delivery, handle 
 	case jobDone:
 		err2 = d.Ack(false)
 	case jobRetry:
-		if err := q.publishTo(sctx, q.name+".retry", id, delay); err != nil {
+		if err := q.publishTo(sctx, q.name+".retry", id, d.Priority, delay); err != nil {
 			q.log.Warn("retry publish failed; requeueing at once", slog.Int64("image_id", id), slog.Any("error", err))
 			err2 = d.Nack(false, true)
 			break
 		}
 		err2 = d.Ack(false)
 	case jobDead:
-		if err := q.publishTo(sctx, q.name+".dead", id, 0); err != nil {
+		if err := q.publishTo(sctx, q.name+".dead", id, 0, 0); err != nil {
 			q.log.Warn("dead-letter publish failed", slog.Int64("image_id", id), slog.Any("error", err))
 		}
 		err2 = d.Ack(false)
@@ -339,12 +368,12 @@ func (q *amqpQueue) handleDelivery(ctx context.Context, d amqp.Delivery, handle 
 // ---- In-process ----
 
 // memQueue is the jobQueue for a single process without RabbitMQ (BROKER_URL empty, mode all). Jobs
-// are ids in memory: a crash loses them, and the sweeper publishes them again from the rows, as it
-// does for RabbitMQ. A queue of any length costs 8 bytes a job.
+// are ids in memory, a FIFO per priority: a crash loses them, and the sweeper publishes them again
+// from the rows, as it does for RabbitMQ. A queue of any length costs 8 bytes a job.
 type memQueue struct {
 	mu     sync.Mutex
-	ids    []int64
-	signal chan struct{} // has a token while ids is not empty
+	ids    [maxJobPriority + 1][]int64 // by priority
+	signal chan struct{}               // has a token while a job waits
 	log    *slog.Logger
 }
 
@@ -352,9 +381,10 @@ func newMemQueue(log *slog.Logger) *memQueue {
 	return &memQueue{signal: make(chan struct{}, 1), log: log}
 }
 
-func (q *memQueue) publish(_ context.Context, id int64) error {
+func (q *memQueue) publish(_ context.Context, id int64, priority uint8) error {
+	priority = min(priority, maxJobPriority)
 	q.mu.Lock()
-	q.ids = append(q.ids, id)
+	q.ids[priority] = append(q.ids[priority], id)
 	q.mu.Unlock()
 	select {
 	case q.signal <- struct{}{}:
@@ -363,22 +393,28 @@ func (q *memQueue) publish(_ context.Context, id int64) error {
 	return nil
 }
 
-// next pops the oldest job, or reports none.
-func (q *memQueue) next() (int64, bool) {
+// next pops the oldest job of the highest priority, or reports none.
+func (q *memQueue) next() (int64, uint8, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.ids) == 0 {
-		return 0, false
-	}
-	id := q.ids[0]
-	q.ids = q.ids[1:]
-	if len(q.ids) > 0 {
-		select {
-		case q.signal <- struct{}{}:
-		default:
+	for p := maxJobPriority; p >= 0; p-- {
+		if len(q.ids[p]) == 0 {
+			continue
 		}
+		id := q.ids[p][0]
+		q.ids[p] = q.ids[p][1:]
+		for _, rest := range q.ids {
+			if len(rest) > 0 {
+				select {
+				case q.signal <- struct{}{}:
+				default:
+				}
+				break
+			}
+		}
+		return id, uint8(p), true
 	}
-	return id, true
+	return 0, 0, false
 }
 
 func (q *memQueue) consume(ctx context.Context, concurrency int, drain time.Duration, handle jobHandler) {
@@ -388,7 +424,7 @@ func (q *memQueue) consume(ctx context.Context, concurrency int, drain time.Dura
 	for range concurrency {
 		workers.Go(func() {
 			for {
-				id, ok := q.next()
+				id, prio, ok := q.next()
 				if !ok {
 					select {
 					case <-ctx.Done():
@@ -398,14 +434,14 @@ func (q *memQueue) consume(ctx context.Context, concurrency int, drain time.Dura
 					}
 				}
 				if ctx.Err() != nil {
-					q.publish(ctx, id) // not started: leave it for whoever runs next
+					q.publish(ctx, id, prio) // not started: leave it for whoever runs next
 					return
 				}
 				switch outcome, delay := handle(jobCtx, id); outcome {
 				case jobRetry:
-					time.AfterFunc(delay, func() { q.publish(context.Background(), id) })
+					time.AfterFunc(delay, func() { q.publish(context.Background(), id, prio) })
 				case jobAbandoned:
-					q.publish(context.Background(), id)
+					q.publish(context.Background(), id, prio)
 				case jobDead:
 					q.log.Warn("job failed for good", slog.Int64("image_id", id))
 				}

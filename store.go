@@ -540,6 +540,32 @@ func (s *store) clearInvalidations(ctx context.Context, owner, maxID int64) erro
 	return nil
 }
 
+// jobRank returns image id's place among its owner's unfinished images (1 for the oldest), or
+// errNotFound when it is finished or gone.
+func (s *store) jobRank(ctx context.Context, id int64) (int64, error) {
+	var rank int64
+	err := s.pool.QueryRow(ctx, `
+		SELECT count(*) FROM images u, images me
+		WHERE me.id = $1 AND me.status IN ('pending', 'processing')
+		  AND u.owner_id = me.owner_id AND u.status IN ('pending', 'processing') AND u.id <= me.id`, id).Scan(&rank)
+	if err != nil {
+		return 0, fmt.Errorf("store: job rank: %w", err)
+	}
+	if rank == 0 {
+		return 0, fmt.Errorf("store: job rank: %w", errNotFound)
+	}
+	return rank, nil
+}
+
+// unfinishedJobs returns how many of owner's images wait for or are in processing.
+func (s *store) unfinishedJobs(ctx context.Context, owner int64) (int64, error) {
+	var n int64
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM images WHERE owner_id = $1 AND status IN ('pending', 'processing')`, owner).Scan(&n); err != nil {
+		return 0, fmt.Errorf("store: unfinished jobs: %w", err)
+	}
+	return n, nil
+}
+
 // markQueued records that the queue confirmed a message for each of ids.
 func (s *store) markQueued(ctx context.Context, ids ...int64) error {
 	if _, err := s.pool.Exec(ctx, `UPDATE images SET queued_at = now() WHERE id = ANY($1)`, ids); err != nil {
