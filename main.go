@@ -518,8 +518,6 @@ func loadConfig(getenv func(string) string) (config, error) {
 	c.UploadsPerAddr = int(r.int("UPLOADS_PER_ADDR", 16, 1, 65536))
 	c.JobsPerUser = int(r.int("JOBS_PER_USER", 500, 1, 1_000_000))
 	c.UploadsTotal = int(r.int("UPLOADS_IN_FLIGHT", 64, 1, 65536))
-	c.UploadsPerAddr = int(r.int("UPLOADS_PER_ADDR", 16, 1, 65536))
-	c.JobsPerUser = int(r.int("JOBS_PER_USER", 500, 1, 1_000_000))
 	c.MinUploadRate = r.size("MIN_UPLOAD_RATE", 10<<10, 0, 1<<30)
 	c.UploadRateWindow = r.duration("UPLOAD_RATE_WINDOW", 10*time.Second, time.Second, 10*time.Minute)
 	c.AuthAddrRate = int(r.int("AUTH_RATE_PER_ADDR", 30, 0, 1_000_000))
