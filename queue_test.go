@@ -9,6 +9,7 @@ import (
 	"image/gif"
 	_ "image/jpeg"
 	_ "image/png"
+	"log/slog"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -565,4 +566,136 @@ func benchEndToEnd(b *testing.B, file string, n int, env map[string]string) {
 		// This process's own CPU (API and worker): the storage's, a process of its own, is apart.
 		b.ReportMetric((processCPU() - cpuStart).Seconds(), "cpu-s")
 	}
+}
+
+// TestJobPriority: each user's first job outranks everyone's second, and ranks fall in powers of two.
+func TestJobPriority(t *testing.T) {
+	for rank, want := range map[int64]uint8{0: 9, 1: 9, 2: 8, 3: 8, 4: 7, 7: 7, 8: 6, 255: 2, 256: 1, 511: 1, 512: 0, 1 << 40: 0} {
+		if got := jobPriority(rank); got != want {
+			t.Errorf("rank %d: priority %d, want %d", rank, got, want)
+		}
+	}
+}
+
+// TestMemQueueOrder: the in-process queue hands out the highest priority first, first in first out
+// within one.
+func TestMemQueueOrder(t *testing.T) {
+	q := newMemQueue(slog.New(slog.DiscardHandler))
+	for i, p := range []uint8{3, 3, 9, 0, 9, 5, 200} {
+		q.publish(context.Background(), int64(i), p)
+	}
+	var got []int64
+	for {
+		id, _, ok := q.next()
+		if !ok {
+			break
+		}
+		got = append(got, id)
+	}
+	if want := []int64{2, 4, 6, 5, 0, 1, 3}; !slices.Equal(got, want) {
+		t.Errorf("order %v, want %v", got, want)
+	}
+}
+
+// TestFairAcrossUsers: with one worker, a user's backlog queued first delays another user's image
+// by at most one job, through RabbitMQ and through the in-process queue alike.
+func TestFairAcrossUsers(t *testing.T) {
+	for _, queue := range []string{"rabbitmq", "in-process"} {
+		t.Run(queue, func(t *testing.T) {
+			env := map[string]string{"WORKER_CONCURRENCY": "1"}
+			if queue == "rabbitmq" {
+				env = with(env, "BROKER_URL", testBrokerURL, "QUEUE_NAME", testQueue(t))
+			}
+			s := newTestServer(t, with(env, "DATABASE_URL", freshDatabase(t)))
+			_, heavy := s.signupAndLogin()
+			_, light := s.signupAndLogin()
+			var first imageView
+			for i := range 8 {
+				v := s.mustUpload(heavy, fmt.Sprint("backlog ", i), "", "a.png", tinyPNG(t, 30, 30))
+				if i == 0 {
+					first = v
+				}
+			}
+			mine := s.mustUpload(light, "mine", "", "b.png", tinyPNG(t, 31, 31))
+			startWorker(t, s)
+			s.waitStatus(light, mine.ID, 30*time.Second, statusReady)
+			// How many of the backlog were finished before it (their updated_at is when they were).
+			var before int
+			err := s.pool.QueryRow(context.Background(), `
+				SELECT count(*) FROM images
+				WHERE id <> $1 AND status = 'ready' AND updated_at < (SELECT updated_at FROM images WHERE id = $1)`, mine.ID).Scan(&before)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if before > 1 {
+				t.Fatalf("%d of the other user's backlog went first, want at most 1", before)
+			}
+			s.waitStatus(heavy, first.ID, 30*time.Second, statusReady)
+		})
+	}
+}
+
+// TestJobsPerUser: past JOBS_PER_USER unfinished images a user's upload is 429 with Retry-After,
+// before its body is read; another user is not affected.
+func TestJobsPerUser(t *testing.T) {
+	s := newTestServer(t, map[string]string{"JOBS_PER_USER": "2"})
+	_, alice := s.signupAndLogin()
+	_, bob := s.signupAndLogin()
+	for range 2 {
+		s.mustUpload(alice, "a", "", "a.png", tinyPNG(t, 4, 4))
+	}
+	r := s.upload(alice, "a", "", "a.png", tinyPNG(t, 4, 4))
+	r.problem(t, http.StatusTooManyRequests)
+	if r.header.Get("Retry-After") == "" {
+		t.Error("no Retry-After")
+	}
+	s.mustUpload(bob, "b", "", "b.png", tinyPNG(t, 4, 4))
+	// As the backlog is worked off, uploads are taken again.
+	startWorker(t, s)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if r := s.upload(alice, "a", "", "a.png", tinyPNG(t, 4, 4)); r.status == http.StatusCreated {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("still refused after the backlog was processed")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// BenchmarkFairness: one user's backlog of 50 heavy images (the 1.75 MP PNG photo), then another
+// user's photo (large.jpg): that photo's time to ready, against the same photo on an idle worker, in
+// one run, on one core (WORKER_CONCURRENCY=1).
+//
+//	go test -run '^$' -bench Fairness -benchtime 3x .
+func BenchmarkFairness(b *testing.B) {
+	heavyBody := readTestdata(b, "photo.png")
+	photo := readTestdata(b, "large.jpg")
+	s := newTestServer(b, map[string]string{"WORKER_CONCURRENCY": "1", "BROKER_URL": testBrokerURL, "QUEUE_NAME": testQueue(b),
+		"LOG_LEVEL": "error", "DATABASE_URL": freshDatabase(b)})
+	startWorker(b, s)
+	_, heavy := s.signupAndLogin()
+	_, light := s.signupAndLogin()
+	timeToReady := func() time.Duration {
+		start := time.Now()
+		v := s.mustUpload(light, "mine", "", "large.jpg", photo)
+		s.waitStatus(light, v.ID, 5*time.Minute, statusReady)
+		return time.Since(start)
+	}
+	var idle, loaded []time.Duration
+	for b.Loop() {
+		idle = append(idle, timeToReady())
+		for i := range 50 {
+			s.mustUpload(heavy, fmt.Sprint("heavy ", i), "", "photo.png", heavyBody)
+		}
+		loaded = append(loaded, timeToReady())
+		// Clear the backlog before the next round: the job in hand ends (its row is gone) and the
+		// queue's messages find nothing to do.
+		s.pool.Exec(context.Background(), "DELETE FROM images")
+		time.Sleep(3 * time.Second)
+	}
+	med := func(d []time.Duration) time.Duration { slices.Sort(d); return d[len(d)/2] }
+	b.ReportMetric(med(idle).Seconds(), "idle-s")
+	b.ReportMetric(med(loaded).Seconds(), "behind-backlog-s")
+	b.ReportMetric((med(loaded) - med(idle)).Seconds(), "delay-s")
 }
