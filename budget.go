@@ -323,3 +323,52 @@ func defaultWorkerMemory(system int64) int64 {
 func formatMiB(n int64) string {
 	return fmt.Sprintf("%d MiB", (n+(1<<20)-1)>>20)
 }
+
+// variantBytes estimates from the header the most the image's variants will take in storage, for the
+// quota's reservation at upload (settled to the real sizes when they are made): a full-size grayscale
+// and the thumbnails, each at about what its encoding of incompressible pixels takes. A JPEG's
+// grayscale is its own luma coefficients (DCT path), so it is bounded by the file; PNG output is
+// 1 byte a pixel, 4 where the colour model has alpha (a gray PNG's tRNS chunk is not seen here: the
+// settling counts it); GIF's LZW codes can take 12 bits for 8.
+func (h imageHeader) variantBytes() int64 {
+	px := int64(h.width) * int64(h.height)
+	const slack = 4 << 10 // headers, chunk and block framing
+	var total int64
+	for _, spec := range variantSpecs {
+		if spec.box > 0 {
+			// A thumbnail: at most box² pixels (and never more than the image's), RGBA at worst.
+			n := min(px, int64(spec.box)*int64(spec.box))
+			total += n*4 + n/64 + slack
+			continue
+		}
+		switch {
+		case h.format == "jpeg":
+			total += h.fileSize + h.fileSize/4 + slack
+		case h.format == "gif":
+			total += px*3/2 + slack
+		case hasAlpha(h.model):
+			total += px*4 + px/64 + int64(h.height) + slack
+		default:
+			total += px + px/64 + int64(h.height) + slack
+		}
+	}
+	return total
+}
+
+// hasAlpha reports whether images of model may be translucent.
+func hasAlpha(m color.Model) bool {
+	switch m {
+	case color.GrayModel, color.Gray16Model, color.YCbCrModel, color.CMYKModel, color.RGBAModel, color.RGBA64Model:
+		// RGBA(64) is what PNG's truecolour without alpha and BMP/TIFF's RGB decode to: opaque.
+		return false
+	}
+	if pal, ok := m.(color.Palette); ok {
+		for _, c := range pal {
+			if _, _, _, a := c.RGBA(); a != 0xffff {
+				return true
+			}
+		}
+		return false
+	}
+	return true
+}

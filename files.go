@@ -320,6 +320,8 @@ type upload struct {
 	contentType string
 	width       int // as displayed: after EXIF orientation
 	height      int
+	// variantBytes is the most its variants are expected to take in storage (the quota's reservation).
+	variantBytes int64
 }
 
 // receive streams r into a temp file while hashing it, then checks that it is an image we take,
@@ -458,7 +460,7 @@ func inspectImage(f *os.File, up *upload, lim uploadLimits) error {
 		return newError(http.StatusRequestEntityTooLarge, "processing this %d×%d %s needs about %s of memory, over this server's limit of %s: send it with fewer pixels or fewer bits per pixel",
 			h.width, h.height, name, formatMiB(need), formatMiB(lim.maxJobBytes))
 	}
-	up.contentType, up.width, up.height = im.format.contentType, h.width, h.height
+	up.contentType, up.width, up.height, up.variantBytes = im.format.contentType, h.width, h.height, h.variantBytes()
 	if h.orient.swapsAxes() {
 		up.width, up.height = h.height, h.width
 	}

@@ -194,7 +194,7 @@ func (a *app) uploadImage(w http.ResponseWriter, r *http.Request) {
 		} else if errors.Is(err, errPreambleTooLarge) {
 			err = newError(http.StatusRequestEntityTooLarge, "the multipart body has more than %d bytes before the file's own: send the file part with short headers, first or after small fields", maxPreambleBytes)
 		} else if errors.Is(err, errQuota) {
-			err = newError(http.StatusRequestEntityTooLarge, "this upload would take your images past your storage quota of %d bytes; delete some to make room", a.cfg.UserQuota)
+			err = newError(http.StatusRequestEntityTooLarge, "this upload and the variants made from it (a grayscale copy and thumbnails) would take your images past your storage quota of %d bytes; delete some to make room", a.cfg.UserQuota)
 		} else if re := (readError{}); errors.As(err, &re) {
 			err = newError(http.StatusBadRequest, "the upload ended early or is malformed: %v", re.err)
 		}
@@ -301,10 +301,10 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 		os.Remove(up.tmpPath)
 		return imageRecord{}, fmt.Errorf("place upload: %w", err)
 	}
-	im, err := a.store.insertImage(r.Context(), a.cfg.UserQuota, imageRecord{
+	im, used, err := a.store.insertImage(r.Context(), a.cfg.UserQuota, imageRecord{
 		OwnerID: uid, Name: name, Tags: tags, ContentType: up.contentType,
 		Width: up.width, Height: up.height, Size: up.size, SHA256: up.sha256, FileKey: key,
-	})
+	}, up.variantBytes)
 	if err != nil {
 		// No row, so no file: the original must not outlive the failed insert. But when the
 		// connection died with the commit in flight, the row may exist: the file goes only once
@@ -314,6 +314,11 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 			return found[key], err
 		})
 		return imageRecord{}, err
+	}
+	if a.cfg.UserQuota > 0 {
+		// What the user stores now, this upload and its variants' reservation included.
+		w.Header().Set("X-Storage-Used", strconv.FormatInt(used, 10))
+		w.Header().Set("X-Storage-Quota", strconv.FormatInt(a.cfg.UserQuota, 10))
 	}
 	return im, nil
 }

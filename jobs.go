@@ -74,13 +74,16 @@ func (a *app) handleJob(ctx context.Context, id int64) (jobOutcome, time.Duratio
 		return jobDone, 0
 	}
 	if err == nil {
-		err = a.store.finishImage(bg, id, attempt, variants, placeholder)
-		if errors.Is(err, errNotFound) {
+		err = a.store.finishImage(bg, id, attempt, variants, placeholder, a.cfg.UserQuota)
+		if errors.Is(err, errQuota) {
+			// Nothing recorded: the variants are nobody's, and the image fails with the reason.
+			a.removeVariants(log, variants)
+			err = &imageError{reason: fmt.Sprintf("its grayscale copy and thumbnails would take your images past your storage quota of %d bytes; delete some images and upload it again", a.cfg.UserQuota)}
+		} else if errors.Is(err, errNotFound) {
 			// Deleted (or taken over) while we worked: these files are nobody's.
 			a.removeVariants(log, variants)
 			return jobDone, 0
-		}
-		if err != nil {
+		} else if err != nil {
 			var keys []string
 			for _, v := range variants {
 				keys = append(keys, v.Key)

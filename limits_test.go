@@ -3,14 +3,20 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"compress/zlib"
+	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
+	mrand "math/rand/v2"
 	"mime/multipart"
 	"net"
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -243,8 +249,9 @@ func TestSignupClosed(t *testing.T) {
 func TestUserQuota(t *testing.T) {
 	dir := t.TempDir()
 	img := tinyPNG(t, 40, 30)
-	quota := 3*len(img) + len(img)/2 // room for three
-	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir, "USER_QUOTA_BYTES": strconv.Itoa(quota)})
+	each := int64(len(img)) + reservationOf(t, img)
+	quota := 3*each + each/2 // room for three, with their variants' reservations
+	s := newTestServer(t, map[string]string{"UPLOAD_DIR": dir, "USER_QUOTA_BYTES": strconv.FormatInt(quota, 10)})
 	_, auth := s.signupAndLogin()
 	var ids []int64
 	var mu sync.Mutex
@@ -282,9 +289,113 @@ func TestUserQuota(t *testing.T) {
 		t.Errorf("%d originals on disk, want 3", originals)
 	}
 	s.do("DELETE", fmt.Sprint("/api/v1/images/", ids[0]), nil, "Authorization", auth)
-	if r := s.upload(auth, "q", "", "a.png", img); r.status != http.StatusCreated {
+	r := s.upload(auth, "q", "", "a.png", img)
+	if r.status != http.StatusCreated {
 		t.Fatalf("after a delete: %d %s", r.status, r.body)
 	}
+	if got := r.header.Get("X-Storage-Used"); got != strconv.FormatInt(3*each, 10) || r.header.Get("X-Storage-Quota") != strconv.FormatInt(quota, 10) {
+		t.Errorf("X-Storage-Used %s of %s, want %d of %d", got, r.header.Get("X-Storage-Quota"), 3*each, quota)
+	}
+	// Processed, each image counts its original and its real variants (the reservation settled).
+	startWorker(t, s)
+	var v imageView
+	r.json(t, &v)
+	s.waitStatus(auth, v.ID, 30*time.Second, statusReady)
+	var size, variants int64
+	s.pool.QueryRow(context.Background(), `SELECT size, (SELECT sum((x->>'size')::bigint) FROM jsonb_each(variants) e(k, x)) FROM images WHERE id = $1`, v.ID).Scan(&size, &variants)
+	var counted int64
+	s.pool.QueryRow(context.Background(), `SELECT size + variant_bytes FROM images WHERE id = $1`, v.ID).Scan(&counted)
+	if variants == 0 || counted != size+variants {
+		t.Errorf("a ready image counts %d bytes, want its original's %d and its variants' %d", counted, size, variants)
+	}
+}
+
+// reservationOf is what an upload of data reserves for its variants.
+func reservationOf(t testing.TB, data []byte) int64 {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	im, _ := sniffFile(f, int64(len(data)))
+	h, err := readImageHeader(context.Background(), im)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h.variantBytes()
+}
+
+// TestQuotaCountsVariants: a small file whose grayscale copy would be large (a 1-bit PNG of
+// alternating noisy rows: 12 MB of gray pixels from a few kilobytes) is refused at upload when its
+// variants would not fit the quota; and a worker whose real variants would pass the quota records
+// nothing and fails the image with that reason.
+func TestQuotaCountsVariants(t *testing.T) {
+	bomb := alternatingRowsPNG(t, 40000, 300)
+	t.Logf("a %d-byte PNG reserves %d bytes for its variants", len(bomb), reservationOf(t, bomb))
+	s := newTestServer(t, map[string]string{"USER_QUOTA_BYTES": "2MiB"})
+	_, auth := s.signupAndLogin()
+	p := s.upload(auth, "bomb", "", "a.png", bomb).problem(t, http.StatusRequestEntityTooLarge)
+	if !strings.Contains(p.Detail, "quota") {
+		t.Errorf("detail %q", p.Detail)
+	}
+	// Settling: the worker's real sizes are checked against the quota again.
+	small := s.mustUpload(auth, "small", "", "a.png", tinyPNG(t, 40, 30))
+	ctx := context.Background()
+	_, attempt, err := s.store.claimImage(ctx, small.ID, time.Minute, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	huge := map[string]storedVariant{"grayscale": {Width: 40, Height: 30, Size: 3 << 20, ContentType: "image/png", Key: "o/ab/cdef"}}
+	if err := s.store.finishImage(ctx, small.ID, attempt, huge, "", s.cfg.UserQuota); !errors.Is(err, errQuota) {
+		t.Fatalf("finishing past the quota: %v", err)
+	}
+	var status string
+	var variantBytes int64
+	s.pool.QueryRow(ctx, "SELECT status, variant_bytes FROM images WHERE id = $1", small.ID).Scan(&status, &variantBytes)
+	if status != statusProcessing || variantBytes != reservationOf(t, tinyPNG(t, 40, 30)) {
+		t.Errorf("after a refused finish: %s with %d bytes reserved", status, variantBytes)
+	}
+}
+
+// alternatingRowsPNG is a w×h 1-bit gray PNG whose rows alternate between two random ones: it
+// compresses to almost nothing, its 8-bit grayscale copy hardly at all. (Go's encoder writes
+// image.Gray at 8 bits, so the file is put together here.)
+func alternatingRowsPNG(t testing.TB, w, h int) []byte {
+	stride := (w + 7) / 8
+	rows := [2][]byte{make([]byte, 1+stride), make([]byte, 1+stride)} // filter byte 0, then the bits
+	for _, r := range rows {
+		for x := 1; x < len(r); x++ {
+			r[x] = byte(mrand.IntN(256))
+		}
+	}
+	var idat bytes.Buffer
+	zw := zlib.NewWriter(&idat)
+	for y := range h {
+		zw.Write(rows[y%2])
+	}
+	zw.Close()
+	var b bytes.Buffer
+	b.WriteString("\x89PNG\r\n\x1a\n")
+	chunk := func(typ string, data []byte) {
+		binary.Write(&b, binary.BigEndian, uint32(len(data)))
+		c := crc32.NewIEEE()
+		c.Write([]byte(typ))
+		c.Write(data)
+		b.WriteString(typ)
+		b.Write(data)
+		binary.Write(&b, binary.BigEndian, c.Sum32())
+	}
+	ihdr := binary.BigEndian.AppendUint32(nil, uint32(w))
+	ihdr = binary.BigEndian.AppendUint32(ihdr, uint32(h))
+	chunk("IHDR", append(ihdr, 1, 0, 0, 0, 0)) // depth 1, gray, deflate, no filter variants, no interlace
+	chunk("IDAT", idat.Bytes())
+	chunk("IEND", nil)
+	return b.Bytes()
 }
 
 // TestUploadSlots: a user with UPLOADS_PER_USER uploads in flight gets 429 for the next, so does a

@@ -231,51 +231,64 @@ func scanImage(row pgx.Row) (imageRecord, error) {
 	return im, err
 }
 
-// errQuota is insertImage's answer when the image would take its owner past the quota.
+// errQuota is insertImage's and finishImage's answer when an image would take its owner past the
+// quota.
 var errQuota = errors.New("storage quota exceeded")
 
-// insertImage stores a new image row (status pending) and returns it as stored. With quota > 0 it
-// first checks, under a lock on the owner's row (so that concurrent uploads are counted one after
-// the other), that the owner's originals and this one together stay within quota bytes, else it
-// returns errQuota.
-func (s *store) insertImage(ctx context.Context, quota int64, im imageRecord) (imageRecord, error) {
+// usageSQL sums what one owner ($1) stores: originals and variants (reserved or real).
+const usageSQL = `SELECT COALESCE(sum(size + variant_bytes), 0) FROM images WHERE owner_id = $1`
+
+// lockOwner takes the row lock of owner's account for the rest of tx, so that quota checks of one
+// owner's images run one after the other.
+func lockOwner(ctx context.Context, tx pgx.Tx, owner int64) error {
+	_, err := tx.Exec(ctx, `SELECT 1 FROM users WHERE id = $1 FOR UPDATE`, owner)
+	return err
+}
+
+// insertImage stores a new image row (status pending), reserving reserve bytes for its variants,
+// and returns it as stored, with the owner's storage in use after it. With quota > 0 it first checks,
+// under a lock on the owner's row (so that concurrent uploads are counted one after the other), that
+// what the owner stores and this image with its reservation stay within quota bytes, else it returns
+// errQuota. An owner whose account is gone gets errAccountGone.
+func (s *store) insertImage(ctx context.Context, quota int64, im imageRecord, reserve int64) (imageRecord, int64, error) {
 	var out imageRecord
+	var used int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if quota > 0 {
 			// Two statements: under READ COMMITTED each sees what committed before it began, so
 			// the sum, read after the lock is ours, counts every upload that held it before.
-			if _, err := tx.Exec(ctx, `SELECT 1 FROM users WHERE id = $1 FOR UPDATE`, im.OwnerID); err != nil {
+			if err := lockOwner(ctx, tx, im.OwnerID); err != nil {
 				return err
 			}
-			var used int64
-			if err := tx.QueryRow(ctx, `SELECT COALESCE(sum(size), 0) FROM images WHERE owner_id = $1`, im.OwnerID).Scan(&used); err != nil {
+			if err := tx.QueryRow(ctx, usageSQL, im.OwnerID).Scan(&used); err != nil {
 				return err
 			}
-			if used+im.Size > quota {
+			if used+im.Size+reserve > quota {
 				return errQuota
 			}
 		}
 		var err error
 		out, err = scanImage(tx.QueryRow(ctx, `
-			INSERT INTO images (owner_id, name, tags, content_type, width, height, size, sha256, file_key)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+			INSERT INTO images (owner_id, name, tags, content_type, width, height, size, sha256, file_key, variant_bytes)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 			RETURNING `+imageColumns,
-			im.OwnerID, im.Name, im.Tags, im.ContentType, im.Width, im.Height, im.Size, im.SHA256, im.FileKey))
+			im.OwnerID, im.Name, im.Tags, im.ContentType, im.Width, im.Height, im.Size, im.SHA256, im.FileKey, reserve))
 		return err
 	})
 	if pgCode(err) == pgForeignKeyViolation {
-		return imageRecord{}, fmt.Errorf("store: insert image: %w", errAccountGone)
+		return imageRecord{}, 0, fmt.Errorf("store: insert image: %w", errAccountGone)
 	}
 	if err != nil {
-		return imageRecord{}, fmt.Errorf("store: insert image: %w", err)
+		return imageRecord{}, 0, fmt.Errorf("store: insert image: %w", err)
 	}
-	return out, nil
+	return out, used + im.Size + reserve, nil
 }
 
-// bytesStored returns the bytes of owner's originals.
+// bytesStored returns what owner stores: originals, and variants (reserved for images in
+// processing, real for ready ones).
 func (s *store) bytesStored(ctx context.Context, owner int64) (int64, error) {
 	var used int64
-	if err := s.pool.QueryRow(ctx, `SELECT COALESCE(sum(size), 0) FROM images WHERE owner_id = $1`, owner).Scan(&used); err != nil {
+	if err := s.pool.QueryRow(ctx, usageSQL, owner).Scan(&used); err != nil {
 		return 0, fmt.Errorf("store: bytes stored: %w", err)
 	}
 	return used, nil
@@ -402,6 +415,7 @@ func (s *store) claimImage(ctx context.Context, id int64, lease time.Duration, m
 		       attempts = CASE WHEN attempts >= $3 THEN attempts ELSE attempts + 1 END,
 		       error = CASE WHEN attempts >= $3 THEN $4 ELSE '' END,
 		       lease_until = CASE WHEN attempts >= $3 THEN NULL ELSE now() + $2::interval END,
+		       variant_bytes = CASE WHEN attempts >= $3 THEN 0 ELSE variant_bytes END,
 		       updated_at = now()
 		WHERE id = $1 AND (status = 'pending' OR (status = 'processing' AND lease_until < now()))
 		RETURNING owner_id, content_type, file_key, attempts, status`,
@@ -423,7 +437,7 @@ func (s *store) claimImage(ctx context.Context, id int64, lease time.Duration, m
 // lease) that has had maxAttempts already, and returns their owners (one entry per image).
 func (s *store) failExhaustedJobs(ctx context.Context, maxAttempts int) ([]int64, error) {
 	rows, err := s.pool.Query(ctx, `
-		UPDATE images SET status = 'failed', error = $2, lease_until = NULL, updated_at = now()
+		UPDATE images SET status = 'failed', error = $2, lease_until = NULL, variant_bytes = 0, updated_at = now()
 		WHERE attempts >= $1 AND (status = 'pending' OR (status = 'processing' AND lease_until < now()))
 		RETURNING owner_id`, maxAttempts, exhaustedReason(maxAttempts))
 	if err != nil {
@@ -455,18 +469,49 @@ func (s *store) renewLease(ctx context.Context, id int64, attempt int, lease tim
 	return nil
 }
 
-// finishImage records the variants of an image this worker holds and marks it ready. It returns
-// errNotFound when the image is no longer held (deleted, or its lease taken over): the caller's
-// files are then nobody's.
-func (s *store) finishImage(ctx context.Context, id int64, attempt int, variants map[string]storedVariant, placeholder string) error {
-	tag, err := s.pool.Exec(ctx, `
-		UPDATE images SET status = 'ready', variants = $3, placeholder = $4, error = '', lease_until = NULL, updated_at = now()
-		WHERE id = $1 AND status = 'processing' AND attempts = $2`, id, attempt, variants, placeholder)
+// finishImage records the variants of an image this worker holds and marks it ready, settling its
+// variants' reservation to their real sizes. It returns errNotFound when the image is no longer held
+// (deleted, or its lease taken over): the caller's files are then nobody's; and with quota > 0,
+// errQuota when the real variants would take the owner past it (nothing is recorded).
+func (s *store) finishImage(ctx context.Context, id int64, attempt int, variants map[string]storedVariant, placeholder string, quota int64) error {
+	var real int64
+	for _, v := range variants {
+		real += v.Size
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if quota > 0 {
+			var owner, size int64
+			err := tx.QueryRow(ctx, `SELECT owner_id, size FROM images WHERE id = $1 AND status = 'processing' AND attempts = $2`, id, attempt).Scan(&owner, &size)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return errNotFound
+			}
+			if err != nil {
+				return err
+			}
+			if err := lockOwner(ctx, tx, owner); err != nil {
+				return err
+			}
+			var others int64
+			if err := tx.QueryRow(ctx, usageSQL+` AND id <> $2`, owner, id).Scan(&others); err != nil {
+				return err
+			}
+			if others+size+real > quota {
+				return errQuota
+			}
+		}
+		tag, err := tx.Exec(ctx, `
+			UPDATE images SET status = 'ready', variants = $3, placeholder = $4, variant_bytes = $5, error = '', lease_until = NULL, updated_at = now()
+			WHERE id = $1 AND status = 'processing' AND attempts = $2`, id, attempt, variants, placeholder, real)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return errNotFound
+		}
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("store: finish image %d: %w", id, err)
-	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("store: finish image %d: %w", id, errNotFound)
 	}
 	return nil
 }
@@ -489,7 +534,7 @@ func (s *store) releaseImage(ctx context.Context, id int64, attempt int, failed,
 // failImage marks a held image failed with a reason the user will read.
 func (s *store) failImage(ctx context.Context, id int64, attempt int, reason string) error {
 	_, err := s.pool.Exec(ctx, `
-		UPDATE images SET status = 'failed', error = $3, lease_until = NULL, updated_at = now()
+		UPDATE images SET status = 'failed', error = $3, lease_until = NULL, variant_bytes = 0, updated_at = now()
 		WHERE id = $1 AND status = 'processing' AND attempts = $2`, id, attempt, reason)
 	if err != nil {
 		return fmt.Errorf("store: fail image %d: %w", id, err)
