@@ -4,9 +4,10 @@ const tokenKey = "imageapi.token";
 const userKey = "imageapi.user";
 
 export class ApiError extends Error {
-  constructor(status, detail) {
+  constructor(status, detail, retryAfter = 0) {
     super(detail);
     this.status = status;
+    this.retryAfter = retryAfter; // seconds, from a 429's or 503's Retry-After
   }
 }
 
@@ -94,7 +95,8 @@ export function upload(file, name, tags, onProgress) {
         signOut();
         onSignedOut("You were signed out. Sign in again.");
       }
-      reject(new ApiError(xhr.status, (body && body.detail) || `the server answered ${xhr.status}`));
+      const retryAfter = Number.parseInt(xhr.getResponseHeader("Retry-After") || "0", 10) || 0;
+      reject(new ApiError(xhr.status, (body && body.detail) || `the server answered ${xhr.status}`, retryAfter));
     };
     const form = new FormData();
     form.append("file", file, file.name);

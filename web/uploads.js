@@ -1,5 +1,7 @@
 // Uploads: every file chosen or dropped gets a row with its own progress bar (bytes sent) and then
-// its outcome; a refused file shows the server's reason and the others go on. A few go at once.
+// its outcome; a refused file shows the server's reason and the others go on. A few go at once. A
+// file the server asks to send later (429 or 503 with Retry-After: a full backlog, busy slots) waits
+// that long and is sent again, as many times as it takes.
 import { upload } from "./api.js";
 import { formatBytes } from "./viewer.js";
 
@@ -60,6 +62,12 @@ export class Uploads {
       li.dataset.id = im.id;
       this.onUploaded(im);
     } catch (e) {
+      if ((e.status === 429 || e.status === 503) && e.retryAfter > 0) {
+        const secs = Math.min(e.retryAfter, 60);
+        status.textContent = `Waiting ${secs} s: ${e.message}`;
+        await new Promise((r) => setTimeout(r, secs * 1000));
+        return this.send({ file, tags, bar, status, li });
+      }
       status.classList.add("error");
       status.textContent = `Refused: ${e.message}`;
       li.dataset.state = "refused";
