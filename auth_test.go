@@ -48,7 +48,7 @@ func wordBytes(w []uint32) []byte {
 }
 
 // RFC 7914 §8.
-func TestSalsa208RFC7914(t *testing.T) {
+func TestPureSalsa208RFC7914(t *testing.T) {
 	in := unhex(t, `7e 87 9a 21 4f 3e c9 86 7c a9 40 e6 41 71 8f 26
 		ba ee 55 5b 8c 61 c1 b5 0d f8 46 11 6d cd 3b 1d
 		ee 24 f3 19 df 9b 3d 85 14 12 1e 4b 5a c5 aa 32
@@ -76,7 +76,7 @@ const blockMixIn = `f7 ce 0b 65 3d 2d 72 a4 10 8c f5 ab e9 12 ff dd
 	7f 4d 1c ad 6a 52 3c da 77 0e 67 bc ea af 7e 89`
 
 // RFC 7914 §9, r = 1.
-func TestBlockMixRFC7914(t *testing.T) {
+func TestPureBlockMixRFC7914(t *testing.T) {
 	want := unhex(t, `a4 1f 85 9c 66 08 cc 99 3b 81 ca cb 02 0c ef 05
 		04 4b 21 81 a2 fd 33 7d fd 7b 1c 63 96 68 2f 29
 		b4 39 31 68 e3 c9 e6 bc fe 6b c5 b7 a0 6d 96 ba
@@ -94,7 +94,7 @@ func TestBlockMixRFC7914(t *testing.T) {
 }
 
 // RFC 7914 §10, r = 1, N = 16.
-func TestROMixRFC7914(t *testing.T) {
+func TestPureROMixRFC7914(t *testing.T) {
 	want := unhex(t, `79 cc c1 93 62 9d eb ca 04 7f 0b 70 60 4b f6 b6
 		2c e3 dd 4a 96 26 e3 55 fa fc 61 98 e6 ea 2b 46
 		d5 84 13 67 3b 99 b0 29 d6 65 c3 57 60 1f b4 26
@@ -111,7 +111,7 @@ func TestROMixRFC7914(t *testing.T) {
 }
 
 // RFC 7914 §11: the PBKDF2-HMAC-SHA256 that scrypt is built on.
-func TestPBKDF2RFC7914(t *testing.T) {
+func TestPurePBKDF2RFC7914(t *testing.T) {
 	for _, tc := range []struct {
 		p, s string
 		c    int
@@ -134,7 +134,7 @@ func TestPBKDF2RFC7914(t *testing.T) {
 }
 
 // RFC 7914 §12: all four scrypt vectors, the last one with N = 2^20 (1 GiB of V).
-func TestScryptRFC7914(t *testing.T) {
+func TestPureScryptRFC7914(t *testing.T) {
 	computeOnly(t)
 	for _, tc := range []struct {
 		p, s    string
@@ -168,7 +168,7 @@ func TestScryptRFC7914(t *testing.T) {
 	}
 }
 
-func TestPasswordHasher(t *testing.T) {
+func TestPurePasswordHasher(t *testing.T) {
 	ctx := context.Background()
 	h, err := newPasswordHasher(scryptParams{N: 1024, R: 8, P: 1}, 2)
 	if err != nil {
@@ -204,9 +204,9 @@ func TestPasswordHasher(t *testing.T) {
 	}
 }
 
-// TestHasherWaitsAndGivesUp: with every slot taken, a hash waits, then answers 503 — it does not
+// TestPureHasherWaitsAndGivesUp: with every slot taken, a hash waits, then answers 503 — it does not
 // run beyond the bound.
-func TestHasherWaitsAndGivesUp(t *testing.T) {
+func TestPureHasherWaitsAndGivesUp(t *testing.T) {
 	h, _ := newPasswordHasher(scryptParams{N: 16, R: 1, P: 1}, 1)
 	h.wait = 50 * time.Millisecond
 	h.slots <- struct{}{} // hold the only slot
@@ -239,7 +239,7 @@ func TestHasherWaitsAndGivesUp(t *testing.T) {
 }
 
 // RFC 7515 appendix A.1: the HS256 example, its key given as a JWK.
-func TestJWSAppendixA1(t *testing.T) {
+func TestPureJWSAppendixA1(t *testing.T) {
 	key, err := base64.RawURLEncoding.DecodeString("AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow")
 	if err != nil {
 		t.Fatal(err)
@@ -265,7 +265,7 @@ func TestJWSAppendixA1(t *testing.T) {
 	}
 }
 
-func TestTokenRoundTrip(t *testing.T) {
+func TestPureTokenRoundTrip(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	ti := &tokenIssuer{key: bytes.Repeat([]byte("k"), 32), ttl: time.Hour, issuer: tokenIssuerName, now: func() time.Time { return now }}
 	tok, exp, err := ti.issue(42)
@@ -335,7 +335,7 @@ func badTokens(key []byte, now time.Time) []struct {
 	}
 }
 
-func TestTokenRejections(t *testing.T) {
+func TestPureTokenRejections(t *testing.T) {
 	key := bytes.Repeat([]byte("k"), 32)
 	now := time.Unix(1_800_000_000, 0)
 	ti := &tokenIssuer{key: key, ttl: time.Hour, issuer: tokenIssuerName, now: func() time.Time { return now }}
@@ -621,9 +621,9 @@ func BenchmarkScrypt(b *testing.B) {
 	}
 }
 
-// TestStoredHashBounds: a stored hash asking for more memory or work than a check may take (a row
+// TestPureStoredHashBounds: a stored hash asking for more memory or work than a check may take (a row
 // is data) is refused before any hashing, whatever the parameters' validity.
-func TestStoredHashBounds(t *testing.T) {
+func TestPureStoredHashBounds(t *testing.T) {
 	key := base64.RawStdEncoding.EncodeToString(make([]byte, 32))
 	salt := base64.RawStdEncoding.EncodeToString(make([]byte, 16))
 	for _, params := range []string{"ln=20,r=32,p=1", "ln=20,r=8,p=1", "ln=17,r=8,p=16", "ln=18,r=8,p=16"} {

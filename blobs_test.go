@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -92,7 +93,7 @@ func TestS3Client(t *testing.T) {
 // start fails naming the bucket.
 func TestS3Bucket(t *testing.T) {
 	name := "imageapi-test-" + randomHex(6)
-	cfg := testS3
+	cfg := needS3(t)
 	cfg.Bucket = name
 	c, err := newS3Client(cfg)
 	if err != nil {
@@ -178,12 +179,14 @@ func TestSignedURLs(t *testing.T) {
 	}
 }
 
-// TestSignedURLExpires: with a TTL of seconds a link works at once and is refused once they have
-// passed, on the real clock. (5 s, not 2: under -race and parallel load the first GET must still fall
-// inside the link's life.)
+// TestSignedURLExpires: a link with a TTL of seconds works until its last second and is refused from
+// its expiry on, on the signer's clock (injected: no waiting on the real one).
 func TestSignedURLExpires(t *testing.T) {
-	t.Parallel() // mostly waiting
-	s := newTestServer(t, map[string]string{"SIGNED_URL_TTL": "5s", "DATABASE_URL": freshDatabase(t)})
+	s := newTestServer(t, map[string]string{"SIGNED_URL_TTL": "5s"})
+	now := time.Now()
+	var mu sync.Mutex
+	s.signer.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	set := func(t time.Time) { mu.Lock(); now = t; mu.Unlock() }
 	_, auth := s.signupAndLogin()
 	v := s.mustUpload(auth, "brief", "", "a.png", tinyPNG(t, 4, 4))
 	if r := s.do("GET", v.SignedURL, nil); r.status != 200 {
@@ -191,13 +194,20 @@ func TestSignedURLExpires(t *testing.T) {
 	}
 	u, _ := url.Parse(v.SignedURL)
 	exp, _ := strconv.ParseInt(u.Query().Get("expires"), 10, 64)
-	time.Sleep(time.Until(time.Unix(exp, 0)) + 100*time.Millisecond)
+	if life := exp - now.Unix(); life < 3 || life > 5 {
+		t.Errorf("a 5 s link lives %d s", life)
+	}
+	set(time.Unix(exp, 0).Add(-time.Millisecond))
+	if r := s.do("GET", v.SignedURL, nil); r.status != 200 {
+		t.Fatalf("in its last millisecond: %d", r.status)
+	}
+	set(time.Unix(exp, 0))
 	s.do("GET", v.SignedURL, nil).problem(t, http.StatusForbidden)
 }
 
-// TestSignedURLExpiry: a link lives between ¾ of SIGNED_URL_TTL and all of it, and is the same
+// TestPureSignedURLExpiry: a link lives between ¾ of SIGNED_URL_TTL and all of it, and is the same
 // link for a quarter of it (so a page asking again soon gets the browser's cached image).
-func TestSignedURLExpiry(t *testing.T) {
+func TestPureSignedURLExpiry(t *testing.T) {
 	s := newURLSigner([]byte("k"), time.Hour)
 	im := imageRecord{ID: 7, OwnerID: 3}
 	for _, at := range []int64{1_700_000_000, 1_700_000_899, 1_700_000_900, 1_700_003_599} {
@@ -246,7 +256,7 @@ func TestDownloadRedirect(t *testing.T) {
 		s.do("GET", v.SignedURL, nil),
 	} {
 		loc := r.header.Get("Location")
-		if r.status != http.StatusTemporaryRedirect || !strings.HasPrefix(loc, testS3.Endpoint+"/") || !strings.Contains(loc, "X-Amz-Expires=60") {
+		if r.status != http.StatusTemporaryRedirect || !strings.HasPrefix(loc, needS3(t).Endpoint+"/") || !strings.Contains(loc, "X-Amz-Expires=60") {
 			t.Fatalf("redirect: %d Location %q", r.status, loc)
 		}
 		resp, err := http.Get(loc)
@@ -276,9 +286,9 @@ func TestDownloadRedirect(t *testing.T) {
 // leave no row and no object; metadata and lists still answer; /readyz names storage. A job that
 // meets the outage waits, without using up its attempts, and finishes once the bucket is back.
 func TestS3Outage(t *testing.T) {
-	proxy := startProxy(t, strings.TrimPrefix(testS3.Endpoint, "http://"))
+	proxy := startProxy(t, strings.TrimPrefix(needS3(t).Endpoint, "http://"))
 	env := with(s3TestEnv(t), "S3_ENDPOINT", "http://"+proxy.addr(), "DATABASE_URL", freshDatabase(t),
-		"BROKER_URL", testBrokerURL, "QUEUE_NAME", testQueue(t), "JOB_RETRY_DELAY", "100ms", "JOB_MAX_ATTEMPTS", "2")
+		"BROKER_URL", needBroker(t), "QUEUE_NAME", testQueue(t), "JOB_RETRY_DELAY", "100ms", "JOB_MAX_ATTEMPTS", "2")
 	s := newTestServer(t, with(env, "MODE", modeAPI))
 	_, auth := s.signupAndLogin()
 	v := s.mustUpload(auth, "before", "", "a.png", tinyPNG(t, 8, 8))
@@ -312,7 +322,11 @@ func TestS3Outage(t *testing.T) {
 	// retries every 100 ms, far more often than JOB_MAX_ATTEMPTS allows, and none counts.
 	w := newTestServer(t, with(env, "MODE", modeWorker, "UPLOAD_DIR", t.TempDir()))
 	startWorker(t, w)
-	time.Sleep(1500 * time.Millisecond)
+	for deadline := time.Now().Add(30 * time.Second); w.metrics.jobsRetried.Load() < 5; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the job was retried %d times in 30 s, want 5", w.metrics.jobsRetried.Load())
+		}
+	}
 	var attempts int
 	var status string
 	s.pool.QueryRow(context.Background(), "SELECT attempts, status FROM images WHERE id = $1", v.ID).Scan(&attempts, &status)
@@ -342,7 +356,7 @@ func TestScaleOut(t *testing.T) {
 	var dirs []string
 	procEnv := func() map[string]string {
 		dirs = append(dirs, t.TempDir())
-		return with(s3env, "DATABASE_URL", db, "BROKER_URL", testBrokerURL, "QUEUE_NAME", queue, "UPLOAD_DIR", dirs[len(dirs)-1],
+		return with(s3env, "DATABASE_URL", db, "BROKER_URL", needBroker(t), "QUEUE_NAME", queue, "UPLOAD_DIR", dirs[len(dirs)-1],
 			"SECRET_KEY", "scale-out-test-secret-0123456789abcdef")
 	}
 	apis := []*binaryServer{startBinary(t, procEnv(), "-mode=api"), startBinary(t, procEnv(), "-mode=api")}
@@ -389,7 +403,7 @@ func TestScaleOut(t *testing.T) {
 			t.Fatalf("delete %d: %d", id, r.status)
 		}
 	}
-	cfg := testS3
+	cfg := needS3(t)
 	cfg.Prefix = s3env["S3_PREFIX"]
 	s3c, _ := newS3Client(cfg)
 	left := 0

@@ -35,7 +35,7 @@ func pingRedis(url string) error {
 func redisPrefix(t testing.TB) string {
 	prefix := "imageapi_test_" + randomHex(4) + ":"
 	t.Cleanup(func() {
-		opt, _ := redis.ParseURL(testRedisURL)
+		opt, _ := redis.ParseURL(needRedis(t))
 		c := redis.NewClient(opt)
 		defer c.Close()
 		ctx := context.Background()
@@ -50,7 +50,7 @@ func redisPrefix(t testing.TB) string {
 // TestCacheReadsSeeWrites: with Redis on, reads are served from it, and a read after every kind of
 // write sees the write.
 func TestCacheReadsSeeWrites(t *testing.T) {
-	s := newTestServer(t, map[string]string{"REDIS_URL": testRedisURL, "REDIS_PREFIX": redisPrefix(t)})
+	s := newTestServer(t, map[string]string{"REDIS_URL": needRedis(t), "REDIS_PREFIX": redisPrefix(t)})
 	_, auth := s.signupAndLogin()
 	m := s.metrics
 	list := func() (string, string) {
@@ -173,7 +173,7 @@ func TestCacheDown(t *testing.T) {
 // TestCacheSingleFlight: concurrent misses of one entry make one database read.
 func TestCacheSingleFlight(t *testing.T) {
 	m := &metrics{}
-	c, err := newCache(testRedisURL, redisPrefix(t), m, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	c, err := newCache(needRedis(t), redisPrefix(t), m, slog.New(slog.NewJSONHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +223,7 @@ func TestCacheSingleFlight(t *testing.T) {
 
 // openPool opens a pool on this run's database for the test.
 func openPool(t testing.TB) *pgxpool.Pool {
-	pool, err := pgxpool.New(context.Background(), testDB.url)
+	pool, err := pgxpool.New(context.Background(), needDB(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,14 +244,14 @@ func startDrain(t testing.TB, s *testServer) {
 // reaches Redis through a proxy the test can cut. read returns the image's name through a replica.
 func replicas(t *testing.T, bothCut bool) (a, b *testServer, cut *tcpProxy, rename func(*testServer, string), read func(*testServer) string) {
 	prefix := redisPrefix(t)
-	ru, err := url.Parse(testRedisURL)
+	ru, err := url.Parse(needRedis(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	cut = startProxy(t, ru.Host)
 	viaProxy := *ru
 	viaProxy.Host = cut.addr()
-	bURL := testRedisURL
+	bURL := needRedis(t)
 	if bothCut {
 		bURL = viaProxy.String()
 	}
@@ -315,7 +315,12 @@ func TestCacheFullOutage(t *testing.T) {
 	a, b, cut, rename, read := replicas(t, true)
 	cut.cut()
 	rename(a, "new name")
-	time.Sleep(2 * drainInterval) // B made no request during the cut: only its drain saw Redis fail
+	// B made no request during the cut: only its drain can see Redis fail. Wait until it has.
+	for deadline := time.Now().Add(10 * drainInterval); b.cache.trusted.Load(); time.Sleep(drainInterval / 10) {
+		if time.Now().After(deadline) {
+			t.Fatal("B's drain never saw Redis fail")
+		}
+	}
 	cut.restore()
 	stale := 0
 	for range 100 {
@@ -333,7 +338,7 @@ func TestCacheFullOutage(t *testing.T) {
 // never come back.
 func TestCacheLostGeneration(t *testing.T) {
 	prefix := redisPrefix(t)
-	s := newTestServer(t, map[string]string{"REDIS_URL": testRedisURL, "REDIS_PREFIX": prefix})
+	s := newTestServer(t, map[string]string{"REDIS_URL": needRedis(t), "REDIS_PREFIX": prefix})
 	_, auth := s.signupAndLogin()
 	count := func() int {
 		r := s.do("GET", "/api/v1/images/", nil, "Authorization", auth)
@@ -341,7 +346,7 @@ func TestCacheLostGeneration(t *testing.T) {
 		r.json(t, &vs)
 		return len(vs)
 	}
-	opt, _ := redis.ParseURL(testRedisURL)
+	opt, _ := redis.ParseURL(needRedis(t))
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 	genKeys := func() []string {

@@ -203,7 +203,7 @@ func jsonType(v any) string {
 	return "object"
 }
 
-func TestSchemaValidator(t *testing.T) {
+func TestPureSchemaValidator(t *testing.T) {
 	v := schemaValidator{openAPIDoc(t)}
 	image := map[string]any{"$ref": "#/components/schemas/Image"}
 	good := map[string]any{"id": 1.0, "name": "n", "tags": []any{}, "status": "ready", "error": nil, "content_type": "image/png", "width": 1.0, "height": 1.0,

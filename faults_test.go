@@ -36,9 +36,9 @@ func TestKilledWorkerJobsReturn(t *testing.T) {
 	// A database of its own: its workers' sweepers must not take other parallel tests' jobs.
 	queue, dir, db := testQueue(t), t.TempDir(), freshDatabase(t)
 	// A short lease and sweep: what is measured is that the image comes back within one of each.
-	env := map[string]string{"DATABASE_URL": db, "BROKER_URL": testBrokerURL, "QUEUE_NAME": queue,
+	env := map[string]string{"DATABASE_URL": db, "BROKER_URL": needBroker(t), "QUEUE_NAME": queue,
 		"UPLOAD_DIR": dir, "WORKER_CONCURRENCY": "1", "JOB_LEASE": "3s", "SWEEP_INTERVAL": "1s"}
-	api := newTestServer(t, map[string]string{"DATABASE_URL": db, "MODE": modeAPI, "BROKER_URL": testBrokerURL, "QUEUE_NAME": queue, "UPLOAD_DIR": dir})
+	api := newTestServer(t, map[string]string{"DATABASE_URL": db, "MODE": modeAPI, "BROKER_URL": needBroker(t), "QUEUE_NAME": queue, "UPLOAD_DIR": dir})
 	_, auth := api.signupAndLogin()
 	doomed := startBinary(t, env, "-mode=worker")
 	// A job that takes a while: the 49 MP 16-bit PNG (about 2 s).
@@ -148,7 +148,7 @@ func (p *tcpProxy) restore() {
 // problem+json with Retry-After (never 500), an upload leaves no file behind, /healthz still
 // answers and /readyz says what is down; once it is back, the same requests succeed.
 func TestDatabaseOutage(t *testing.T) {
-	u, err := url.Parse(testDB.url)
+	u, err := url.Parse(needDB(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,8 +290,8 @@ func newFaultRig(t *testing.T) *faultRig {
 	r := &faultRig{t: t, dir: t.TempDir(), dbURL: freshDatabase(t)}
 	var dbVia, redisVia, brokerVia string
 	r.db, dbVia = via(r.dbURL)
-	r.redis, redisVia = via(testRedisURL)
-	r.broker, brokerVia = via(testBrokerURL)
+	r.redis, redisVia = via(needRedis(t))
+	r.broker, brokerVia = via(needBroker(t))
 	r.env = map[string]string{"DATABASE_URL": dbVia, "BROKER_URL": brokerVia, "QUEUE_NAME": testQueue(t),
 		"UPLOAD_DIR": r.dir, "SWEEP_INTERVAL": "500ms", "REDIS_URL": redisVia, "REDIS_PREFIX": redisPrefix(t),
 		"UPLOADS_PER_USER": "64", "UPLOADS_PER_ADDR": "64"}
@@ -451,7 +451,7 @@ func TestFaultInjection(t *testing.T) {
 	}
 
 	// A generation key lost (as eviction takes it) after two writes: no stale list.
-	opt, _ := redis.ParseURL(testRedisURL)
+	opt, _ := redis.ParseURL(needRedis(t))
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 	list := func() int {
@@ -536,8 +536,8 @@ func TestFaultInjection(t *testing.T) {
 	integrityPass(t, r.dbURL, r.dir)
 }
 
-// TestOutageClassification: what counts as a dependency outage (503) and what stays a bug (500).
-func TestOutageClassification(t *testing.T) {
+// TestPureOutageClassification: what counts as a dependency outage (503) and what stays a bug (500).
+func TestPureOutageClassification(t *testing.T) {
 	wrap := func(err error) error { return fmt.Errorf("store: insert image: %w", err) }
 	for _, err := range []error{
 		wrap(&net.OpError{Op: "read", Err: syscall.ECONNRESET}),

@@ -246,8 +246,8 @@ func writeTempFile(t testing.TB, name string, data []byte) string {
 	return p
 }
 
-// TestScanJPEG: the scan count and frame layout of real and made files, and the limit.
-func TestScanJPEG(t *testing.T) {
+// TestPureScanJPEG: the scan count and frame layout of real and made files, and the limit.
+func TestPureScanJPEG(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
 		data        []byte
@@ -272,9 +272,9 @@ func TestScanJPEG(t *testing.T) {
 	}
 }
 
-// TestDecodersRefuseTooManyScans: neither path decodes a file of too many scans, and the refusal is
+// TestPureDecodersRefuseTooManyScans: neither path decodes a file of too many scans, and the refusal is
 // the user's to read; a file at the limit decodes on both.
-func TestDecodersRefuseTooManyScans(t *testing.T) {
+func TestPureDecodersRefuseTooManyScans(t *testing.T) {
 	computeOnly(t)
 	ctx := context.Background()
 	sc, err := newScratch(t.TempDir(), 0, slog.New(slog.DiscardHandler))
@@ -305,9 +305,9 @@ func TestDecodersRefuseTooManyScans(t *testing.T) {
 	}
 }
 
-// TestDecodersStopWhenCancelled: a job whose context has ended stops in either path with the
+// TestPureDecodersStopWhenCancelled: a job whose context has ended stops in either path with the
 // context's error, and leaves no temp file.
-func TestDecodersStopWhenCancelled(t *testing.T) {
+func TestPureDecodersStopWhenCancelled(t *testing.T) {
 	dir := t.TempDir()
 	sc, err := newScratch(dir, 0, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -335,9 +335,9 @@ func TestDecodersStopWhenCancelled(t *testing.T) {
 	}
 }
 
-// TestGrayscaleInPlace: converting over the decoded pixels gives exactly what a fresh buffer gives,
+// TestPureGrayscaleInPlace: converting over the decoded pixels gives exactly what a fresh buffer gives,
 // for every wide type a decoder returns, opaque and translucent.
-func TestGrayscaleInPlace(t *testing.T) {
+func TestPureGrayscaleInPlace(t *testing.T) {
 	r := stdimage.Rect(0, 0, 37, 23)
 	fill := func(set func(x, y int, c color.Color), alpha bool) {
 		for y := range r.Dy() {
@@ -504,7 +504,7 @@ func scanBombJPEG(w, h int, maxBytes int) []byte {
 // and its peak resident memory stays under 512 MiB. Each file's outcome, time and peak memory are
 // logged (go test -run HostileCorpus -v).
 func TestHostileCorpus(t *testing.T) {
-	computeOnly(t)
+	t.Parallel() // each file on a binary of its own: it overlaps the others
 	if runtime.GOOS != "linux" {
 		t.Fatal("this test reads /proc: it runs on Linux")
 	}

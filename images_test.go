@@ -701,7 +701,7 @@ func benchGET(b *testing.B, url string, header ...string) {
 // real handler's two paths come down to.
 func BenchmarkGetImage(b *testing.B) {
 	prefix := redisPrefix(b)
-	cached := newTestServer(b, map[string]string{"REDIS_URL": testRedisURL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "error"})
+	cached := newTestServer(b, map[string]string{"REDIS_URL": needRedis(b), "REDIS_PREFIX": prefix, "LOG_LEVEL": "error"})
 	uncached := newTestServer(b, map[string]string{"LOG_LEVEL": "error"})
 	_, auth := cached.signupAndLogin()
 	v := cached.mustUpload(auth, "bench", "a,b", "a.png", tinyPNG(b, 8, 8))

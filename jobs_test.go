@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -83,7 +84,7 @@ func TestJobTimeout(t *testing.T) {
 // JOB_MAX_ATTEMPTS, then the image fails without the error's text reaching its owner.
 func TestServerErrorsRetried(t *testing.T) {
 	queue := testQueue(t)
-	s := newTestServer(t, map[string]string{"BROKER_URL": testBrokerURL, "QUEUE_NAME": queue, "JOB_RETRY_DELAY": "20ms"})
+	s := newTestServer(t, map[string]string{"BROKER_URL": needBroker(t), "QUEUE_NAME": queue, "JOB_RETRY_DELAY": "20ms"})
 	var calls atomic.Int64
 	s.process = func(context.Context, *scratch, string, string, processOptions) ([]encodedVariant, string, error) {
 		calls.Add(1)
@@ -150,8 +151,8 @@ func TestAttemptsEnd(t *testing.T) {
 	}
 }
 
-// TestRetryDelay: ×4 per attempt, capped, with no overflow for the largest JOB_MAX_ATTEMPTS.
-func TestRetryDelay(t *testing.T) {
+// TestPureRetryDelay: ×4 per attempt, capped, with no overflow for the largest JOB_MAX_ATTEMPTS.
+func TestPureRetryDelay(t *testing.T) {
 	for _, tc := range []struct {
 		attempt int
 		want    time.Duration
@@ -165,9 +166,9 @@ func TestRetryDelay(t *testing.T) {
 	}
 }
 
-// TestMemoryBudget: acquisitions wait their turn in order, never exceed the budget together, give
+// TestPureMemoryBudget: acquisitions wait their turn in order, never exceed the budget together, give
 // up with their context, and one larger than the budget is refused outright.
-func TestMemoryBudget(t *testing.T) {
+func TestPureMemoryBudget(t *testing.T) {
 	b := newMemoryBudget(100)
 	if _, err := b.acquire(context.Background(), 101); !errors.Is(err, errOverBudget) {
 		t.Fatalf("over the whole budget: %v", err)
@@ -185,7 +186,12 @@ func TestMemoryBudget(t *testing.T) {
 	// In order: 50 waits for the 60 to go; 10 (which would fit) waits behind it.
 	var wg sync.WaitGroup
 	var peak, held atomic.Int64
-	for _, n := range []int64{50, 10} {
+	waiting := func() int {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return len(b.waiters)
+	}
+	for i, n := range []int64{50, 10} {
 		wg.Go(func() {
 			rel, err := b.acquire(context.Background(), n)
 			if err != nil {
@@ -199,7 +205,9 @@ func TestMemoryBudget(t *testing.T) {
 			held.Add(-n)
 			rel()
 		})
-		time.Sleep(10 * time.Millisecond) // queue them in this order
+		for waiting() != i+1 { // queue them in this order
+			runtime.Gosched()
+		}
 	}
 	if b.inUse() != 60 {
 		t.Fatalf("in use %d while both wait: the small one jumped the queue", b.inUse())
@@ -211,9 +219,9 @@ func TestMemoryBudget(t *testing.T) {
 	}
 }
 
-// TestJobMemoryEstimate: for real photos and made files on both paths, the heap a job grows by at
+// TestPureJobMemoryEstimate: for real photos and made files on both paths, the heap a job grows by at
 // its peak stays within the estimate its header gives, and the estimate is not absurdly loose.
-func TestJobMemoryEstimate(t *testing.T) {
+func TestPureJobMemoryEstimate(t *testing.T) {
 	computeOnly(t)
 	dir := t.TempDir()
 	sc, err := newScratch(dir, 0, slog.New(slog.DiscardHandler))
@@ -261,14 +269,33 @@ func TestJobMemoryEstimate(t *testing.T) {
 	}
 }
 
+// sweepersLeading reports whether s's database shows both sweepers' advisory locks held.
+func sweepersLeading(t *testing.T, s *testServer) bool {
+	var n int
+	err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&n)
+	if err != nil {
+		// The pool has one connection, which a sweeper may hold for a moment: ask again.
+		return false
+	}
+	return n >= 2
+}
+
 // TestSmallPool: with a pool of one connection (pool_max_conns, which an operator may set), the
 // sweepers hold their advisory locks on connections of their own, so jobs and requests still get
 // the pool's one connection: uploads become ready.
 func TestSmallPool(t *testing.T) {
-	s := newTestServer(t, map[string]string{"DATABASE_URL": testDB.url + "&pool_max_conns=1", "SWEEP_INTERVAL": "50ms"})
+	// A database of its own: the advisory locks seen there are this server's sweepers'.
+	s := newTestServer(t, map[string]string{"DATABASE_URL": freshDatabase(t) + "&pool_max_conns=1", "SWEEP_INTERVAL": "50ms"})
 	startWorker(t, s)
 	_, auth := s.signupAndLogin()
-	time.Sleep(200 * time.Millisecond) // the sweepers are leading now
+	// The sweepers lead once they hold their locks: wait for that, so the uploads meet them.
+	for deadline := time.Now().Add(10 * time.Second); !sweepersLeading(t, s); {
+		if time.Now().After(deadline) {
+			t.Fatal("the sweepers took no lock within 10 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	for range 3 {
 		v := s.mustUpload(auth, "small", "", "a.png", tinyPNG(t, 20, 20))
 		if got := s.waitStatus(auth, v.ID, 20*time.Second, statusReady, statusFailed); got.Status != statusReady {

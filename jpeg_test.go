@@ -74,9 +74,9 @@ func dctGray(t testing.TB, data []byte) []byte {
 	return out.Bytes()
 }
 
-// TestDCTGrayscaleIsLossless: the grayscale written from the luma coefficients decodes to exactly the
+// TestPureDCTGrayscaleIsLossless: the grayscale written from the luma coefficients decodes to exactly the
 // luma plane image/jpeg decodes from the original, and to exactly what jpegtran -grayscale makes.
-func TestDCTGrayscaleIsLossless(t *testing.T) {
+func TestPureDCTGrayscaleIsLossless(t *testing.T) {
 	computeOnly(t)
 	for _, name := range dctJPEGs {
 		t.Run(name, func(t *testing.T) {
@@ -104,9 +104,9 @@ func TestDCTGrayscaleIsLossless(t *testing.T) {
 	}
 }
 
-// TestDCTUnsupported: what the DCT path does not do is said with errDCTUnsupported (the standard
+// TestPureDCTUnsupported: what the DCT path does not do is said with errDCTUnsupported (the standard
 // path then serves), and a broken file is a bad image, never a panic.
-func TestDCTUnsupported(t *testing.T) {
+func TestPureDCTUnsupported(t *testing.T) {
 	for _, name := range []string{"bad/truncated.jpg", "bad/huge-sof.jpg", "bad/text.jpg"} {
 		if _, err := decodeDCT(context.Background(), readTestdata(t, name), 50_000_000, nil); !errors.Is(err, errBadImage) {
 			t.Errorf("%s: %v, want a bad-image error", name, err)
@@ -118,9 +118,9 @@ func TestDCTUnsupported(t *testing.T) {
 	}
 }
 
-// TestDCTThumbnails: the DC coefficients are each block's mean: the 1/8-scale image they make scales
+// TestPureDCTThumbnails: the DC coefficients are each block's mean: the 1/8-scale image they make scales
 // to thumbnails within 38 dB (luma) of a full-decode Catmull-Rom reference.
-func TestDCTThumbnails(t *testing.T) {
+func TestPureDCTThumbnails(t *testing.T) {
 	computeOnly(t)
 	data := readTestdata(t, "large.jpg")
 	img, err := decodeDCT(context.Background(), data, 50_000_000, func(i int) bool { return i > 0 })
@@ -151,9 +151,9 @@ func TestDCTThumbnails(t *testing.T) {
 // whenever it decodes, its grayscale is a JPEG image/jpeg reads at the image's size, that decodes
 // back (through decodeDCT) to exactly the luma coefficients it was made from; turned in the DCT
 // domain it does the same at the turned size. The pixels themselves are compared with other
-// decoders on the committed files (TestDCTGrayscaleIsLossless): on corrupt data decoders conceal
+// decoders on the committed files (TestPureDCTGrayscaleIsLossless): on corrupt data decoders conceal
 // errors each their own way (image/jpeg and libjpeg disagree on both of the fuzzer's finds, kept as
-// TestDCTCorruptData, where the DCT path matches libjpeg bit for bit).
+// TestPureDCTCorruptData, where the DCT path matches libjpeg bit for bit).
 func FuzzDecodeDCT(f *testing.F) {
 	for _, name := range dctJPEGs {
 		if !strings.HasPrefix(name, "jpeg/") {
@@ -206,10 +206,10 @@ func FuzzDecodeDCT(f *testing.F) {
 	})
 }
 
-// TestDCTOrientation: turning the luma coefficients for each EXIF orientation gives exactly the
+// TestPureDCTOrientation: turning the luma coefficients for each EXIF orientation gives exactly the
 // image jpegtran's lossless transform gives (decoded by image/jpeg, both), the turned size, and a
 // picture within rounding of the pixels turned (the IDCT is not exactly symmetric under transposes).
-func TestDCTOrientation(t *testing.T) {
+func TestPureDCTOrientation(t *testing.T) {
 	data := readTestdata(t, "jpeg/m16.jpg")
 	img, err := decodeDCT(context.Background(), data, 50_000_000, func(i int) bool { return i > 0 })
 	if err != nil {
@@ -253,9 +253,9 @@ func TestDCTOrientation(t *testing.T) {
 	}
 }
 
-// TestDCTPathTurnsPhotos: a large photo stored sideways (EXIF orientation 6, 4224x3168 as stored)
+// TestPureDCTPathTurnsPhotos: a large photo stored sideways (EXIF orientation 6, 4224x3168 as stored)
 // takes the DCT path and comes out portrait: every variant, the grayscale lossless.
-func TestDCTPathTurnsPhotos(t *testing.T) {
+func TestPureDCTPathTurnsPhotos(t *testing.T) {
 	computeOnly(t)
 	src := readTestdata(t, "large.jpg")
 	// large.jpg with an EXIF segment declaring orientation 6, right after SOI.
@@ -287,9 +287,9 @@ func TestDCTPathTurnsPhotos(t *testing.T) {
 	}
 }
 
-// TestDCTQuarterScale: the 2×2 means computed from the coefficients equal 4×4 box averages of the
+// TestPureDCTQuarterScale: the 2×2 means computed from the coefficients equal 4×4 box averages of the
 // full decode, within its rounding.
-func TestDCTQuarterScale(t *testing.T) {
+func TestPureDCTQuarterScale(t *testing.T) {
 	computeOnly(t)
 	for _, name := range []string{"mid.jpg", "jpeg/s1x1.jpg", "jpeg/s2x1.jpg", "jpeg/s4x1.jpg", "jpeg/gray.jpg"} {
 		data := readTestdata(t, name)
@@ -359,10 +359,10 @@ func checkHuffmanTable(t *testing.T, freq [256]int64) {
 	}
 }
 
-// TestOptimalTableDeep: symbol counts that grow like the Fibonacci sequence make the Huffman tree
+// TestPureOptimalTableDeep: symbol counts that grow like the Fibonacci sequence make the Huffman tree
 // as deep as there are symbols (far past 32 bits, which once indexed past an array and crashed the
 // worker); the lengths still come out limited to 16.
-func TestOptimalTableDeep(t *testing.T) {
+func TestPureOptimalTableDeep(t *testing.T) {
 	for _, n := range []int{17, 33, 40, 90, 256} {
 		var freq [256]int64
 		a, b := int64(1), int64(1)
@@ -439,9 +439,9 @@ func fibonacciComponent(nsym int) *dctComponent {
 	return c
 }
 
-// TestGrayscaleOfFibonacciCounts: the crafted grayscale JPEG's coefficients re-encode (no panic),
+// TestPureGrayscaleOfFibonacciCounts: the crafted grayscale JPEG's coefficients re-encode (no panic),
 // and the result decodes back to the very same coefficients.
-func TestGrayscaleOfFibonacciCounts(t *testing.T) {
+func TestPureGrayscaleOfFibonacciCounts(t *testing.T) {
 	computeOnly(t)
 	c := fibonacciComponent(32) // 4000×3824 pixels; a 33-bit code before the length limit
 	w, h := c.bw, c.bh
@@ -462,11 +462,11 @@ func TestGrayscaleOfFibonacciCounts(t *testing.T) {
 	}
 }
 
-// TestDCTCorruptData: files the fuzzer corrupted (a progressive one's refinement scans, a baseline
+// TestPureDCTCorruptData: files the fuzzer corrupted (a progressive one's refinement scans, a baseline
 // one's entropy-coded data) that image/jpeg and libjpeg read differently (by ±1 in places): the DCT
 // path's grayscale equals libjpeg's (jpegtran -grayscale) bit for bit, which is the reference here,
 // as it is for the files image/jpeg cannot read.
-func TestDCTCorruptData(t *testing.T) {
+func TestPureDCTCorruptData(t *testing.T) {
 	for _, name := range []string{"corrupt-refine", "corrupt-baseline"} {
 		got := lumaOf(t, dctGray(t, readTestdata(t, "jpeg/"+name+".jpg")))
 		if !sameGray(got, lumaOf(t, readTestdata(t, "jpeg/"+name+".jpegtran-gray.jpg"))) {

@@ -20,7 +20,7 @@ import (
 // bytes: keys are kept only as 64-bit hashes under a seed of this process's own (a client can
 // neither make two keys collide on purpose nor grow an entry with a long key), and when the table is
 // full a new key evicts the least recently touched of a few sampled entries instead of being refused.
-// About limiterEntryBytes bytes an entry (TestLimiterTableBytes measures it). Not safe for concurrent
+// About limiterEntryBytes bytes an entry (TestPureLimiterTableBytes measures it). Not safe for concurrent
 // use: its owner locks.
 type limiterTable struct {
 	seed    maphash.Seed
@@ -36,7 +36,7 @@ type limiterEntry struct {
 
 // limiterEntryBytes bounds what one entry of a full limiterTable costs: 8 bytes of key and 16 of
 // value in a Go map, with its groups' control words, free slots and the tombstones eviction leaves
-// (about 70 bytes measured, TestLimiterTableBytes).
+// (about 70 bytes measured, TestPureLimiterTableBytes).
 const limiterEntryBytes = 96
 
 // evictionSample is how many entries a full table looks at to choose the one to evict.

@@ -26,9 +26,9 @@ import (
 	"time"
 )
 
-// TestRateLimiter: a burst, then the refill rate; keys are independent; a full table evicts the
+// TestPureRateLimiter: a burst, then the refill rate; keys are independent; a full table evicts the
 // oldest key instead of refusing a new one; a refund gives a token back.
-func TestRateLimiter(t *testing.T) {
+func TestPureRateLimiter(t *testing.T) {
 	now := time.Unix(1000, 0)
 	l := newRateLimiter(3, time.Minute, 2)
 	l.now = func() time.Time { return now }
@@ -71,9 +71,9 @@ func TestRateLimiter(t *testing.T) {
 	}
 }
 
-// TestLimiterTableBytes: a full table costs at most limiterEntryBytes an entry, whatever the length of
+// TestPureLimiterTableBytes: a full table costs at most limiterEntryBytes an entry, whatever the length of
 // its keys (they are hashed), and stays at its bound.
-func TestLimiterTableBytes(t *testing.T) {
+func TestPureLimiterTableBytes(t *testing.T) {
 	const n = 50_000
 	long := strings.Repeat("x", 4<<10)
 	runtime.GC()
@@ -95,10 +95,10 @@ func TestLimiterTableBytes(t *testing.T) {
 	runtime.KeepAlive(tab)
 }
 
-// TestSigninThrottle: failures, not attempts; per account and network with a growing delay, reset
+// TestPureSigninThrottle: failures, not attempts; per account and network with a growing delay, reset
 // by a success; a stranger's guesses from elsewhere never hold back the owner at a network they
 // signed in from; past the account's ceiling, unknown networks wait between attempts.
-func TestSigninThrottle(t *testing.T) {
+func TestPureSigninThrottle(t *testing.T) {
 	now := time.Unix(1000, 0)
 	th := newSigninThrottle(3, 10, time.Minute, 1000)
 	th.now = func() time.Time { return now }
@@ -169,8 +169,8 @@ func TestSigninThrottle(t *testing.T) {
 	}
 }
 
-// TestClientKey: IPv4 addresses as they are; IPv6 by /64.
-func TestClientKey(t *testing.T) {
+// TestPureClientKey: IPv4 addresses as they are; IPv6 by /64.
+func TestPureClientKey(t *testing.T) {
 	for addr, want := range map[string]string{
 		"192.0.2.7:5555":             "192.0.2.7",
 		"[2001:db8:1:2:3:4:5:6]:443": "2001:db8:1:2::/64",
@@ -618,8 +618,8 @@ func TestMetricsAddr(t *testing.T) {
 	}
 }
 
-// TestBadKeysRefused: a storage key that is not one the store makes never becomes a path.
-func TestBadKeysRefused(t *testing.T) {
+// TestPureBadKeysRefused: a storage key that is not one the store makes never becomes a path.
+func TestPureBadKeysRefused(t *testing.T) {
 	b := &fsBlobs{root: t.TempDir()}
 	for _, k := range []string{"../etc/passwd", "o/../../etc/passwd", "/etc/passwd", "o/ab/..", "x/ab/cd", "o/AB/cd", "o/ab/c d", "o\\ab", ""} {
 		if p, err := b.path(k); err == nil {

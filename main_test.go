@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -17,7 +16,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	rtmetrics "runtime/metrics"
 	"slices"
@@ -30,158 +28,18 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// testRedisURL is the Redis the cache tests use (TEST_REDIS_URL, default the local server); each test
-// uses a key prefix of its own and deletes its keys after.
-var testRedisURL string
-
-// testBrokerURL is the RabbitMQ the queue tests use (TEST_BROKER_URL, default the local server); each
-// test declares queues of its own (testQueue) and deletes them after.
-var testBrokerURL string
-
-// testDB is the database this test run owns: created in TestMain, dropped after.
-var testDB struct {
-	adminURL string // a database on the server that is not ours, for CREATE/DROP DATABASE
-	url      string // our database
-}
-
-// TestMain creates a database of this run's own on the PostgreSQL server (TEST_DATABASE_URL, default
-// the local server) and drops it afterwards. An unreachable server fails the run loudly: the tests
-// talk to real services and never skip.
-func TestMain(m *testing.M) {
-	admin := os.Getenv("TEST_DATABASE_URL")
-	if admin == "" {
-		admin = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-	}
-	testDB.adminURL = admin
-	name := "imageapi_test_" + randomHex(6)
-	url, err := createTestDatabase(admin, name)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: PostgreSQL is required for these tests and is not reachable at TEST_DATABASE_URL=%s: %v\n", admin, err)
-		os.Exit(1)
-	}
-	testDB.url = url
-	testRedisURL = os.Getenv("TEST_REDIS_URL")
-	if testRedisURL == "" {
-		testRedisURL = "redis://127.0.0.1:6379/0"
-	}
-	if err := pingRedis(testRedisURL); err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: Redis is required for these tests and is not reachable at TEST_REDIS_URL=%s: %v\n", testRedisURL, err)
-		dropTestDatabase(admin, name)
-		os.Exit(1)
-	}
-	testBrokerURL = os.Getenv("TEST_BROKER_URL")
-	if testBrokerURL == "" {
-		testBrokerURL = "amqp://guest:guest@127.0.0.1:5672/"
-	}
-	if err := pingBroker(testBrokerURL); err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: RabbitMQ is required for these tests and is not reachable at TEST_BROKER_URL=%s: %v\n", testBrokerURL, err)
-		dropTestDatabase(admin, name)
-		os.Exit(1)
-	}
-	if err := createTestBucket(); err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: an S3 endpoint is required for these tests (bash .ci/seaweedfs starts SeaweedFS) and cannot make a bucket at TEST_S3_ENDPOINT=%s: %v\n", testS3.Endpoint, err)
-		dropTestDatabase(admin, name)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if err := dropTestBucket(); err != nil {
-		fmt.Fprintf(os.Stderr, "dropping test bucket %s: %v\n", testS3.Bucket, err)
-	}
-	if err := dropTestDatabase(admin, name); err != nil {
-		fmt.Fprintf(os.Stderr, "dropping test database %s: %v\n", name, err)
-	}
-	os.Exit(code)
-}
-
-// computeOnly marks a test of pure computation: one goroutine, no service, nothing for the race
-// detector to find, and ten times the time under it. Under -race it is skipped; .ci/run runs it
-// without -race, with the pattern computeTests names (TestComputeTestsRun holds them together).
+// computeOnly marks a test of heavy pure computation: one goroutine, no service, nothing for the
+// race detector to find, and ten times the time under it. Under -race it is skipped; it runs in the
+// pure tests' own run without -race (go test -run '^(TestPure|Fuzz)' .), which its name must put it
+// in: a test that needs no service is named TestPure….
 func computeOnly(t *testing.T) {
 	t.Helper()
+	if !strings.HasPrefix(t.Name(), "TestPure") {
+		t.Fatalf("%s is computeOnly: name it TestPure… so that the run without -race selects it", t.Name())
+	}
 	if raceEnabled {
-		t.Skip("pure computation: .ci/run runs it without -race (README, Tests)")
+		t.Skip("pure computation: the run without -race covers it (README, Tests)")
 	}
-}
-
-// TestComputeTestsRun: every test marked computeOnly is matched by the pattern of the command that
-// runs them without -race, as .ci/run and README.md both give it.
-func TestComputeTestsRun(t *testing.T) {
-	ci, err := os.ReadFile(".ci/run")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`(?m)^COMPUTE_TESTS='([^']+)'$`).FindSubmatch(ci)
-	if m == nil {
-		t.Fatal(".ci/run sets no COMPUTE_TESTS='…'")
-	}
-	pattern := string(m[1])
-	readme, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Contains(readme, []byte("go test -count=1 -run '"+pattern+"' .")) {
-		t.Errorf("README.md does not give the command .ci/run runs: go test -count=1 -run '%s' .", pattern)
-	}
-	re := regexp.MustCompile(pattern)
-	marked := regexp.MustCompile(`func (Test\w+)\(t \*testing\.T\) \{\n\tcomputeOnly\(t\)`)
-	files, _ := filepath.Glob("*_test.go")
-	n := 0
-	for _, f := range files {
-		src, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, sm := range marked.FindAllSubmatch(src, -1) {
-			n++
-			if !re.Match(sm[1]) {
-				t.Errorf("%s (%s) is computeOnly but -run '%s' does not run it", sm[1], f, pattern)
-			}
-		}
-	}
-	if n == 0 {
-		t.Error("no computeOnly test found: the pattern above is stale")
-	}
-}
-
-// testS3 is the bucket this test run owns on the S3 endpoint (TEST_S3_ENDPOINT, default the local
-// SeaweedFS that .ci/seaweedfs starts; TEST_S3_ACCESS_KEY_ID and TEST_S3_SECRET_ACCESS_KEY): made in
-// TestMain, emptied and removed after. Each test keeps its objects under a prefix of its own.
-var testS3 s3Config
-
-// createTestBucket makes this run's bucket.
-func createTestBucket() error {
-	testS3 = s3Config{
-		Endpoint:  cmp.Or(os.Getenv("TEST_S3_ENDPOINT"), "http://127.0.0.1:8333"),
-		Region:    "us-east-1",
-		Bucket:    "imageapi-test-" + randomHex(6),
-		AccessKey: cmp.Or(os.Getenv("TEST_S3_ACCESS_KEY_ID"), "imageapi"),
-		SecretKey: cmp.Or(os.Getenv("TEST_S3_SECRET_ACCESS_KEY"), "imageapi-secret"),
-	}
-	c, err := newS3Client(testS3)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	return c.ensureBucket(ctx)
-}
-
-// dropTestBucket empties this run's bucket and removes it.
-func dropTestBucket() error {
-	c, err := newS3Client(testS3)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := emptyPrefix(ctx, c, ""); err != nil {
-		return err
-	}
-	resp, err := c.do(ctx, s3Request{method: http.MethodDelete})
-	if err != nil {
-		return err
-	}
-	return resp.Body.Close()
 }
 
 // emptyPrefix deletes every object under prefix.
@@ -218,9 +76,10 @@ func forEachBackend(t *testing.T, test func(t *testing.T, env map[string]string)
 // s3TestEnv selects this run's bucket, under a key prefix of the test's own that is emptied when the
 // test ends.
 func s3TestEnv(t testing.TB) map[string]string {
+	bucket := needS3(t)
 	prefix := "t" + randomHex(6) + "/"
 	t.Cleanup(func() {
-		c, err := newS3Client(s3Config{Endpoint: testS3.Endpoint, Bucket: testS3.Bucket, AccessKey: testS3.AccessKey, SecretKey: testS3.SecretKey, Prefix: prefix})
+		c, err := newS3Client(s3Config{Endpoint: bucket.Endpoint, Bucket: bucket.Bucket, AccessKey: bucket.AccessKey, SecretKey: bucket.SecretKey, Prefix: prefix})
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			err = emptyPrefix(ctx, c, "")
@@ -232,10 +91,10 @@ func s3TestEnv(t testing.TB) map[string]string {
 	})
 	return map[string]string{
 		"UPLOAD_DIR":           t.TempDir(),
-		"S3_BUCKET":            testS3.Bucket,
-		"S3_ENDPOINT":          testS3.Endpoint,
-		"S3_ACCESS_KEY_ID":     testS3.AccessKey,
-		"S3_SECRET_ACCESS_KEY": testS3.SecretKey,
+		"S3_BUCKET":            bucket.Bucket,
+		"S3_ENDPOINT":          bucket.Endpoint,
+		"S3_ACCESS_KEY_ID":     bucket.AccessKey,
+		"S3_SECRET_ACCESS_KEY": bucket.SecretKey,
 		"S3_PREFIX":            prefix,
 	}
 }
@@ -310,12 +169,13 @@ func dropTestDatabase(adminURL, name string) error {
 func freshDatabase(t testing.TB) string {
 	t.Helper()
 	name := "imageapi_test_" + randomHex(6)
-	url, err := createTestDatabase(testDB.adminURL, name)
+	admin := needDBServer(t).admin
+	url, err := createTestDatabase(admin, name)
 	if err != nil {
 		t.Fatalf("create database: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := dropTestDatabase(testDB.adminURL, name); err != nil {
+		if err := dropTestDatabase(admin, name); err != nil {
 			t.Errorf("drop database %s: %v", name, err)
 		}
 	})
@@ -332,7 +192,7 @@ func randomHex(n int) string {
 // hashing (the RFC vectors prove the algorithm; cost only slows the suite), and a temp upload dir.
 func testEnv(t testing.TB, overrides map[string]string) func(string) string {
 	env := map[string]string{
-		"DATABASE_URL": testDB.url,
+		"DATABASE_URL": "", // needDB(t), unless the test names its own
 		"SCRYPT_N":     "1024",
 		"UPLOAD_DIR":   t.TempDir(),
 		"ADDR":         "127.0.0.1:0",
@@ -348,6 +208,9 @@ func testEnv(t testing.TB, overrides map[string]string) func(string) string {
 	}
 	for k, v := range overrides {
 		env[k] = v
+	}
+	if env["DATABASE_URL"] == "" {
+		env["DATABASE_URL"] = needDB(t)
 	}
 	return func(k string) string { return env[k] }
 }
@@ -514,7 +377,7 @@ func (s *testServer) signupAndLogin() (string, string) {
 	return name, "Bearer " + tok.AccessToken
 }
 
-func TestLoadConfig(t *testing.T) {
+func TestPureLoadConfig(t *testing.T) {
 	env := func(kv ...string) func(string) string {
 		m := map[string]string{}
 		for i := 0; i+1 < len(kv); i += 2 {
@@ -562,7 +425,7 @@ func TestLoadConfig(t *testing.T) {
 	}
 }
 
-func TestReadDotenv(t *testing.T) {
+func TestPureReadDotenv(t *testing.T) {
 	path := filepath.Join(t.TempDir(), ".env")
 	os.WriteFile(path, []byte("# comment\n\nexport ADDR=:9000\nREDIS_URL=\"redis://cache:6379/0\"\nSECRET_KEY='abc=def'\n"), 0o600)
 	vals, err := readDotenv(path)
@@ -604,7 +467,7 @@ func TestRun(t *testing.T) {
 	var out syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"-mode=api", "-env-file="}, testEnv(t, map[string]string{"ADDR": addr, "LOG_LEVEL": "info", "BROKER_URL": testBrokerURL, "QUEUE_NAME": testQueue(t)}), &out, &out)
+		done <- run(ctx, []string{"-mode=api", "-env-file="}, testEnv(t, map[string]string{"ADDR": addr, "LOG_LEVEL": "info", "BROKER_URL": needBroker(t), "QUEUE_NAME": testQueue(t)}), &out, &out)
 	}()
 	base := "http://" + addr
 	waitReady(t, base, done)

@@ -37,7 +37,7 @@ type counter struct {
 }
 
 // counters is the table of metrics' plain counters, in the order they are exposed. Every
-// atomic.Int64 field of metrics is here but jobNanos (exposed in seconds); TestMetricsTable holds the
+// atomic.Int64 field of metrics is here but jobNanos (exposed in seconds); TestPureMetricsTable holds the
 // two together.
 func (m *metrics) counters() []counter {
 	return []counter{

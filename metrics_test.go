@@ -7,9 +7,9 @@ import (
 	"testing"
 )
 
-// TestMetricsTable: every counter field of metrics is exposed exactly once (jobNanos as seconds),
+// TestPureMetricsTable: every counter field of metrics is exposed exactly once (jobNanos as seconds),
 // and every exposed name is a Prometheus counter name.
-func TestMetricsTable(t *testing.T) {
+func TestPureMetricsTable(t *testing.T) {
 	m := &metrics{}
 	exposed := map[*atomic.Int64]string{}
 	for _, c := range m.counters() {

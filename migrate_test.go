@@ -99,8 +99,8 @@ func TestMigrateModeAndWorkerCheck(t *testing.T) {
 // database is created.
 func TestConnectCreatesDatabase(t *testing.T) {
 	name := "imageapi_test_" + randomHex(6)
-	url := strings.Replace(testDB.url, testDB.url[strings.LastIndexByte(testDB.url, '/')+1:strings.IndexByte(testDB.url, '?')], name, 1)
-	t.Cleanup(func() { dropTestDatabase(testDB.adminURL, name) })
+	url := strings.Replace(needDB(t), needDB(t)[strings.LastIndexByte(needDB(t), '/')+1:strings.IndexByte(needDB(t), '?')], name, 1)
+	t.Cleanup(func() { dropTestDatabase(needDBServer(t).admin, name) })
 	pool, err := connectDB(context.Background(), url, slog.New(slog.NewJSONHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatalf("connectDB: %v", err)

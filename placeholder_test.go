@@ -49,9 +49,9 @@ func decodeBlurhash(t *testing.T, hash string, x, y, w, h int) color.NRGBA {
 	return color.NRGBA{uint8(linearToSRGB(p[0])), uint8(linearToSRGB(p[1])), uint8(linearToSRGB(p[2])), 255}
 }
 
-// TestBlurhash: a solid image's hash is its colour with every AC component zero; a two-colour
+// TestPureBlurhash: a solid image's hash is its colour with every AC component zero; a two-colour
 // image's hash, decoded, shows each colour on its side; the length follows the components.
-func TestBlurhash(t *testing.T) {
+func TestPureBlurhash(t *testing.T) {
 	solid := image.NewNRGBA(image.Rect(0, 0, 100, 75))
 	for i := 0; i < len(solid.Pix); i += 4 {
 		copy(solid.Pix[i:], []byte{200, 40, 90, 255})

@@ -57,7 +57,7 @@ func tiffWithOrientation(bo binary.ByteOrder, v uint16) []byte {
 	return b.Bytes()
 }
 
-func TestEXIFOrientation(t *testing.T) {
+func TestPureEXIFOrientation(t *testing.T) {
 	for v := uint16(1); v <= 8; v++ {
 		for _, bo := range []binary.ByteOrder{binary.LittleEndian, binary.BigEndian} {
 			for _, app0 := range []bool{false, true} {
@@ -196,9 +196,9 @@ func BenchmarkProcess(b *testing.B) {
 	}
 }
 
-// TestOrientImage: each EXIF orientation maps the stored image's corners where the EXIF
+// TestPureOrientImage: each EXIF orientation maps the stored image's corners where the EXIF
 // specification puts them when displayed.
-func TestOrientImage(t *testing.T) {
+func TestPureOrientImage(t *testing.T) {
 	// 3×2, every pixel different: value = 10*y + x.
 	src := stdimage.NewGray(stdimage.Rect(0, 0, 3, 2))
 	for y := range 2 {
@@ -284,10 +284,10 @@ func decodeTestdata(t testing.TB, name string) stdimage.Image {
 	return img
 }
 
-// TestVariantsLookRight: thumbnails keep the picture and its colours (PSNR against a Catmull-Rom
+// TestPureVariantsLookRight: thumbnails keep the picture and its colours (PSNR against a Catmull-Rom
 // scale of the whole decoded original), a turned photo comes out upright (its thumbnail matches the
 // upright photo's, rotated), and the grayscale of a JPEG is exactly its luma plane.
-func TestVariantsLookRight(t *testing.T) {
+func TestPureVariantsLookRight(t *testing.T) {
 	computeOnly(t)
 	for _, dct := range []bool{false, true} {
 		t.Run(map[bool]string{false: "standard", true: "dct"}[dct], func(t *testing.T) { testVariantsLookRight(t, dct) })

@@ -12,7 +12,7 @@ import (
 // also kept in aws-c-auth's tests/aws-signing-test-suite): key pair AKIDEXAMPLE, region us-east-1,
 // service "service", 2015-08-30T12:36:00Z. Each case is the suite's request and its published
 // Authorization header.
-func TestSigV4Suite(t *testing.T) {
+func TestPureSigV4Suite(t *testing.T) {
 	s := &sigV4{accessKey: "AKIDEXAMPLE", secretKey: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", region: "us-east-1", service: "service"}
 	at := time.Date(2015, 8, 30, 12, 36, 0, 0, time.UTC)
 	const scope = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, "
@@ -51,7 +51,7 @@ func TestSigV4Suite(t *testing.T) {
 // The worked examples of S3's own documentation (AmazonS3/latest/API/sig-v4-header-based-auth.html
 // and sigv4-query-string-auth.html): key pair AKIAIOSFODNN7EXAMPLE, bucket examplebucket,
 // 2013-05-24T00:00:00Z, with their published signatures.
-func TestSigV4S3Examples(t *testing.T) {
+func TestPureSigV4S3Examples(t *testing.T) {
 	s := &sigV4{accessKey: "AKIAIOSFODNN7EXAMPLE", secretKey: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", region: "us-east-1", service: "s3"}
 	at := time.Date(2013, 5, 24, 0, 0, 0, 0, time.UTC)
 	sigOf := func(r *http.Request) string {
@@ -94,7 +94,7 @@ func TestSigV4S3Examples(t *testing.T) {
 	}
 }
 
-func TestURIEncode(t *testing.T) {
+func TestPureURIEncode(t *testing.T) {
 	for _, c := range []struct {
 		in    string
 		slash bool
