@@ -362,7 +362,7 @@ func (t *tokenIssuer) issue(userID int64) (string, time.Time, error) {
 		return "", time.Time{}, err
 	}
 	input := jwtHeaderHS256 + "." + b64.EncodeToString(payload)
-	return input + "." + b64.EncodeToString(hs256(t.key, input)), exp, nil
+	return input + "." + b64.EncodeToString(hmacSHA256(t.key, input)), exp, nil
 }
 
 // parse checks token (structure, algorithm, signature, issuer, expiry) and returns its user id.
@@ -417,7 +417,7 @@ func verifyHS256(token string, key []byte) ([]byte, error) {
 	if err != nil {
 		return nil, errTokenMalformed
 	}
-	if !hmac.Equal(sig, hs256(key, token[:len(h)+1+len(p)])) {
+	if !hmac.Equal(sig, hmacSHA256(key, token[:len(h)+1+len(p)])) {
 		return nil, errTokenSignature
 	}
 	payload, err := b64.DecodeString(p)
@@ -427,10 +427,11 @@ func verifyHS256(token string, key []byte) ([]byte, error) {
 	return payload, nil
 }
 
-// hs256 is HMAC-SHA256 of the JWS signing input.
-func hs256(key []byte, input string) []byte {
+// hmacSHA256 is HMAC-SHA256 of data under key: the one MAC this service uses (HS256 JWTs, signed
+// links, SigV4).
+func hmacSHA256(key []byte, data string) []byte {
 	m := hmac.New(sha256.New, key)
-	m.Write([]byte(input))
+	m.Write([]byte(data))
 	return m.Sum(nil)
 }
 

@@ -255,7 +255,7 @@ func TestPureJWSAppendixA1(t *testing.T) {
 		t.Fatalf("payload = %q", payload)
 	}
 	dot := strings.LastIndexByte(token, '.')
-	if got := b64.EncodeToString(hs256(key, token[:dot])); got != token[dot+1:] {
+	if got := b64.EncodeToString(hmacSHA256(key, token[:dot])); got != token[dot+1:] {
 		t.Fatalf("signature = %s", got)
 	}
 	// The example's claims are well-formed but expired and not ours: the issuer refuses them.
@@ -288,7 +288,7 @@ func forgeToken(header, claims string, key []byte) string {
 	if key == nil {
 		return in + "."
 	}
-	return in + "." + b64.EncodeToString(hs256(key, in))
+	return in + "." + b64.EncodeToString(hmacSHA256(key, in))
 }
 
 // badTokens are tokens the issuer below must refuse, each with the error it must give.
@@ -368,7 +368,7 @@ func FuzzTokenParse(f *testing.F) {
 			t.Fatalf("accepted id %d", id)
 		}
 		dot := strings.LastIndexByte(token, '.')
-		if b64.EncodeToString(hs256(key, token[:dot])) != token[dot+1:] {
+		if b64.EncodeToString(hmacSHA256(key, token[:dot])) != token[dot+1:] {
 			t.Fatalf("accepted %q, whose signature is not ours", token)
 		}
 	})

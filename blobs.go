@@ -1,22 +1,24 @@
-// Blob stores: the interface the handlers and the worker keep originals and variants behind, its
-// bucket implementation (the filesystem one is in files.go), and the orphan sweep both share.
+// Blob stores: the interface the handlers and the worker keep originals and variants behind (its
+// implementations: blobs_fs.go, blobs_s3.go), the storage keys, the storage-neutral outage error,
+// and the orphan sweep both stores share.
 package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"mime"
-	"net/http"
-	"os"
-	"strconv"
+	mrand "math/rand/v2"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
-// blobStore keeps originals and variants by key (files.go says how keys are made). Implementations:
+// blobStore keeps originals and variants by key (newKey, variantKey below). Implementations:
 // fsBlobs (files under UPLOAD_DIR, one host) and s3Blobs (a bucket, any number of hosts). Every
 // method refuses a key checkKey refuses; an outage of the storage is an error storageUnavailable
 // recognises.
@@ -38,6 +40,16 @@ type blobStore interface {
 	sweepOrphans(ctx context.Context, before time.Time, exists func(context.Context, []string) (map[string]bool, error)) (int, error)
 	// ping checks that the storage answers (/readyz).
 	ping(ctx context.Context) error
+}
+
+// presigner is a blob store that can send a client to fetch an object from the store itself
+// (DOWNLOAD_REDIRECT=on): the bucket is one, the filesystem is not.
+type presigner interface {
+	// presignedDownload returns a URL that GETs key for ttl, answering with contentType and as an
+	// inline file named filename.
+	presignedDownload(key string, ttl time.Duration, contentType, filename string) (string, error)
+	// origin is the scheme and host such URLs point at (for the page's Content-Security-Policy).
+	origin() string
 }
 
 // blob is stored bytes opened for serving with http.ServeContent.
@@ -107,215 +119,6 @@ func (o *orphanSweep) flush(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// s3Blobs keeps originals and variants as objects in a bucket; temp files stay local (scratch).
-type s3Blobs struct {
-	c       *s3Client
-	scratch *scratch
-}
-
-// place uploads tmp as key (S3 checks the bytes against sha256Hex) and removes tmp.
-func (s *s3Blobs) place(ctx context.Context, tmp, key, contentType, sha256Hex string) error {
-	if err := checkKey(key); err != nil {
-		return err
-	}
-	f, err := os.Open(tmp)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	if err := s.c.put(ctx, key, f, st.Size(), sha256Hex, contentType); err != nil {
-		return err
-	}
-	f.Close()
-	return os.Remove(tmp)
-}
-
-// open starts reading key at the request's range (a single range is passed on to S3; anything
-// else reads from the start), so that an unreachable bucket is an error before any byte is answered.
-func (s *s3Blobs) open(ctx context.Context, key, rangeHint string) (blob, error) {
-	if err := checkKey(key); err != nil {
-		return blob{}, err
-	}
-	h := http.Header{}
-	if strings.HasPrefix(rangeHint, "bytes=") && !strings.Contains(rangeHint, ",") {
-		h.Set("Range", rangeHint)
-	}
-	resp, err := s.c.get(ctx, key, h)
-	var se *s3Error
-	if errors.As(err, &se) && se.Status == http.StatusRequestedRangeNotSatisfiable {
-		// No byte in range: ServeContent answers the 416 from the size alone.
-		size, err := s.c.head(ctx, key)
-		if err != nil {
-			return blob{}, err
-		}
-		return blob{ReadSeekCloser: &s3Reader{ctx: ctx, c: s.c, key: key, size: size}}, nil
-	}
-	if err != nil {
-		return blob{}, err
-	}
-	r := &s3Reader{ctx: ctx, c: s.c, key: key, size: resp.ContentLength, body: resp.Body}
-	if resp.StatusCode == http.StatusPartialContent {
-		// Content-Range: bytes first-last/size
-		var first, last int64
-		if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-%d/%d", &first, &last, &r.size); err != nil {
-			resp.Body.Close()
-			return blob{}, fmt.Errorf("s3: get %s: Content-Range %q: %w", key, resp.Header.Get("Content-Range"), err)
-		}
-		r.bodyPos = first
-	}
-	mod, _ := http.ParseTime(resp.Header.Get("Last-Modified"))
-	return blob{ReadSeekCloser: r, modTime: mod}, nil
-}
-
-// s3Reader reads an object as an io.ReadSeeker: it reads on from the open response while the reads
-// follow each other, and asks again from the new offset after a seek elsewhere.
-type s3Reader struct {
-	ctx     context.Context
-	c       *s3Client
-	key     string
-	size    int64
-	pos     int64         // where the next Read reads
-	body    io.ReadCloser // nil: none open
-	bodyPos int64         // the offset of body's next byte
-}
-
-func (r *s3Reader) Read(p []byte) (int, error) {
-	if r.pos >= r.size {
-		return 0, io.EOF
-	}
-	if r.body != nil && r.bodyPos != r.pos {
-		r.body.Close()
-		r.body = nil
-	}
-	if r.body == nil {
-		resp, err := r.c.get(r.ctx, r.key, http.Header{"Range": {"bytes=" + strconv.FormatInt(r.pos, 10) + "-"}})
-		if err != nil {
-			return 0, err
-		}
-		r.body, r.bodyPos = resp.Body, r.pos
-		if resp.StatusCode != http.StatusPartialContent {
-			// A store that ignores Range answers the whole object: skip to pos.
-			if _, err := io.CopyN(io.Discard, resp.Body, r.pos); err != nil {
-				return 0, err
-			}
-		}
-	}
-	n, err := r.body.Read(p)
-	r.pos += int64(n)
-	r.bodyPos += int64(n)
-	if err == io.EOF && r.pos < r.size {
-		err = io.ErrUnexpectedEOF
-	}
-	return n, err
-}
-
-func (r *s3Reader) Seek(off int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekCurrent:
-		off += r.pos
-	case io.SeekEnd:
-		off += r.size
-	}
-	if off < 0 {
-		return 0, errors.New("s3: seek before the start")
-	}
-	r.pos = off
-	return off, nil
-}
-
-func (r *s3Reader) Close() error {
-	if r.body == nil {
-		return nil
-	}
-	err := r.body.Close()
-	r.body = nil
-	return err
-}
-
-// localCopy downloads key into a scratch file, checking that every byte arrived.
-func (s *s3Blobs) localCopy(ctx context.Context, key string) (string, func(), error) {
-	if err := checkKey(key); err != nil {
-		return "", nil, err
-	}
-	resp, err := s.c.get(ctx, key, nil)
-	if err != nil {
-		return "", nil, err
-	}
-	defer resp.Body.Close()
-	f, err := s.scratch.createTemp("original-*")
-	if err != nil {
-		return "", nil, err
-	}
-	release := func() { os.Remove(f.Name()) }
-	n, err := io.Copy(f, resp.Body)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil && resp.ContentLength >= 0 && n != resp.ContentLength {
-		err = fmt.Errorf("s3: get %s: %d of %d bytes: %w", key, n, resp.ContentLength, io.ErrUnexpectedEOF)
-	}
-	if err != nil {
-		release()
-		if !storageUnavailable(err) && ctx.Err() == nil {
-			// Cut off mid-body: an outage of the bucket, not a fault of the image.
-			err = fmt.Errorf("%w: %w", errS3Unavailable, err)
-		}
-		return "", nil, err
-	}
-	return f.Name(), release, nil
-}
-
-// remove deletes the objects of keys.
-func (s *s3Blobs) remove(ctx context.Context, keys ...string) error {
-	var errs []error
-	for _, k := range keys {
-		if k == "" {
-			continue
-		}
-		err := checkKey(k)
-		if err == nil {
-			err = s.c.delete(ctx, k)
-		}
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// sweepOrphans lists the objects under o/ (a page at a time) and removes those of originals no row
-// refers to (orphanSweep).
-func (s *s3Blobs) sweepOrphans(ctx context.Context, before time.Time, exists func(context.Context, []string) (map[string]bool, error)) (int, error) {
-	sw := newOrphanSweep(before, exists, s.remove)
-	err := s.c.list(ctx, originalDir+"/", func(objs []s3Object) error {
-		for _, o := range objs {
-			if err := sw.add(ctx, o.Key, o.LastModified); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return sw.removed, err
-	}
-	return sw.removed, sw.flush(ctx)
-}
-
-func (s *s3Blobs) ping(ctx context.Context) error { return s.c.ping(ctx) }
-
-// presignedDownload returns a presigned GET of key, valid for ttl, answering with contentType and as
-// an inline file named filename.
-func (s *s3Blobs) presignedDownload(key string, ttl time.Duration, contentType, filename string) (string, error) {
-	if err := checkKey(key); err != nil {
-		return "", err
-	}
-	return s.c.presignGet(key, ttl, contentType, mime.FormatMediaType("inline", map[string]string{"filename": filename})), nil
-}
-
 // newBlobStore opens the store cfg names: the bucket when S3_BUCKET is set (creating it when it does
 // not exist and the credentials allow; a bucket that is missing and cannot be made, or refuses the
 // credentials, is an error naming it), else UPLOAD_DIR. Scratch space is under UPLOAD_DIR either way.
@@ -339,4 +142,90 @@ func newBlobStore(ctx context.Context, cfg config, sc *scratch, log *slog.Logger
 	}
 	log.Info("images kept in a bucket", slog.String("bucket", cfg.S3.Bucket), slog.String("endpoint", c.base.Host), slog.String("prefix", cfg.S3.Prefix))
 	return &s3Blobs{c: c, scratch: sc}, nil
+}
+
+// errBadKey is the blob stores' answer for a key this service could not have made.
+var errBadKey = errors.New("blob store: not a storage key")
+
+// checkKey refuses anything but a key this service makes (under o/, of lowercase letters, digits,
+// '.', '_', '-' and '/', local, no ".."): a key comes from the database or the cache, so it is data,
+// never joined to a directory or a bucket's URL unchecked.
+func checkKey(key string) error {
+	ok := strings.HasPrefix(key, originalDir+"/") && filepath.IsLocal(key) && !strings.Contains(key, "..")
+	for _, c := range key {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '/') {
+			ok = false
+		}
+	}
+	if !ok {
+		return fmt.Errorf("%w: %q", errBadKey, key)
+	}
+	return nil
+}
+
+// variantKey is a new key for variant name (with file extension ext) of the original at key.
+// Variants sit beside their original, named "<original key>.<variant>.<random>.<ext>", so the
+// orphan sweep finds the original's key before the first dot.
+func variantKey(original, name, ext string) string {
+	return fmt.Sprintf("%s.%s.%08x%s", original, name, mrand.Uint32(), ext)
+}
+
+// originalOf returns the key of the original a stored file's key belongs to: the key itself for an
+// original, the part before the first dot for a variant.
+func originalOf(key string) string {
+	original, _, _ := strings.Cut(key, ".")
+	return original
+}
+
+// keyETag is the strong ETag of a variant's file: its key names its content, since a variant's key
+// is new each time it is written.
+func keyETag(key string) string {
+	return `"` + strings.ReplaceAll(key[strings.LastIndexByte(key, '/')+1:], ".", "-") + `"`
+}
+
+// newKey returns a fresh random key for an original.
+func newKey() string {
+	var r [16]byte
+	rand.Read(r[:])
+	h := hex.EncodeToString(r[:])
+	return originalDir + "/" + h[:2] + "/" + h
+}
+
+// Layout under UPLOAD_DIR:
+//
+//	tmp/                      uploads being received, and variants being written
+//	o/ab/abcdef…              originals, named by a random key (two-level fan-out)
+//	o/ab/abcdef….thumb_100.…  variants beside their original
+const (
+	tmpDir      = "tmp"
+	originalDir = "o"
+	// orphanGrace is how old an unreferenced file must be before the sweeper removes it: far longer
+	// than the moment between an original's rename and its row's insert.
+	orphanGrace = time.Hour
+)
+
+// Keys. A key names a stored file, relative to the store: an original's is "o/ab/<32 hex digits>"
+// (newKey), a variant's is its original's followed by ".<variant>.<8 hex digits><ext>" (variantKey),
+// fresh each time it is written. Only this file makes and takes apart keys (originalOf, keyETag);
+// only checkKey's callers turn them into paths or object names (fsBlobs.path, s3's key).
+
+// errStorageUnavailable marks an outage of the blob store, whichever it is: the bucket could not be
+// reached or kept failing (connection errors, timeouts, 5xx and SlowDown after the client's
+// retries), or a fetch of an original outlasted its deadline. Answered 503, retried by jobs without
+// counting an attempt.
+var errStorageUnavailable = errors.New("storage unavailable")
+
+// storageUnavailable reports whether err says the storage is out: the disk under UPLOAD_DIR full,
+// read-only or failing, or the bucket unreachable or failing past the client's retries. Such an
+// error is not a bug in the request or the code, and clears without any change to the request.
+func storageUnavailable(err error) bool {
+	if errors.Is(err, errStorageUnavailable) {
+		return true
+	}
+	for _, e := range []error{syscall.ENOSPC, syscall.EDQUOT, syscall.EROFS, syscall.EIO} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }

@@ -137,41 +137,6 @@ func (g *memoryGovernor) update() {
 	g.set(min(n, g.max))
 }
 
-// imageHeader is what a file's header tells about the memory its decoding takes.
-type imageHeader struct {
-	format        string // imageFormat.name
-	width, height int
-	model         color.Model
-	fileSize      int64
-	orient        orientation
-	jpeg          jpegLayout // JPEG only
-	pngInterlaced bool       // PNG only: the decoder holds every pass as well as the image
-}
-
-// readImageHeader reads im's header: dimensions and colour model, and for JPEG its frame layout and
-// scans (errTooManyScans past maxJPEGScans); errors are imageErrors.
-func readImageHeader(ctx context.Context, im imageFile) (imageHeader, error) {
-	cfg, err := im.format.decodeConfig(im.reader(ctx))
-	if err != nil {
-		return imageHeader{}, badImage("cannot read the %s header: %v", im.format.name, err)
-	}
-	h := imageHeader{format: im.format.name, width: cfg.Width, height: cfg.Height, model: cfg.ColorModel,
-		fileSize: im.size, orient: im.orientation()}
-	switch h.format {
-	case "jpeg":
-		if h.jpeg, err = scanJPEG(im.reader(ctx)); err != nil {
-			return imageHeader{}, err
-		}
-	case "png":
-		// IHDR is the first chunk: its last byte is the interlace method.
-		var ihdr [29]byte
-		if _, err := im.f.ReadAt(ihdr[:], 0); err == nil {
-			h.pngInterlaced = ihdr[28] == 1
-		}
-	}
-	return h, nil
-}
-
 // bytesPerPixel is the size of one pixel of the image type a decoder returns for model.
 func bytesPerPixel(m color.Model) float64 {
 	switch m {

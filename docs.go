@@ -109,17 +109,24 @@ func (a *docAsset) serve(w http.ResponseWriter, r *http.Request, mutable bool) {
 
 // serveDocs serves the Swagger UI: the page at /docs, its files at /docs/{file}.
 func (a *app) serveDocs(w http.ResponseWriter, r *http.Request) {
+	a.docs.serveFile(w, r, "swagger-ui/", docsCSP, func(name string) bool { return name == "index.html" || name == "init.js" })
+}
+
+// serveFile answers r with the file {file} (index.html when empty) under dir, with the page's csp;
+// mutable says which files must be revalidated each time (the rest may be cached for a day). A name
+// with a slash, or none that is embedded, is 404. It is the one way the page and the docs are served.
+func (d *docAssets) serveFile(w http.ResponseWriter, r *http.Request, dir, csp string, mutable func(name string) bool) {
 	name := r.PathValue("file")
 	if name == "" {
 		name = "index.html"
 	}
-	asset := a.docs.get("swagger-ui/" + name)
+	asset := d.get(dir + name)
 	if asset == nil || strings.Contains(name, "/") {
 		writeProblem(w, r, http.StatusNotFound, "no such file")
 		return
 	}
-	w.Header().Set("Content-Security-Policy", docsCSP)
-	asset.serve(w, r, name == "index.html" || name == "init.js")
+	w.Header().Set("Content-Security-Policy", csp)
+	asset.serve(w, r, mutable(name))
 }
 
 // serveOpenAPI serves the OpenAPI document.

@@ -16,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -127,21 +126,6 @@ func databaseUnavailable(err error) bool {
 		// apiErrors or readErrors by the time they get here: an EOF here is the database's.
 		var re readError
 		return !errors.As(err, &re)
-	}
-	return false
-}
-
-// storageUnavailable reports whether err says the storage is out: the disk under UPLOAD_DIR full,
-// read-only or failing, or the bucket unreachable or failing past the client's retries. Such an
-// error is not a bug in the request or the code, and clears without any change to the request.
-func storageUnavailable(err error) bool {
-	if errors.Is(err, errS3Unavailable) {
-		return true
-	}
-	for _, e := range []error{syscall.ENOSPC, syscall.EDQUOT, syscall.EROFS, syscall.EIO} {
-		if errors.Is(err, e) {
-			return true
-		}
 	}
 	return false
 }

@@ -551,8 +551,8 @@ func (a *app) serveFile(w http.ResponseWriter, r *http.Request, im imageRecord, 
 	if ext := extensionFor(contentType); !strings.HasSuffix(strings.ToLower(filename), ext) {
 		filename += ext
 	}
-	if s3b, ok := a.blobs.(*s3Blobs); ok && a.cfg.DownloadRedirect {
-		u, err := s3b.presignedDownload(key, presignedDownloadTTL, contentType, filename)
+	if p, ok := a.blobs.(presigner); ok && a.cfg.DownloadRedirect {
+		u, err := p.presignedDownload(key, presignedDownloadTTL, contentType, filename)
 		if err != nil {
 			a.fail(w, r, err)
 			return

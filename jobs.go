@@ -222,7 +222,7 @@ func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRec
 	path, done, err := a.blobs.localCopy(fctx, im.FileKey)
 	if err != nil && fctx.Err() != nil && ctx.Err() == nil {
 		// The storage, not the image, was too slow: retried like an outage.
-		err = fmt.Errorf("%w: fetching the original took over %s: %w", errS3Unavailable, a.cfg.JobTimeout, err)
+		err = fmt.Errorf("%w: fetching the original took over %s: %w", errStorageUnavailable, a.cfg.JobTimeout, err)
 	}
 	cancelFetch()
 	if err != nil {

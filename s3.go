@@ -5,7 +5,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/xml"
@@ -103,12 +102,6 @@ func (s *sigV4) signingKey(date string) []byte {
 		s.key, s.keyDate = hmacSHA256(k, "aws4_request"), date
 	}
 	return s.key
-}
-
-func hmacSHA256(key []byte, data string) []byte {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(data))
-	return m.Sum(nil)
 }
 
 // canonicalRequest joins the parts of a request that are signed.
@@ -233,10 +226,6 @@ type s3Client struct {
 	now     func() time.Time
 }
 
-// errS3Unavailable wraps what says the storage could not be reached or kept failing (connection
-// errors, timeouts, 5xx and SlowDown after the retries): an outage, answered 503.
-var errS3Unavailable = errors.New("object storage unavailable")
-
 // s3Error is an error answer from S3, read from its XML body.
 type s3Error struct {
 	Status  int
@@ -308,7 +297,7 @@ type s3Request struct {
 
 // do sends req, retrying connection errors, 5xx, 429 and SlowDown with jittered backoff. It returns
 // the response of a 2xx or 304 (its body for the caller to close), an *s3Error for any other status,
-// or an error wrapping errS3Unavailable once the retries are spent.
+// or an error wrapping errStorageUnavailable once the retries are spent.
 func (c *s3Client) do(ctx context.Context, req s3Request) (*http.Response, error) {
 	hash := req.payloadHash
 	if hash == "" {
@@ -359,7 +348,7 @@ func (c *s3Client) do(ctx context.Context, req s3Request) (*http.Response, error
 		}
 		return nil, serr
 	}
-	return nil, fmt.Errorf("%w: %s %s: %w", errS3Unavailable, req.method, req.key, lastErr)
+	return nil, fmt.Errorf("%w: %s %s: %w", errStorageUnavailable, req.method, req.key, lastErr)
 }
 
 // attempt sends req once. Its context is cancelled by the returned func (after the body is read).

@@ -6,8 +6,6 @@ import (
 	"bytes"
 	"embed"
 	"net/http"
-	"net/url"
-	"strings"
 )
 
 // pageFiles are the page and its modules.
@@ -34,26 +32,15 @@ func pageEdit(cfg config) func(name string, body []byte) []byte {
 // style, no other origin, no framing.
 func (a *app) pageCSP() string {
 	img := "'self'"
-	if s3b, ok := a.blobs.(*s3Blobs); ok && a.cfg.DownloadRedirect {
-		u := url.URL{Scheme: s3b.c.base.Scheme, Host: s3b.c.base.Host}
-		img += " " + u.String()
+	if p, ok := a.blobs.(presigner); ok && a.cfg.DownloadRedirect {
+		img += " " + p.origin()
 	}
 	return "default-src 'none'; script-src 'self'; style-src 'self'; img-src " + img + "; connect-src 'self'; " +
 		"base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 }
 
-// servePage serves the page: index.html at /, its files at /app/{file}.
+// servePage serves the page: index.html at /, its files at /app/{file}. They change with the binary:
+// revalidated each time (their ETags make that a 304).
 func (a *app) servePage(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("file")
-	if name == "" {
-		name = "index.html"
-	}
-	asset := a.page.get("web/" + name)
-	if asset == nil || strings.Contains(name, "/") {
-		writeProblem(w, r, http.StatusNotFound, "no such file")
-		return
-	}
-	w.Header().Set("Content-Security-Policy", a.pageCSP())
-	// The page's files change with the binary: revalidated each time (their ETags make that a 304).
-	asset.serve(w, r, true)
+	a.page.serveFile(w, r, "web/", a.pageCSP(), func(string) bool { return true })
 }
