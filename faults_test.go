@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -23,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 )
@@ -534,33 +532,4 @@ func TestFaultInjection(t *testing.T) {
 	r.waitReady(accepted)
 	t.Logf("%d uploads accepted through the faults, all ready", len(accepted))
 	integrityPass(t, r.dbURL, r.dir)
-}
-
-// TestPureOutageClassification: what counts as a dependency outage (503) and what stays a bug (500).
-func TestPureOutageClassification(t *testing.T) {
-	wrap := func(err error) error { return fmt.Errorf("store: insert image: %w", err) }
-	for _, err := range []error{
-		wrap(&net.OpError{Op: "read", Err: syscall.ECONNRESET}),
-		wrap(io.ErrUnexpectedEOF),
-		wrap(&pgconn.PgError{Code: "57P01"}),
-		wrap(&pgconn.PgError{Code: "08006"}),
-		wrap(&pgconn.PgError{Code: "53300"}),
-	} {
-		if !databaseUnavailable(err) {
-			t.Errorf("%v: not an outage", err)
-		}
-	}
-	for _, err := range []error{wrap(&pgconn.PgError{Code: "23505"}), wrap(errors.New("bug")), wrap(readError{io.ErrUnexpectedEOF})} {
-		if databaseUnavailable(err) {
-			t.Errorf("%v: taken for an outage", err)
-		}
-	}
-	for _, err := range []error{&os.PathError{Op: "write", Path: "x", Err: syscall.ENOSPC}, fmt.Errorf("place: %w", &os.LinkError{Op: "rename", Err: syscall.EROFS})} {
-		if !storageUnavailable(err) {
-			t.Errorf("%v: not a storage outage", err)
-		}
-	}
-	if storageUnavailable(&os.PathError{Op: "open", Path: "x", Err: syscall.ENOENT}) {
-		t.Error("a missing file taken for a storage outage")
-	}
 }

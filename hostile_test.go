@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	stdimage "image"
-	"image/color"
 	"io"
 	"log/slog"
 	"maps"
@@ -332,49 +330,6 @@ func TestPureDecodersStopWhenCancelled(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(filepath.Join(dir, tmpDir)); len(left) != 0 {
 		t.Errorf("%d temp files left", len(left))
-	}
-}
-
-// TestPureGrayscaleInPlace: converting over the decoded pixels gives exactly what a fresh buffer gives,
-// for every wide type a decoder returns, opaque and translucent.
-func TestPureGrayscaleInPlace(t *testing.T) {
-	r := stdimage.Rect(0, 0, 37, 23)
-	fill := func(set func(x, y int, c color.Color), alpha bool) {
-		for y := range r.Dy() {
-			for x := range r.Dx() {
-				a := uint16(0xffff)
-				if alpha {
-					a = uint16((x * 7919) % 0x10000)
-				}
-				c := color.NRGBA64{uint16(x * 1771), uint16(y * 2903), uint16((x + y) * 997), a}
-				set(x, y, c)
-			}
-		}
-	}
-	makers := map[string]func(alpha bool) stdimage.Image{
-		"NRGBA":   func(a bool) stdimage.Image { m := stdimage.NewNRGBA(r); fill(m.Set, a); return m },
-		"RGBA":    func(a bool) stdimage.Image { m := stdimage.NewRGBA(r); fill(m.Set, a); return m },
-		"NRGBA64": func(a bool) stdimage.Image { m := stdimage.NewNRGBA64(r); fill(m.Set, a); return m },
-		"RGBA64":  func(a bool) stdimage.Image { m := stdimage.NewRGBA64(r); fill(m.Set, a); return m },
-		"Gray16":  func(a bool) stdimage.Image { m := stdimage.NewGray16(r); fill(m.Set, a); return m },
-		"CMYK":    func(a bool) stdimage.Image { m := stdimage.NewCMYK(r); fill(m.Set, a); return m },
-	}
-	for name, mk := range makers {
-		for _, alpha := range []bool{false, true} {
-			want := grayscale(mk(alpha), false)
-			got := grayscale(mk(alpha), true)
-			if got.Bounds() != want.Bounds() {
-				t.Fatalf("%s alpha=%v: bounds %v, want %v", name, alpha, got.Bounds(), want.Bounds())
-			}
-			for y := range r.Dy() {
-				for x := range r.Dx() {
-					g, w := color.NRGBAModel.Convert(got.At(x, y)).(color.NRGBA), color.NRGBAModel.Convert(want.At(x, y)).(color.NRGBA)
-					if g != w || g.R != g.G || g.G != g.B {
-						t.Fatalf("%s alpha=%v (%d,%d): %v, want %v (gray)", name, alpha, x, y, g, w)
-					}
-				}
-			}
-		}
 	}
 }
 

@@ -145,8 +145,8 @@ func inspectImage(f *os.File, up *upload, lim uploadLimits) error {
 	if h.width <= 0 || h.height <= 0 {
 		return newError(http.StatusUnsupportedMediaType, "not a valid %s image: it declares %d×%d pixels", name, h.width, h.height)
 	}
-	if px := int64(h.width) * int64(h.height); px > lim.maxPixels {
-		return newError(http.StatusRequestEntityTooLarge, "%s", tooManyPixels(h.width, h.height, lim.maxPixels))
+	if err := checkPixels(h.width, h.height, lim.maxPixels); err != nil {
+		return newError(http.StatusRequestEntityTooLarge, "%s", err.(*imageError).reason)
 	}
 	if need := h.jobBytes(lim.dct); need > lim.maxJobBytes {
 		return newError(http.StatusRequestEntityTooLarge, "processing this %d×%d %s needs about %s of memory, over this server's limit of %s: send it with fewer pixels or fewer bits per pixel",
@@ -213,7 +213,15 @@ func badImage(format string, args ...any) error {
 	return &imageError{reason: fmt.Sprintf(format, args...)}
 }
 
-// tooManyPixels is the one wording of the pixel limit, at upload (413) and in a job.
-func tooManyPixels(w, h int, limit int64) string {
-	return fmt.Sprintf("image is %d×%d = %d pixels, over the limit of %d", w, h, int64(w)*int64(h), limit)
+// checkPixels is the pixel limit, wherever dimensions are read before pixels are allocated (the
+// upload's header, a job's header, the DCT decoder's frame): nil when w×h is within limit, else an
+// imageError with the one wording of it (an upload answers it 413).
+func checkPixels(w, h int, limit int64) error {
+	if w <= 0 || h <= 0 {
+		return badImage("image declares %d×%d pixels", w, h)
+	}
+	if px := int64(w) * int64(h); px > limit {
+		return badImage("image is %d×%d = %d pixels, over the limit of %d", w, h, px, limit)
+	}
+	return nil
 }

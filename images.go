@@ -227,8 +227,7 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 	if err != nil {
 		return imageRecord{}, err
 	}
-	limit := a.cfg.MaxUploadBytes + multipartSlack
-	if r.ContentLength > limit {
+	if r.ContentLength > a.cfg.MaxUploadBytes+multipartSlack {
 		return imageRecord{}, tooLarge("upload", a.cfg.MaxUploadBytes)
 	}
 	mt, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
@@ -236,61 +235,16 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 		return imageRecord{}, newError(http.StatusUnsupportedMediaType, "want a multipart/form-data body with the image in field \"file\"")
 	}
 	uid := userID(r.Context())
-	release, err := a.uploads.take(w, uid, clientKey(r))
+	release, err := a.admitUpload(w, r, uid)
 	if err != nil {
 		return imageRecord{}, err
 	}
 	defer release()
-	if a.cfg.UserQuota > 0 {
-		// A user already at the quota is refused before a byte is read; the insert checks again.
-		if used, err := a.store.bytesStored(r.Context(), uid); err != nil {
-			return imageRecord{}, err
-		} else if used >= a.cfg.UserQuota {
-			return imageRecord{}, errQuota
-		}
-	}
-	// A user's backlog is capped: their jobs wait behind nobody else's (jobPriority), but rows and
-	// queue space are everyone's.
-	if n, err := a.store.unfinishedJobs(r.Context(), uid); err != nil {
+	part, done, err := a.filePart(w, r, params["boundary"])
+	if err != nil {
 		return imageRecord{}, err
-	} else if n >= int64(a.cfg.JobsPerUser) {
-		w.Header().Set("Retry-After", strconv.Itoa(retryAfterBacklog))
-		return imageRecord{}, newError(http.StatusTooManyRequests, "you have %d images waiting to be processed, the most at once (JOBS_PER_USER); send more as they become ready", n)
 	}
-	body := io.Reader(r.Body)
-	if a.cfg.MinUploadRate > 0 {
-		// The body must be in before the response's own deadline, with time left to answer.
-		deadline := time.Now().Add(a.cfg.RequestTimeout - min(5*time.Second, a.cfg.RequestTimeout/10))
-		mr := newMinRateReader(w, r.Body, a.cfg.MinUploadRate, a.cfg.UploadRateWindow, deadline)
-		defer mr.done()
-		body = mr
-	}
-	// multipart reads through a bufio.Reader of 4 KiB unless it is given a larger one, which it then
-	// uses as is: large reads cost far fewer copies and syscalls per megabyte.
-	pre := &preambleReader{r: http.MaxBytesReader(w, io.NopCloser(body), limit), limit: maxPreambleBytes + uploadBufferSize}
-	buf := bufio.NewReaderSize(pre, uploadBufferSize)
-	mr := multipart.NewReader(buf, params["boundary"])
-	var part io.Reader
-	for part == nil {
-		p, err := mr.NextPart()
-		if err == io.EOF {
-			return imageRecord{}, newError(http.StatusUnprocessableEntity, "multipart field \"file\" is required")
-		}
-		if errors.Is(err, errPreambleTooLarge) {
-			return imageRecord{}, errPreambleTooLarge
-		}
-		if err != nil {
-			return imageRecord{}, readError{err}
-		}
-		if p.FormName() == "file" {
-			part = p
-		}
-	}
-	// What multipart has taken from the body so far is the preamble and headers, exactly.
-	if pre.n-int64(buf.Buffered()) > maxPreambleBytes {
-		return imageRecord{}, errPreambleTooLarge
-	}
-	pre.open = true
+	defer done()
 	up, err := a.scratch.receive(requestReader{part}, uploadLimits{maxBytes: a.cfg.MaxUploadBytes, maxPixels: a.cfg.MaxPixels,
 		maxJobBytes: a.cfg.WorkerMemory, dct: a.cfg.JPEGDCT})
 	if err != nil {
@@ -321,6 +275,82 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 		w.Header().Set("X-Storage-Quota", strconv.FormatInt(a.cfg.UserQuota, 10))
 	}
 	return im, nil
+}
+
+// admitUpload decides, before a byte of the body is read, whether user's upload may start: a slot
+// (per user, per client address, in all), room under the quota, and room in the user's backlog.
+// release gives the slot back.
+func (a *app) admitUpload(w http.ResponseWriter, r *http.Request, uid int64) (_ func(), err error) {
+	release, err := a.uploads.take(w, uid, clientKey(r))
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			release()
+		}
+	}()
+	if a.cfg.UserQuota > 0 {
+		// A user already at the quota is refused now; the insert checks again with the real size.
+		if used, err := a.store.bytesStored(r.Context(), uid); err != nil {
+			return nil, err
+		} else if used >= a.cfg.UserQuota {
+			return nil, errQuota
+		}
+	}
+	// A user's backlog is capped: their jobs wait behind nobody else's (jobPriority), but rows and
+	// queue space are everyone's.
+	if n, err := a.store.unfinishedJobs(r.Context(), uid); err != nil {
+		return nil, err
+	} else if n >= int64(a.cfg.JobsPerUser) {
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterBacklog))
+		return nil, newError(http.StatusTooManyRequests, "you have %d images waiting to be processed, the most at once (JOBS_PER_USER); send more as they become ready", n)
+	}
+	return release, nil
+}
+
+// filePart reads r's multipart body up to the part of field "file" and returns that part: the body
+// capped at MAX_UPLOAD_BYTES (and framing), paced at MIN_UPLOAD_RATE, and with at most
+// maxPreambleBytes before the file's own bytes. done lifts the pace's read deadline.
+func (a *app) filePart(w http.ResponseWriter, r *http.Request, boundary string) (_ io.Reader, _ func(), err error) {
+	body, done := io.Reader(r.Body), func() {}
+	if a.cfg.MinUploadRate > 0 {
+		// The body must be in before the response's own deadline, with time left to answer.
+		deadline := time.Now().Add(a.cfg.RequestTimeout - min(5*time.Second, a.cfg.RequestTimeout/10))
+		mr := newMinRateReader(w, r.Body, a.cfg.MinUploadRate, a.cfg.UploadRateWindow, deadline)
+		body, done = mr, mr.done
+	}
+	defer func() {
+		if err != nil {
+			done()
+		}
+	}()
+	// multipart reads through a bufio.Reader of 4 KiB unless it is given a larger one, which it then
+	// uses as is: large reads cost far fewer copies and syscalls per megabyte.
+	capped := http.MaxBytesReader(w, io.NopCloser(body), a.cfg.MaxUploadBytes+multipartSlack)
+	pre := &preambleReader{r: capped, limit: maxPreambleBytes + uploadBufferSize}
+	buf := bufio.NewReaderSize(pre, uploadBufferSize)
+	mr := multipart.NewReader(buf, boundary)
+	var part io.Reader
+	for part == nil {
+		p, err := mr.NextPart()
+		switch {
+		case err == io.EOF:
+			return nil, nil, newError(http.StatusUnprocessableEntity, "multipart field \"file\" is required")
+		case errors.Is(err, errPreambleTooLarge):
+			return nil, nil, errPreambleTooLarge
+		case err != nil:
+			return nil, nil, readError{err}
+		case p.FormName() == "file":
+			part = p
+		}
+	}
+	// What multipart has taken from the body so far is the preamble and headers, exactly.
+	if pre.n-int64(buf.Buffered()) > maxPreambleBytes {
+		return nil, nil, errPreambleTooLarge
+	}
+	pre.open = true
+	return part, done, nil
 }
 
 // listImages answers the caller's images, newest first, with X-Total-Count.

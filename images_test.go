@@ -520,29 +520,6 @@ func testOwnership(t *testing.T, env map[string]string) {
 	}
 }
 
-// TestStartupCleansTemp: temp files older than the cutoff (what a crash leaves) are removed at start;
-// newer ones may be another replica's upload in flight and stay.
-func TestStartupCleansTemp(t *testing.T) {
-	dir := t.TempDir()
-	os.MkdirAll(filepath.Join(dir, tmpDir), 0o750)
-	old, fresh := filepath.Join(dir, tmpDir, "upload-old"), filepath.Join(dir, tmpDir, "upload-new")
-	os.WriteFile(old, []byte("x"), 0o600)
-	os.WriteFile(fresh, []byte("x"), 0o600)
-	past := time.Now().Add(-2 * time.Hour)
-	os.Chtimes(old, past, past)
-	newTestServer(t, map[string]string{"UPLOAD_DIR": dir})
-	if _, err := os.Stat(old); !os.IsNotExist(err) {
-		t.Errorf("stale temp file survived start-up")
-	}
-	if _, err := os.Stat(fresh); err != nil {
-		t.Errorf("fresh temp file removed: %v", err)
-	}
-}
-
-// TestSweepOrphans: files no row refers to (a crash between placing and inserting, or between
-// deleting a row and its files) are removed once old enough; files with rows stay.
-func TestSweepOrphans(t *testing.T) { forEachBackend(t, testSweepOrphans) }
-
 func testSweepOrphans(t *testing.T, env map[string]string) {
 	s := newTestServer(t, env)
 	ctx := context.Background()

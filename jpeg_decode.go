@@ -310,8 +310,8 @@ func (img *dctImage) readFrame(seg []byte, maxPixels int64, dcOnly func(int) boo
 	if img.height == 0 {
 		return errDCTUnsupported // the height comes later, in a DNL marker
 	}
-	if img.width == 0 || int64(img.width)*int64(img.height) > maxPixels {
-		return badImage("%s", tooManyPixels(img.width, img.height, maxPixels))
+	if err := checkPixels(img.width, img.height, maxPixels); err != nil {
+		return err
 	}
 	if n != 1 && n != 3 {
 		return errDCTUnsupported // CMYK and other component counts

@@ -266,8 +266,8 @@ func decodeFile(ctx context.Context, path string, maxPixels int64) (image.Image,
 	if err != nil {
 		return nil, 1, badImage("cannot read the %s header: %v", im.format.name, err)
 	}
-	if px := int64(cfg.Width) * int64(cfg.Height); px > maxPixels || cfg.Width <= 0 || cfg.Height <= 0 {
-		return nil, 1, badImage("%s", tooManyPixels(cfg.Width, cfg.Height, maxPixels))
+	if err := checkPixels(cfg.Width, cfg.Height, maxPixels); err != nil {
+		return nil, 1, err
 	}
 	if im.format.name == "jpeg" {
 		// image/jpeg has no limit of its own: count the scans before it walks them.

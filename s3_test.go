@@ -1,6 +1,11 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -129,4 +134,74 @@ func newRequestWith(t *testing.T, method, url string, headers [][2]string) *http
 		r.Header.Add(h[0], h[1])
 	}
 	return r
+}
+
+// TestS3Client: the calls the blob store makes, against the real endpoint: a put S3 checks against
+// its SHA-256 (a wrong one is refused), get with a range, head, a listing over several pages,
+// missing keys, and delete.
+func TestS3Client(t *testing.T) {
+	env := s3TestEnv(t)
+	c, err := newS3Client(s3Config{Endpoint: env["S3_ENDPOINT"], Bucket: env["S3_BUCKET"], AccessKey: env["S3_ACCESS_KEY_ID"],
+		SecretKey: env["S3_SECRET_ACCESS_KEY"], Prefix: env["S3_PREFIX"]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	data := readTestdata(t, "mid.jpg")
+	key := newKey()
+	sum := sha256Hex(data)
+	wrong := sha256Hex([]byte("something else"))
+	if err := c.put(ctx, key, bytes.NewReader(data), int64(len(data)), wrong, "image/jpeg"); err == nil {
+		t.Fatal("a put whose bytes do not match its SHA-256 was stored")
+	}
+	if err := c.put(ctx, key, bytes.NewReader(data), int64(len(data)), sum, "image/jpeg"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.head(ctx, key); err != nil || n != int64(len(data)) {
+		t.Fatalf("head: %d, %v", n, err)
+	}
+	resp, err := c.get(ctx, key, http.Header{"Range": {"bytes=10-19"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, data[10:20]) {
+		t.Fatalf("ranged get: %d, %q", resp.StatusCode, got)
+	}
+	if _, err := c.get(ctx, newKey(), nil); !errors.Is(err, errNotFound) {
+		t.Fatalf("get of a missing key: %v", err)
+	}
+	if _, err := c.head(ctx, newKey()); !errors.Is(err, errNotFound) {
+		t.Fatalf("head of a missing key: %v", err)
+	}
+	// Listing in pages: 1000 per page is the most S3 gives; here the page is forced small.
+	var many []string
+	for i := range 7 {
+		k := fmt.Sprintf("o/zz/page%d", i)
+		many = append(many, k)
+		if err := c.put(ctx, k, strings.NewReader("x"), 1, sha256Hex([]byte("x")), "text/plain"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pages, listed := 0, 0
+	err = c.listPaged(ctx, "o/zz/", 3, func(objs []s3Object) error {
+		pages++
+		listed += len(objs)
+		return nil
+	})
+	if err != nil || pages != 3 || listed != 7 {
+		t.Fatalf("listing: %d pages, %d objects, %v; want 3 pages of 7", pages, listed, err)
+	}
+	for _, k := range append(many, key) {
+		if err := c.delete(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.delete(ctx, key); err != nil {
+		t.Errorf("deleting a missing key: %v", err)
+	}
+	if _, err := c.head(ctx, key); !errors.Is(err, errNotFound) {
+		t.Errorf("after delete: %v", err)
+	}
 }

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestS3Bucket: a bucket that does not exist is made at start; with credentials the endpoint refuses,
+// start fails naming the bucket.
+func TestS3Bucket(t *testing.T) {
+	name := "imageapi-test-" + randomHex(6)
+	cfg := needS3(t)
+	cfg.Bucket = name
+	c, err := newS3Client(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	t.Cleanup(func() {
+		if resp, err := c.do(ctx, s3Request{method: http.MethodDelete}); err == nil {
+			resp.Body.Close()
+		}
+	})
+	s := newTestServer(t, map[string]string{"S3_BUCKET": name, "S3_ENDPOINT": cfg.Endpoint,
+		"AWS_ACCESS_KEY_ID": cfg.AccessKey, "AWS_SECRET_ACCESS_KEY": cfg.SecretKey})
+	if err := s.blobs.ping(ctx); err != nil {
+		t.Fatalf("the new bucket does not answer: %v", err)
+	}
+	_, err = openTestServer(t, map[string]string{"S3_BUCKET": "imageapi-test-" + randomHex(6), "S3_ENDPOINT": cfg.Endpoint,
+		"S3_ACCESS_KEY_ID": "nobody", "S3_SECRET_ACCESS_KEY": "wrong-secret"})
+	if err == nil || !strings.Contains(err.Error(), "imageapi-test-") {
+		t.Fatalf("start with refused credentials: %v; want an error naming the bucket", err)
+	}
+}
+
+// TestS3Outage: with the bucket unreachable, uploads and downloads answer 503 with Retry-After and
+// leave no row and no object; metadata and lists still answer; /readyz names storage. A job that
+// meets the outage waits, without using up its attempts, and finishes once the bucket is back.
+func TestS3Outage(t *testing.T) {
+	proxy := startProxy(t, strings.TrimPrefix(needS3(t).Endpoint, "http://"))
+	env := with(s3TestEnv(t), "S3_ENDPOINT", "http://"+proxy.addr(), "DATABASE_URL", freshDatabase(t),
+		"BROKER_URL", needBroker(t), "QUEUE_NAME", testQueue(t), "JOB_RETRY_DELAY", "100ms", "JOB_MAX_ATTEMPTS", "2")
+	s := newTestServer(t, with(env, "MODE", modeAPI))
+	_, auth := s.signupAndLogin()
+	v := s.mustUpload(auth, "before", "", "a.png", tinyPNG(t, 8, 8))
+
+	proxy.cut()
+	r := s.upload(auth, "during", "", "b.png", tinyPNG(t, 9, 9))
+	r.problem(t, http.StatusServiceUnavailable)
+	if r.header.Get("Retry-After") == "" {
+		t.Error("503 without Retry-After")
+	}
+	d := s.do("GET", fmt.Sprintf("/api/v1/images/%d/file", v.ID), nil, "Authorization", auth)
+	d.problem(t, http.StatusServiceUnavailable)
+	if d.header.Get("ETag") != "" || d.header.Get("Retry-After") == "" {
+		t.Errorf("download 503 headers: %v", d.header)
+	}
+	if g := s.do("GET", fmt.Sprintf("/api/v1/images/%d", v.ID), nil, "Authorization", auth); g.status != 200 {
+		t.Errorf("metadata during the outage: %d", g.status)
+	}
+	if l := s.do("GET", "/api/v1/images/", nil, "Authorization", auth); l.status != 200 || l.header.Get("X-Total-Count") != "1" {
+		t.Errorf("list during the outage: %d total %q", l.status, l.header.Get("X-Total-Count"))
+	}
+	rz := s.do("GET", "/readyz", nil)
+	if p := rz.problem(t, http.StatusServiceUnavailable); !strings.Contains(p.Detail, "storage") {
+		t.Errorf("/readyz: %s", p.Detail)
+	}
+	if files := filesUnder(t, env["UPLOAD_DIR"]); len(files) != 0 {
+		t.Errorf("temp files left by the refused upload: %v", files)
+	}
+
+	// The worker starts during the outage: its job for "before" cannot fetch the original. It
+	// retries every 100 ms, far more often than JOB_MAX_ATTEMPTS allows, and none counts.
+	w := newTestServer(t, with(env, "MODE", modeWorker, "UPLOAD_DIR", t.TempDir()))
+	startWorker(t, w)
+	for deadline := time.Now().Add(30 * time.Second); w.metrics.jobsRetried.Load() < 5; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the job was retried %d times in 30 s, want 5", w.metrics.jobsRetried.Load())
+		}
+	}
+	var attempts int
+	var status string
+	s.pool.QueryRow(context.Background(), "SELECT attempts, status FROM images WHERE id = $1", v.ID).Scan(&attempts, &status)
+	if status == statusFailed || status == statusReady || attempts > 1 {
+		t.Errorf("during the outage the job is %s after %d attempts; want it waiting, attempts not used up", status, attempts)
+	}
+	proxy.restore()
+	if got := s.waitStatus(auth, v.ID, 30*time.Second, statusReady, statusFailed); got.Status != statusReady {
+		t.Fatalf("the job that met the outage ended %s: %v", got.Status, *got.Error)
+	}
+	if got := s.storedKeys(); len(got) != 1+len(variantSpecs) {
+		t.Errorf("stored after the outage: %v, want the image's files and nothing else", got)
+	}
+	if s.do("GET", "/readyz", nil).status != 200 {
+		t.Error("/readyz after the outage")
+	}
+}
