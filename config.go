@@ -1,5 +1,5 @@
 // Configuration: the config struct, read once from the environment (and a .env file) by loadConfig,
-// with a default, a range and a check for every variable; README.md's table documents each.
+// with a default, a range and a check for every variable; docs/configuration.md documents each (README.md groups them).
 package main
 
 import (

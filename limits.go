@@ -1,5 +1,6 @@
-// Abuse limits: rate limits on signing up and signing in (per client address and per username),
-// caps on uploads in flight (per user and per process), and a minimum upload rate.
+// Fair limits: bounded limiter tables, sign-up and failed sign-in rate limits, the sign-in throttle
+// per account and network, upload slots (per user, per client address, in all), the multipart
+// preamble cap, and the upload pace (MIN_UPLOAD_RATE judged on average).
 package main
 
 import (

@@ -2,7 +2,8 @@
 // background worker makes thumbnails and a grayscale copy. One static binary runs the HTTP API, the
 // worker, or both (-mode), over PostgreSQL, with optional Redis (cache) and RabbitMQ (queue).
 //
-// This file holds main, run, configuration, wiring, the route table and shutdown.
+// This file holds main, run (and serve: start, wait, stop in order), the wiring of the app, and the
+// route table. Where everything else lives: docs/CONTRIBUTING.md.
 package main
 
 import (

@@ -38,7 +38,7 @@ func computeOnly(t *testing.T) {
 		t.Fatalf("%s is computeOnly: name it TestPure… so that the run without -race selects it", t.Name())
 	}
 	if raceEnabled {
-		t.Skip("pure computation: the run without -race covers it (README, Tests)")
+		t.Skip("pure computation: the run without -race covers it (docs/testing.md)")
 	}
 }
 
