@@ -118,20 +118,7 @@ func (v schemaValidator) validate(schema map[string]any, value any, at string) [
 	}
 	switch x := value.(type) {
 	case string:
-		if p, ok := s["pattern"].(string); ok && !regexp.MustCompile(p).MatchString(x) {
-			fail("%q does not match %s", x, p)
-		}
-		if n, ok := s["minLength"].(float64); ok && float64(len([]rune(x))) < n {
-			fail("shorter than %v", n)
-		}
-		if n, ok := s["maxLength"].(float64); ok && float64(len([]rune(x))) > n {
-			fail("longer than %v", n)
-		}
-		if s["format"] == "date-time" {
-			if _, err := time.Parse(time.RFC3339Nano, x); err != nil {
-				fail("%q is not a date-time", x)
-			}
-		}
+		v.validateString(s, x, fail)
 	case float64:
 		if n, ok := s["minimum"].(float64); ok && x < n {
 			fail("%v is below %v", x, n)
@@ -149,25 +136,51 @@ func (v schemaValidator) validate(schema map[string]any, value any, at string) [
 			}
 		}
 	case map[string]any:
-		props, _ := s["properties"].(map[string]any)
-		for _, r := range asStrings(s["required"]) {
-			if _, ok := x[r]; !ok {
-				fail("lacks required %q", r)
-			}
+		errs = append(errs, v.validateObject(s, x, at, fail)...)
+	}
+	return errs
+}
+
+// validateString checks a string against s's pattern, lengths and date-time format.
+func (v schemaValidator) validateString(s map[string]any, x string, fail func(string, ...any)) {
+	if p, ok := s["pattern"].(string); ok && !regexp.MustCompile(p).MatchString(x) {
+		fail("%q does not match %s", x, p)
+	}
+	if n, ok := s["minLength"].(float64); ok && float64(len([]rune(x))) < n {
+		fail("shorter than %v", n)
+	}
+	if n, ok := s["maxLength"].(float64); ok && float64(len([]rune(x))) > n {
+		fail("longer than %v", n)
+	}
+	if s["format"] == "date-time" {
+		if _, err := time.Parse(time.RFC3339Nano, x); err != nil {
+			fail("%q is not a date-time", x)
 		}
-		for k, e := range x {
-			if ps, ok := props[k]; ok {
-				errs = append(errs, v.validate(ps.(map[string]any), e, at+"."+k)...)
-				continue
+	}
+}
+
+// validateObject checks an object against s's required properties, its properties' schemas and
+// additionalProperties, returning the errors found below it (fail records those at it).
+func (v schemaValidator) validateObject(s map[string]any, x map[string]any, at string, fail func(string, ...any)) []string {
+	var errs []string
+	props, _ := s["properties"].(map[string]any)
+	for _, r := range asStrings(s["required"]) {
+		if _, ok := x[r]; !ok {
+			fail("lacks required %q", r)
+		}
+	}
+	for k, e := range x {
+		if ps, ok := props[k]; ok {
+			errs = append(errs, v.validate(ps.(map[string]any), e, at+"."+k)...)
+			continue
+		}
+		switch ap := s["additionalProperties"].(type) {
+		case bool:
+			if !ap {
+				fail("has %q, which the schema does not allow", k)
 			}
-			switch ap := s["additionalProperties"].(type) {
-			case bool:
-				if !ap {
-					fail("has %q, which the schema does not allow", k)
-				}
-			case map[string]any:
-				errs = append(errs, v.validate(ap, e, at+"."+k)...)
-			}
+		case map[string]any:
+			errs = append(errs, v.validate(ap, e, at+"."+k)...)
 		}
 	}
 	return errs
@@ -239,82 +252,105 @@ func TestPureSchemaValidator(t *testing.T) {
 // schema for its content type.
 func TestOpenAPIResponses(t *testing.T) {
 	s := newTestServer(t, map[string]string{"MAX_UPLOAD_BYTES": "100000"})
-	doc := openAPIDoc(t)
-	v := schemaValidator{doc}
-	seen := map[string]map[string]bool{} // operation → statuses exercised
-	check := func(method, path string, r response) {
-		t.Helper()
-		op, ok := doc["paths"].(map[string]any)[path].(map[string]any)[strings.ToLower(method)].(map[string]any)
-		if !ok {
-			t.Fatalf("%s %s is not documented", method, path)
-		}
-		status := fmt.Sprint(r.status)
-		if seen[method+" "+path] == nil {
-			seen[method+" "+path] = map[string]bool{}
-		}
-		seen[method+" "+path][status] = true
-		resp, ok := op["responses"].(map[string]any)[status].(map[string]any)
-		if !ok {
-			t.Errorf("%s %s answered %s, which is not documented (body %s)", method, path, status, r.body)
-			return
-		}
-		if len(r.body) == 0 {
-			return
-		}
-		ct, _, _ := mime.ParseMediaType(r.header.Get("Content-Type"))
-		content, _ := resp["content"].(map[string]any)
-		media, ok := content[ct].(map[string]any)
-		if !ok {
-			for pattern, m := range content {
-				if pattern == "*/*" || strings.HasSuffix(pattern, "/*") && strings.HasPrefix(ct, strings.TrimSuffix(pattern, "*")) {
-					media, ok = m.(map[string]any), true
-				}
+	c := &conformance{t: t, doc: openAPIDoc(t), seen: map[string]map[string]bool{}}
+	name, auth := c.authRequests(s)
+	c.imageRequests(s, auth)
+	c.serviceRequests(s, name)
+	c.allSeen()
+}
+
+// conformance checks real answers against the OpenAPI document and records which documented
+// statuses of each operation were seen.
+type conformance struct {
+	t    *testing.T
+	doc  map[string]any
+	seen map[string]map[string]bool // operation → statuses exercised
+}
+
+// check holds r, the answer to method path (the document's path pattern), to the document: its
+// status documented, its content type too, and a JSON body valid against the schema.
+func (c *conformance) check(method, path string, r response) {
+	t := c.t
+	t.Helper()
+	op, ok := c.doc["paths"].(map[string]any)[path].(map[string]any)[strings.ToLower(method)].(map[string]any)
+	if !ok {
+		t.Fatalf("%s %s is not documented", method, path)
+	}
+	status := fmt.Sprint(r.status)
+	if c.seen[method+" "+path] == nil {
+		c.seen[method+" "+path] = map[string]bool{}
+	}
+	c.seen[method+" "+path][status] = true
+	resp, ok := op["responses"].(map[string]any)[status].(map[string]any)
+	if !ok {
+		t.Errorf("%s %s answered %s, which is not documented (body %s)", method, path, status, r.body)
+		return
+	}
+	if len(r.body) == 0 {
+		return
+	}
+	ct, _, _ := mime.ParseMediaType(r.header.Get("Content-Type"))
+	content, _ := resp["content"].(map[string]any)
+	media, ok := content[ct].(map[string]any)
+	if !ok {
+		for pattern, m := range content {
+			if pattern == "*/*" || strings.HasSuffix(pattern, "/*") && strings.HasPrefix(ct, strings.TrimSuffix(pattern, "*")) {
+				media, ok = m.(map[string]any), true
 			}
 		}
-		if !ok {
-			t.Errorf("%s %s %s: content type %q is not documented", method, path, status, ct)
-			return
-		}
-		if ct != "application/json" && ct != "application/problem+json" {
-			return
-		}
-		var body any
-		if err := json.Unmarshal(r.body, &body); err != nil {
-			t.Errorf("%s %s %s: body is not JSON: %v", method, path, status, err)
-			return
-		}
-		for _, e := range v.validate(media["schema"].(map[string]any), body, "body") {
-			t.Errorf("%s %s %s: %s", method, path, status, e)
-		}
 	}
-	name := "doc_" + randomHex(4)
-	check("POST", "/api/v1/auth/signup", s.do("POST", "/api/v1/auth/signup", credentials{name, "password1"}))
-	check("POST", "/api/v1/auth/signup", s.do("POST", "/api/v1/auth/signup", credentials{name, "password1"}))
-	check("POST", "/api/v1/auth/signup", s.do("POST", "/api/v1/auth/signup", credentials{"x", "y"}))
-	check("POST", "/api/v1/auth/signup", s.do("POST", "/api/v1/auth/signup", "a=b", "Content-Type", "text/plain"))
-	check("POST", "/api/v1/auth/signup", s.do("POST", "/api/v1/auth/signup", strings.Repeat(" ", maxJSONBytes+1), "Content-Type", "application/json"))
-	tok := s.do("POST", "/api/v1/auth/token", url.Values{"username": {name}, "password": {"password1"}}.Encode(), "Content-Type", "application/x-www-form-urlencoded")
-	check("POST", "/api/v1/auth/token", tok)
-	check("POST", "/api/v1/auth/token", s.do("POST", "/api/v1/auth/token", credentials{name, "wrong pass"}))
-	check("POST", "/api/v1/auth/token", s.do("POST", "/api/v1/auth/token", map[string]string{}))
-	check("POST", "/api/v1/auth/token", s.do("POST", "/api/v1/auth/token", "x", "Content-Type", "text/plain"))
-	check("POST", "/api/v1/auth/token", s.do("POST", "/api/v1/auth/token", "username="+strings.Repeat("u", maxJSONBytes), "Content-Type", "application/x-www-form-urlencoded"))
-	var tr tokenResponse
-	tok.json(t, &tr)
-	auth := "Bearer " + tr.AccessToken
+	if !ok {
+		t.Errorf("%s %s %s: content type %q is not documented", method, path, status, ct)
+		return
+	}
+	if ct != "application/json" && ct != "application/problem+json" {
+		return
+	}
+	var body any
+	if err := json.Unmarshal(r.body, &body); err != nil {
+		t.Errorf("%s %s %s: body is not JSON: %v", method, path, status, err)
+		return
+	}
+	for _, e := range (schemaValidator{c.doc}).validate(media["schema"].(map[string]any), body, "body") {
+		t.Errorf("%s %s %s: %s", method, path, status, e)
+	}
+}
 
+// authRequests signs up and in, rightly and wrongly, and returns the user's name and bearer header.
+func (c *conformance) authRequests(s *testServer) (string, string) {
+	name := "doc_" + randomHex(4)
+	c.check("POST", "/api/v1/auth/signup", s.do("POST", "/api/v1/auth/signup", credentials{name, "password1"}))
+	c.check("POST", "/api/v1/auth/signup", s.do("POST", "/api/v1/auth/signup", credentials{name, "password1"}))
+	c.check("POST", "/api/v1/auth/signup", s.do("POST", "/api/v1/auth/signup", credentials{"x", "y"}))
+	c.check("POST", "/api/v1/auth/signup", s.do("POST", "/api/v1/auth/signup", "a=b", "Content-Type", "text/plain"))
+	c.check("POST", "/api/v1/auth/signup", s.do("POST", "/api/v1/auth/signup", strings.Repeat(" ", maxJSONBytes+1), "Content-Type", "application/json"))
+	tok := s.do("POST", "/api/v1/auth/token", url.Values{"username": {name}, "password": {"password1"}}.Encode(), "Content-Type", "application/x-www-form-urlencoded")
+	c.check("POST", "/api/v1/auth/token", tok)
+	c.check("POST", "/api/v1/auth/token", s.do("POST", "/api/v1/auth/token", credentials{name, "wrong pass"}))
+	c.check("POST", "/api/v1/auth/token", s.do("POST", "/api/v1/auth/token", map[string]string{}))
+	c.check("POST", "/api/v1/auth/token", s.do("POST", "/api/v1/auth/token", "x", "Content-Type", "text/plain"))
+	c.check("POST", "/api/v1/auth/token", s.do("POST", "/api/v1/auth/token", "username="+strings.Repeat("u", maxJSONBytes), "Content-Type", "application/x-www-form-urlencoded"))
+	var tr tokenResponse
+	tok.json(c.t, &tr)
+	return name, "Bearer " + tr.AccessToken
+}
+
+// imageRequests uploads, lists, reads, edits, downloads (by token and signed link) and deletes,
+// rightly and wrongly.
+func (c *conformance) imageRequests(s *testServer, auth string) {
+	t := c.t
 	for _, p := range []string{"/api/v1/images/", "/api/v1/images"} {
 		body, ct := multipartBody(t, "file", "a.png", tinyPNG(t, 4, 3))
-		check("POST", p, s.do("POST", p+"?name=doc&tags=a,b", body, "Authorization", auth, "Content-Type", ct))
-		check("POST", p, s.do("POST", p+"?name=doc", body, "Content-Type", ct))
-		check("POST", p, s.do("POST", p+"?name=", body, "Authorization", auth, "Content-Type", ct))
-		check("POST", p, s.do("POST", p+"?name=doc", []byte("x"), "Authorization", auth, "Content-Type", "image/png"))
+		c.check("POST", p, s.do("POST", p+"?name=doc&tags=a,b", body, "Authorization", auth, "Content-Type", ct))
+		c.check("POST", p, s.do("POST", p+"?name=doc", body, "Content-Type", ct))
+		c.check("POST", p, s.do("POST", p+"?name=", body, "Authorization", auth, "Content-Type", ct))
+		c.check("POST", p, s.do("POST", p+"?name=doc", []byte("x"), "Authorization", auth, "Content-Type", "image/png"))
 		big, bct := multipartBody(t, "file", "m.jpg", readTestdata(t, "mid.jpg"))
-		check("POST", p, s.do("POST", p+"?name=doc", big, "Authorization", auth, "Content-Type", bct))
-		check("POST", p, s.do("POST", p+"?name=doc", body[:len(body)-20], "Authorization", auth, "Content-Type", ct))
-		check("GET", p, s.do("GET", p+"?limit=5", nil, "Authorization", auth))
-		check("GET", p, s.do("GET", p+"?limit=500", nil, "Authorization", auth))
-		check("GET", p, s.do("GET", p, nil))
+		c.check("POST", p, s.do("POST", p+"?name=doc", big, "Authorization", auth, "Content-Type", bct))
+		c.check("POST", p, s.do("POST", p+"?name=doc", body[:len(body)-20], "Authorization", auth, "Content-Type", ct))
+		c.check("GET", p, s.do("GET", p+"?limit=5", nil, "Authorization", auth))
+		c.check("GET", p, s.do("GET", p+"?limit=500", nil, "Authorization", auth))
+		c.check("GET", p, s.do("GET", p, nil))
 	}
 	var list []imageView
 	s.do("GET", "/api/v1/images/", nil, "Authorization", auth).json(t, &list)
@@ -324,38 +360,38 @@ func TestOpenAPIResponses(t *testing.T) {
 	}
 	ready := fmt.Sprint(list[1].ID)
 	item := "/api/v1/images/{id}"
-	check("GET", item, s.do("GET", "/api/v1/images/"+ready, nil, "Authorization", auth))
-	check("GET", item, s.do("GET", "/api/v1/images/999999999", nil, "Authorization", auth))
-	check("GET", item, s.do("GET", "/api/v1/images/"+id, nil))
-	check("PUT", item, s.do("PUT", "/api/v1/images/"+id, map[string]any{"name": "renamed", "tags": []string{"x"}}, "Authorization", auth))
-	check("PUT", item, s.do("PUT", "/api/v1/images/"+id, map[string]any{"name": ""}, "Authorization", auth))
-	check("PUT", item, s.do("PUT", "/api/v1/images/"+id, "x", "Authorization", auth, "Content-Type", "text/plain"))
-	check("PUT", item, s.do("PUT", "/api/v1/images/"+id, strings.Repeat(" ", maxJSONBytes+1), "Authorization", auth, "Content-Type", "application/json"))
-	check("PUT", item, s.do("PUT", "/api/v1/images/999999999", map[string]any{"name": "x"}, "Authorization", auth))
-	check("PUT", item, s.do("PUT", "/api/v1/images/"+id, map[string]any{"name": "x"}))
+	c.check("GET", item, s.do("GET", "/api/v1/images/"+ready, nil, "Authorization", auth))
+	c.check("GET", item, s.do("GET", "/api/v1/images/999999999", nil, "Authorization", auth))
+	c.check("GET", item, s.do("GET", "/api/v1/images/"+id, nil))
+	c.check("PUT", item, s.do("PUT", "/api/v1/images/"+id, map[string]any{"name": "renamed", "tags": []string{"x"}}, "Authorization", auth))
+	c.check("PUT", item, s.do("PUT", "/api/v1/images/"+id, map[string]any{"name": ""}, "Authorization", auth))
+	c.check("PUT", item, s.do("PUT", "/api/v1/images/"+id, "x", "Authorization", auth, "Content-Type", "text/plain"))
+	c.check("PUT", item, s.do("PUT", "/api/v1/images/"+id, strings.Repeat(" ", maxJSONBytes+1), "Authorization", auth, "Content-Type", "application/json"))
+	c.check("PUT", item, s.do("PUT", "/api/v1/images/999999999", map[string]any{"name": "x"}, "Authorization", auth))
+	c.check("PUT", item, s.do("PUT", "/api/v1/images/"+id, map[string]any{"name": "x"}))
 	file := "/api/v1/images/{id}/file"
 	d := s.do("GET", "/api/v1/images/"+ready+"/file", nil, "Authorization", auth)
-	check("GET", file, d)
-	check("GET", file, s.do("GET", "/api/v1/images/"+ready+"/file?variant=thumb_100", nil, "Authorization", auth))
-	check("GET", file, s.do("GET", "/api/v1/images/"+ready+"/file", nil, "Authorization", auth, "Range", "bytes=0-9"))
-	check("GET", file, s.do("GET", "/api/v1/images/"+ready+"/file?variant=", nil, "Authorization", auth, "Range", "bytes=99999999-"))
-	check("GET", file, s.do("GET", "/api/v1/images/"+ready+"/file", nil, "Authorization", auth, "If-None-Match", d.header.Get("ETag")))
-	check("GET", file, s.do("GET", "/api/v1/images/"+id+"/file?variant=grayscale", nil, "Authorization", auth))
-	check("GET", file, s.do("GET", "/api/v1/images/"+id+"/file?variant=sepia", nil, "Authorization", auth))
-	check("GET", file, s.do("GET", "/api/v1/images/999999999/file", nil, "Authorization", auth))
-	check("GET", file, s.do("GET", "/api/v1/images/"+id+"/file", nil))
+	c.check("GET", file, d)
+	c.check("GET", file, s.do("GET", "/api/v1/images/"+ready+"/file?variant=thumb_100", nil, "Authorization", auth))
+	c.check("GET", file, s.do("GET", "/api/v1/images/"+ready+"/file", nil, "Authorization", auth, "Range", "bytes=0-9"))
+	c.check("GET", file, s.do("GET", "/api/v1/images/"+ready+"/file?variant=", nil, "Authorization", auth, "Range", "bytes=99999999-"))
+	c.check("GET", file, s.do("GET", "/api/v1/images/"+ready+"/file", nil, "Authorization", auth, "If-None-Match", d.header.Get("ETag")))
+	c.check("GET", file, s.do("GET", "/api/v1/images/"+id+"/file?variant=grayscale", nil, "Authorization", auth))
+	c.check("GET", file, s.do("GET", "/api/v1/images/"+id+"/file?variant=sepia", nil, "Authorization", auth))
+	c.check("GET", file, s.do("GET", "/api/v1/images/999999999/file", nil, "Authorization", auth))
+	c.check("GET", file, s.do("GET", "/api/v1/images/"+id+"/file", nil))
 	signed := "/api/v1/images/{id}/file/signed"
 	var readyImage imageView
 	s.do("GET", "/api/v1/images/"+ready, nil, "Authorization", auth).json(t, &readyImage)
 	sd := s.do("GET", readyImage.SignedURL, nil)
-	check("GET", signed, sd)
-	check("GET", signed, s.do("GET", readyImage.SignedURL, nil, "Range", "bytes=0-9"))
-	check("GET", signed, s.do("GET", readyImage.SignedURL, nil, "Range", "bytes=99999999-"))
-	check("GET", signed, s.do("GET", readyImage.SignedURL, nil, "If-None-Match", sd.header.Get("ETag")))
-	check("GET", signed, s.do("GET", readyImage.SignedURL+"0", nil))
+	c.check("GET", signed, sd)
+	c.check("GET", signed, s.do("GET", readyImage.SignedURL, nil, "Range", "bytes=0-9"))
+	c.check("GET", signed, s.do("GET", readyImage.SignedURL, nil, "Range", "bytes=99999999-"))
+	c.check("GET", signed, s.do("GET", readyImage.SignedURL, nil, "If-None-Match", sd.header.Get("ETag")))
+	c.check("GET", signed, s.do("GET", readyImage.SignedURL+"0", nil))
 	var pending imageView
 	s.do("GET", "/api/v1/images/"+id, nil, "Authorization", auth).json(t, &pending)
-	check("GET", signed, s.do("GET", strings.Replace(pending.SignedURL, "variant=original", "variant=grayscale", 1), nil))
+	c.check("GET", signed, s.do("GET", strings.Replace(pending.SignedURL, "variant=original", "variant=grayscale", 1), nil))
 	grayLink, err := url.Parse(pending.SignedURL)
 	if err != nil {
 		t.Fatal(err)
@@ -365,39 +401,47 @@ func TestOpenAPIResponses(t *testing.T) {
 	owner, _ := strconv.ParseInt(q.Get("owner"), 10, 64)
 	q.Set("variant", "grayscale")
 	q.Set("signature", s.signer.mac(pending.ID, "grayscale", owner, exp))
-	check("GET", signed, s.do("GET", grayLink.Path+"?"+q.Encode(), nil))
+	c.check("GET", signed, s.do("GET", grayLink.Path+"?"+q.Encode(), nil))
 	redirecting := newTestServer(t, with(s3TestEnv(t), "DOWNLOAD_REDIRECT", "on"))
 	_, rauth := redirecting.signupAndLogin()
 	rv := redirecting.mustUpload(rauth, "r", "", "r.png", tinyPNG(t, 3, 3))
-	check("GET", file, redirecting.do("GET", fmt.Sprintf("/api/v1/images/%d/file", rv.ID), nil, "Authorization", rauth))
-	check("GET", signed, redirecting.do("GET", rv.SignedURL, nil))
-	check("DELETE", item, s.do("DELETE", "/api/v1/images/"+id, nil, "Authorization", auth))
-	check("DELETE", item, s.do("DELETE", "/api/v1/images/"+id, nil, "Authorization", auth))
-	check("DELETE", item, s.do("DELETE", "/api/v1/images/"+id, nil))
-	check("GET", signed, s.do("GET", pending.SignedURL, nil))
+	c.check("GET", file, redirecting.do("GET", fmt.Sprintf("/api/v1/images/%d/file", rv.ID), nil, "Authorization", rauth))
+	c.check("GET", signed, redirecting.do("GET", rv.SignedURL, nil))
+	c.check("DELETE", item, s.do("DELETE", "/api/v1/images/"+id, nil, "Authorization", auth))
+	c.check("DELETE", item, s.do("DELETE", "/api/v1/images/"+id, nil, "Authorization", auth))
+	c.check("DELETE", item, s.do("DELETE", "/api/v1/images/"+id, nil))
+	c.check("GET", signed, s.do("GET", pending.SignedURL, nil))
+}
 
-	check("GET", "/healthz", s.do("GET", "/healthz", nil))
-	check("GET", "/readyz", s.do("GET", "/readyz", nil))
-	check("GET", "/metrics", s.do("GET", "/metrics", nil))
-	check("GET", "/", s.do("GET", "/", nil))
-	check("GET", "/app/{file}", s.do("GET", "/app/app.js", nil))
-	check("GET", "/app/{file}", s.do("GET", "/app/nope.js", nil))
-	check("GET", "/docs", s.do("GET", "/docs", nil))
-	check("GET", "/docs/{file}", s.do("GET", "/docs/init.js", nil))
-	check("GET", "/docs/{file}", s.do("GET", "/docs/nope.js", nil))
-	check("GET", "/openapi.json", s.do("GET", "/openapi.json", nil))
+// serviceRequests asks the service routes, the page and the docs, and the limits' refusals.
+func (c *conformance) serviceRequests(s *testServer, name string) {
+	t := c.t
+	c.check("GET", "/healthz", s.do("GET", "/healthz", nil))
+	c.check("GET", "/readyz", s.do("GET", "/readyz", nil))
+	c.check("GET", "/metrics", s.do("GET", "/metrics", nil))
+	c.check("GET", "/", s.do("GET", "/", nil))
+	c.check("GET", "/app/{file}", s.do("GET", "/app/app.js", nil))
+	c.check("GET", "/app/{file}", s.do("GET", "/app/nope.js", nil))
+	c.check("GET", "/docs", s.do("GET", "/docs", nil))
+	c.check("GET", "/docs/{file}", s.do("GET", "/docs/init.js", nil))
+	c.check("GET", "/docs/{file}", s.do("GET", "/docs/nope.js", nil))
+	c.check("GET", "/openapi.json", s.do("GET", "/openapi.json", nil))
 	down := newTestServer(t, map[string]string{"REDIS_URL": "redis://127.0.0.1:1/0"})
-	check("GET", "/readyz", down.do("GET", "/readyz", nil))
+	c.check("GET", "/readyz", down.do("GET", "/readyz", nil))
 	closed := newTestServer(t, map[string]string{"SIGNUP": "closed"})
-	check("POST", "/api/v1/auth/signup", closed.do("POST", "/api/v1/auth/signup", credentials{"doc_" + randomHex(4), "password1"}))
+	c.check("POST", "/api/v1/auth/signup", closed.do("POST", "/api/v1/auth/signup", credentials{"doc_" + randomHex(4), "password1"}))
 	limited := newTestServer(t, map[string]string{"SIGNUP_RATE_PER_ADDR": "1", "AUTH_RATE_PER_ADDR": "1"})
 	for range 2 {
-		check("POST", "/api/v1/auth/signup", limited.do("POST", "/api/v1/auth/signup", credentials{"doc_" + randomHex(4), "password1"}))
-		check("POST", "/api/v1/auth/token", limited.do("POST", "/api/v1/auth/token", credentials{name, "wrong pass"}))
+		c.check("POST", "/api/v1/auth/signup", limited.do("POST", "/api/v1/auth/signup", credentials{"doc_" + randomHex(4), "password1"}))
+		c.check("POST", "/api/v1/auth/token", limited.do("POST", "/api/v1/auth/token", credentials{name, "wrong pass"}))
 	}
+}
 
-	// Every documented status of every operation was seen, except those no test request here can
-	// provoke: 500-class errors are not documented, and these need a real outage or overload.
+// allSeen fails for every documented status of every operation that no request got, except those
+// no request here can provoke: 500-class errors are not documented, and these need a real outage or
+// overload.
+func (c *conformance) allSeen() {
+	t, doc, seen := c.t, c.doc, c.seen
 	unprovoked := map[string]bool{"POST /api/v1/auth/token 503": true}
 	// A 503 for an outage needs the database cut off: TestDatabaseOutage provokes it on every route.
 	for path, item := range doc["paths"].(map[string]any) {

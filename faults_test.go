@@ -272,6 +272,16 @@ type faultRig struct {
 	api1, api2        *binaryServer
 	worker            *binaryServer
 	auth              string
+
+	mu       sync.Mutex
+	accepted []int64 // every image an upload through the faults was answered 201 for
+}
+
+// keep records ids as accepted.
+func (r *faultRig) keep(ids ...int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.accepted = append(r.accepted, ids...)
 }
 
 // newFaultRig starts the rig and signs a user in.
@@ -362,23 +372,37 @@ func (r *faultRig) waitReady(ids []int64) {
 // no file without a row). Its figures are logged (go test -run FaultInjection -v .).
 func TestFaultInjection(t *testing.T) {
 	r := newFaultRig(t)
-	var accepted []int64
-	var mu sync.Mutex
-	keep := func(id int64) { mu.Lock(); accepted = append(accepted, id); mu.Unlock() }
+	r.brokerCutDuringUploads()
+	r.brokerCutWhileDraining()
+	r.redisCutUnderReaders()
+	id := r.redisPartitionedRename()
+	r.generationLost()
+	r.databaseCut(id)
+	r.brokerRestarted()
+	r.apiStoppedMidUpload()
+	r.waitReady(r.accepted)
+	t.Logf("%d uploads accepted through the faults, all ready", len(r.accepted))
+	integrityPass(t, r.dbURL, r.dir)
+}
 
-	// RabbitMQ cut during uploads: every upload accepted, all ready once it returns.
+// brokerCutDuringUploads is the fault: RabbitMQ cut during uploads: every upload accepted, all ready once it returns.
+func (r *faultRig) brokerCutDuringUploads() {
+	t := r.t
 	r.broker.cut()
 	for i := range 10 {
 		id, err := r.upload([]string{r.api1.base, r.api2.base}[i%2], i)
 		if err != nil {
 			t.Fatalf("upload %d during the broker cut: %v", i, err)
 		}
-		keep(id)
+		r.keep(id)
 	}
 	r.broker.restore()
-	r.waitReady(accepted)
+	r.waitReady(r.accepted)
+}
 
-	// RabbitMQ cut, then the worker stopped (SIGTERM), while it drains 20 jobs: none lost.
+// brokerCutWhileDraining is the fault: RabbitMQ cut, then the worker stopped (SIGTERM), while it drains 20 jobs: none lost.
+func (r *faultRig) brokerCutWhileDraining() {
+	t := r.t
 	var draining []int64
 	for i := range 20 {
 		id, err := r.upload(r.api1.base, 20+i)
@@ -393,9 +417,12 @@ func TestFaultInjection(t *testing.T) {
 	r.worker.stop(syscall.SIGTERM)
 	r.worker = startBinary(t, r.env, "-mode=worker")
 	r.waitReady(draining)
-	accepted = append(accepted, draining...)
+	r.keep(draining...)
+}
 
-	// Redis cut for 2 s under 4 readers: every read answered (from PostgreSQL).
+// redisCutUnderReaders is the fault: Redis cut for 2 s under 4 readers: every read answered (from PostgreSQL).
+func (r *faultRig) redisCutUnderReaders() {
+	t := r.t
 	var reads, failed atomic.Int64
 	stopReaders := make(chan struct{})
 	var readers sync.WaitGroup
@@ -408,7 +435,7 @@ func TestFaultInjection(t *testing.T) {
 					return
 				default:
 				}
-				if code, _ := r.get(base, accepted[i]); code != 200 {
+				if code, _ := r.get(base, r.accepted[i]); code != 200 {
 					failed.Add(1)
 				}
 				reads.Add(1)
@@ -426,10 +453,12 @@ func TestFaultInjection(t *testing.T) {
 	if failed.Load() > 0 {
 		t.Errorf("%d of %d reads failed while Redis was cut", failed.Load(), reads.Load())
 	}
+}
 
-	// Rename through API 1 while Redis is cut, then read through API 2 once Redis is back: never the
-	// old name.
-	id := accepted[0]
+// redisPartitionedRename is the fault: a rename through API 1 while Redis is cut, then reads through API 2 once Redis is back: never the old name. It returns the renamed image.
+func (r *faultRig) redisPartitionedRename() int64 {
+	t := r.t
+	id := r.accepted[0]
 	r.get(r.api2.base, id)
 	r.get(r.api2.base, id) // cached by API 2
 	r.redis.cut()
@@ -447,8 +476,12 @@ func TestFaultInjection(t *testing.T) {
 	if stale > 0 {
 		t.Errorf("%d stale reads after the Redis partition", stale)
 	}
+	return id
+}
 
-	// A generation key lost (as eviction takes it) after two writes: no stale list.
+// generationLost is the fault: a generation key lost (as eviction takes it) after two writes: no stale list.
+func (r *faultRig) generationLost() {
+	t := r.t
 	opt, _ := redis.ParseURL(needRedis(t))
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
@@ -463,7 +496,7 @@ func TestFaultInjection(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		keep(nid)
+		r.keep(nid)
 	}
 	keys, _ := rdb.Keys(context.Background(), r.env["REDIS_PREFIX"]+"gen:*").Result()
 	rdb.Del(context.Background(), keys...)
@@ -472,8 +505,11 @@ func TestFaultInjection(t *testing.T) {
 			t.Errorf("after losing the generation: %d images listed, want %d", n, before+2)
 		}
 	}
+}
 
-	// PostgreSQL cut for 2 s: 503 with Retry-After, never 500; back at once.
+// databaseCut is the fault: PostgreSQL cut for 2 s: 503 with Retry-After, never 500; back at once (reading image id).
+func (r *faultRig) databaseCut(id int64) {
+	t := r.t
 	r.db.cut()
 	codes := map[int]int{}
 	for range 20 {
@@ -492,8 +528,11 @@ func TestFaultInjection(t *testing.T) {
 	if code, _ := r.get(r.api1.base, id); code != 200 {
 		t.Errorf("after the PostgreSQL cut: %d", code)
 	}
+}
 
-	// RabbitMQ restarted with messages queued (the worker stopped meanwhile): none lost.
+// brokerRestarted is the fault: RabbitMQ restarted with messages queued (the worker stopped meanwhile): none lost.
+func (r *faultRig) brokerRestarted() {
+	t := r.t
 	r.worker.stop(syscall.SIGTERM)
 	var queued []int64
 	for i := range 5 {
@@ -510,9 +549,12 @@ func TestFaultInjection(t *testing.T) {
 	}
 	r.worker = startBinary(t, r.env, "-mode=worker")
 	r.waitReady(queued)
-	accepted = append(accepted, queued...)
+	r.keep(queued...)
+}
 
-	// API 2 stopped (SIGTERM) in the middle of uploads: what it accepted is kept; API 1 takes all.
+// apiStoppedMidUpload is the fault: API 2 stopped (SIGTERM) in the middle of uploads: what it accepted is kept; API 1 takes all.
+func (r *faultRig) apiStoppedMidUpload() {
+	t := r.t
 	var wg sync.WaitGroup
 	for i := 300; i < 320; i++ {
 		wg.Go(func() {
@@ -521,7 +563,7 @@ func TestFaultInjection(t *testing.T) {
 				t.Errorf("upload %d to the replica that stays: %v", i, err)
 			}
 			if err == nil {
-				keep(nid)
+				r.keep(nid)
 			}
 		})
 		if i == 310 {
@@ -529,7 +571,4 @@ func TestFaultInjection(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	r.waitReady(accepted)
-	t.Logf("%d uploads accepted through the faults, all ready", len(accepted))
-	integrityPass(t, r.dbURL, r.dir)
 }

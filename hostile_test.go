@@ -490,86 +490,21 @@ func TestHostileCorpus(t *testing.T) {
 func hostileUpload(t *testing.T, filename string, data []byte, want string) (string, time.Duration, int64) {
 	srv := startBinary(t, nil)
 	pid := srv.cmd.Process.Pid
-	client := &http.Client{Timeout: 2 * time.Minute}
-	var healthFails, healthOK atomic.Int64
-	stopHealth := make(chan struct{})
-	healthDone := make(chan struct{})
-	go func() {
-		defer close(healthDone)
-		c := &http.Client{Timeout: 2 * time.Second}
-		for {
-			select {
-			case <-stopHealth:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			resp, err := c.Get(srv.base + "/healthz")
-			if err != nil || resp.StatusCode != 200 {
-				healthFails.Add(1)
-			} else {
-				healthOK.Add(1)
-			}
-			if resp != nil {
-				resp.Body.Close()
-			}
-		}
-	}()
-	name := "h_" + randomHex(4)
-	if r := doRequest(t, srv.base, "POST", "/api/v1/auth/signup", credentials{name, "correct horse"}); r.status != 200 {
-		t.Fatalf("signup: %d %s", r.status, r.body)
-	}
-	var tok struct {
-		AccessToken string `json:"access_token"`
-	}
-	doRequest(t, srv.base, "POST", "/api/v1/auth/token", credentials{name, "correct horse"}).json(t, &tok)
-	auth := "Bearer " + tok.AccessToken
-	upload := func(filename string, data []byte) response {
-		body, ct := multipartBody(t, "file", filename, data)
-		req, _ := http.NewRequest("POST", srv.base+"/api/v1/images/?name="+filename, bytes.NewReader(body))
-		req.Header.Set("Authorization", auth)
-		req.Header.Set("Content-Type", ct)
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatalf("upload %s: %v", filename, err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return response{status: resp.StatusCode, header: resp.Header, body: b}
-	}
-	wait := func(id int64, within time.Duration) imageView {
-		deadline := time.Now().Add(within)
-		for {
-			var v imageView
-			doRequest(t, srv.base, "GET", fmt.Sprint("/api/v1/images/", id), nil, "Authorization", auth).json(t, &v)
-			if v.Status == statusReady || v.Status == statusFailed {
-				return v
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("image %d still %s after %s", id, v.Status, within)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	stopHealth := watchHealth(srv.base)
+	c := newBinaryClient(t, srv)
 	start := time.Now()
-	r := upload(filename, data)
+	r := c.upload(filename, data)
 	outcome := strconv.Itoa(r.status)
 	switch {
 	case r.status == http.StatusCreated:
 		var v imageView
 		r.json(t, &v)
-		got := wait(v.ID, time.Minute)
+		got := c.wait(v.ID, time.Minute)
 		outcome = got.Status
 		if got.Error != nil {
 			outcome += ": " + *got.Error
 		}
-		db, err := pgx.Connect(context.Background(), srv.dbURL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var attempts int
-		db.QueryRow(context.Background(), "SELECT attempts FROM images WHERE id = $1", v.ID).Scan(&attempts)
-		db.Close(context.Background())
-		if attempts > 3 {
+		if attempts := imageAttemptsIn(t, srv.dbURL, v.ID); attempts > 3 {
 			t.Errorf("%d attempts, past JOB_MAX_ATTEMPTS", attempts)
 		}
 		if got.Status != want {
@@ -585,12 +520,12 @@ func hostileUpload(t *testing.T, filename string, data []byte, want string) (str
 	took := time.Since(start)
 	peak := procStatusKiB(pid, "VmHWM") << 10
 	// A normal photo right after still becomes ready.
-	if r := upload("after.jpg", readTestdata(t, "mid.jpg")); r.status != http.StatusCreated {
+	if r := c.upload("after.jpg", readTestdata(t, "mid.jpg")); r.status != http.StatusCreated {
 		t.Fatalf("normal upload after: %d %s", r.status, r.body)
 	} else {
 		var v imageView
 		r.json(t, &v)
-		if got := wait(v.ID, time.Minute); got.Status != statusReady {
+		if got := c.wait(v.ID, time.Minute); got.Status != statusReady {
 			t.Fatalf("normal photo after: %s %v", got.Status, got.Error)
 		}
 	}
@@ -602,13 +537,108 @@ func hostileUpload(t *testing.T, filename string, data []byte, want string) (str
 	if err := srv.cmd.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Fatalf("the process exited:\n%s", srv.log.String())
 	}
-	close(stopHealth)
-	<-healthDone
-	if healthFails.Load() > 0 || healthOK.Load() == 0 {
-		t.Errorf("/healthz: %d failures, %d answers", healthFails.Load(), healthOK.Load())
+	if fails, ok := stopHealth(); fails > 0 || ok == 0 {
+		t.Errorf("/healthz: %d failures, %d answers", fails, ok)
 	}
 	if peak>>20 >= 512 {
 		t.Errorf("peak RSS %d MiB, want under 512", peak>>20)
 	}
 	return outcome, took, peak
+}
+
+// watchHealth asks base's /healthz every 20 ms until the returned func is called, which returns how
+// many times it failed and answered.
+func watchHealth(base string) (stop func() (fails, ok int64)) {
+	var healthFails, healthOK atomic.Int64
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		c := &http.Client{Timeout: 2 * time.Second}
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			resp, err := c.Get(base + "/healthz")
+			if err != nil || resp.StatusCode != 200 {
+				healthFails.Add(1)
+			} else {
+				healthOK.Add(1)
+			}
+			if resp != nil {
+				resp.Body.Close()
+			}
+		}
+	}()
+	return func() (int64, int64) {
+		close(done)
+		<-stopped
+		return healthFails.Load(), healthOK.Load()
+	}
+}
+
+// binaryClient is a user of a binaryServer: signed up and in.
+type binaryClient struct {
+	t      *testing.T
+	srv    *binaryServer
+	auth   string
+	client *http.Client
+}
+
+// newBinaryClient signs a new user up and in on srv.
+func newBinaryClient(t *testing.T, srv *binaryServer) *binaryClient {
+	name := "h_" + randomHex(4)
+	if r := doRequest(t, srv.base, "POST", "/api/v1/auth/signup", credentials{name, "correct horse"}); r.status != 200 {
+		t.Fatalf("signup: %d %s", r.status, r.body)
+	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	doRequest(t, srv.base, "POST", "/api/v1/auth/token", credentials{name, "correct horse"}).json(t, &tok)
+	return &binaryClient{t: t, srv: srv, auth: "Bearer " + tok.AccessToken, client: &http.Client{Timeout: 2 * time.Minute}}
+}
+
+// upload sends data as an image named filename.
+func (c *binaryClient) upload(filename string, data []byte) response {
+	body, ct := multipartBody(c.t, "file", filename, data)
+	req, _ := http.NewRequest("POST", c.srv.base+"/api/v1/images/?name="+filename, bytes.NewReader(body))
+	req.Header.Set("Authorization", c.auth)
+	req.Header.Set("Content-Type", ct)
+	resp, err := c.client.Do(req)
+	if err != nil {
+		c.t.Fatalf("upload %s: %v", filename, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return response{status: resp.StatusCode, header: resp.Header, body: b}
+}
+
+// wait polls image id until it is ready or failed, for at most within.
+func (c *binaryClient) wait(id int64, within time.Duration) imageView {
+	deadline := time.Now().Add(within)
+	for {
+		var v imageView
+		doRequest(c.t, c.srv.base, "GET", fmt.Sprint("/api/v1/images/", id), nil, "Authorization", c.auth).json(c.t, &v)
+		if v.Status == statusReady || v.Status == statusFailed {
+			return v
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("image %d still %s after %s", id, v.Status, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// imageAttemptsIn reads image id's attempts from the database at dbURL.
+func imageAttemptsIn(t *testing.T, dbURL string, id int64) int {
+	db, err := pgx.Connect(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(context.Background())
+	var attempts int
+	db.QueryRow(context.Background(), "SELECT attempts FROM images WHERE id = $1", id).Scan(&attempts)
+	return attempts
 }

@@ -102,6 +102,44 @@ func testProcessEndToEnd(t *testing.T, env map[string]string) {
 	s := newTestServer(t, with(env, "BROKER_URL", needBroker(t), "QUEUE_NAME", testQueue(t)))
 	startWorker(t, s)
 	_, auth := s.signupAndLogin()
+	cases := endToEndCases(t)
+	// Every image is uploaded first: the worker processes them while earlier ones are checked.
+	ids := make([]int64, len(cases))
+	for i, tc := range cases {
+		ids[i] = s.mustUpload(auth, tc.name, "", tc.name, tc.data).ID
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			v := s.waitStatus(auth, ids[i], time.Minute, statusReady, statusFailed)
+			if v.Status != statusReady || v.Error != nil {
+				t.Fatalf("status %s, error %v", v.Status, *v.Error)
+			}
+			if len(v.Variants) != len(variantSpecs) {
+				t.Fatalf("variants = %v", v.Variants)
+			}
+			if v.Placeholder == nil || len(*v.Placeholder) != 28 {
+				t.Fatalf("placeholder = %v, want a 28-character BlurHash", v.Placeholder)
+			}
+			for _, spec := range variantSpecs {
+				checkVariant(t, s, auth, tc, spec, v.Variants[spec.name])
+			}
+		})
+	}
+}
+
+// endToEndCase is a file of each format, with what its variants must be.
+type endToEndCase struct {
+	name       string
+	data       []byte
+	outType    string
+	w, h       int    // as displayed
+	t500, t100 [2]int // the thumbnails' sizes: fitted, rounded to nearest, never enlarged
+	hasAlpha   bool
+}
+
+// endToEndCases are the files testProcessEndToEnd uploads: the photos in testdata, and GIF, BMP and
+// TIFF made here.
+func endToEndCases(t *testing.T) []endToEndCase {
 	pal := stdimage.NewPaletted(stdimage.Rect(0, 0, 60, 40), color.Palette{color.NRGBA{200, 30, 30, 255}, color.NRGBA{20, 200, 60, 255}, color.NRGBA{0, 0, 0, 0}})
 	for i := range pal.Pix {
 		pal.Pix[i] = uint8(i % 3)
@@ -122,15 +160,7 @@ func testProcessEndToEnd(t *testing.T, env map[string]string) {
 	gif.Encode(&bigGIF, bigPal, nil)
 	bmp.Encode(&bmpBuf, toRGBA(pal))
 	tiff.Encode(&tiffBuf, toRGBA(pal), nil)
-	type testCase struct {
-		name       string
-		data       []byte
-		outType    string
-		w, h       int    // as displayed
-		t500, t100 [2]int // the thumbnails' sizes: fitted, rounded to nearest, never enlarged
-		hasAlpha   bool
-	}
-	cases := []testCase{
+	return []endToEndCase{
 		{"large.jpg", readTestdata(t, "large.jpg"), "image/jpeg", 4224, 3168, [2]int{500, 375}, [2]int{100, 75}, false},
 		{"mid-orient6.jpg", readTestdata(t, "mid-orient6.jpg"), "image/jpeg", 1600, 2560, [2]int{313, 500}, [2]int{63, 100}, false},
 		{"photo.png", readTestdata(t, "photo.png"), "image/png", 2048, 1024, [2]int{500, 250}, [2]int{100, 50}, true},
@@ -140,55 +170,39 @@ func testProcessEndToEnd(t *testing.T, env map[string]string) {
 		{"bmp", bmpBuf.Bytes(), "image/png", 60, 40, [2]int{60, 40}, [2]int{60, 40}, false},
 		{"tiff", tiffBuf.Bytes(), "image/png", 60, 40, [2]int{60, 40}, [2]int{60, 40}, true},
 	}
-	// Every image is uploaded first: the worker processes them while earlier ones are checked.
-	ids := make([]int64, len(cases))
-	for i, tc := range cases {
-		ids[i] = s.mustUpload(auth, tc.name, "", tc.name, tc.data).ID
+}
+
+// checkVariant downloads one variant of an end-to-end case (by token and signed link) and checks
+// its type, size, dimensions, grayness and transparency.
+func checkVariant(t *testing.T, s *testServer, auth string, tc endToEndCase, spec variantSpec, meta variantJSON) {
+	t.Helper()
+	r := s.do("GET", meta.URL, nil, "Authorization", auth)
+	if r.status != 200 || r.header.Get("Content-Type") != tc.outType || meta.ContentType != tc.outType || int64(len(r.body)) != meta.Size {
+		t.Fatalf("%s: %d %s (%d bytes), meta %+v", spec.name, r.status, r.header.Get("Content-Type"), len(r.body), meta)
 	}
-	for i, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			v := s.waitStatus(auth, ids[i], time.Minute, statusReady, statusFailed)
-			if v.Status != statusReady || v.Error != nil {
-				t.Fatalf("status %s, error %v", v.Status, *v.Error)
-			}
-			if len(v.Variants) != len(variantSpecs) {
-				t.Fatalf("variants = %v", v.Variants)
-			}
-			if v.Placeholder == nil || len(*v.Placeholder) != 28 {
-				t.Fatalf("placeholder = %v, want a 28-character BlurHash", v.Placeholder)
-			}
-			for _, spec := range variantSpecs {
-				meta := v.Variants[spec.name]
-				r := s.do("GET", meta.URL, nil, "Authorization", auth)
-				if r.status != 200 || r.header.Get("Content-Type") != tc.outType || meta.ContentType != tc.outType || int64(len(r.body)) != meta.Size {
-					t.Fatalf("%s: %d %s (%d bytes), meta %+v", spec.name, r.status, r.header.Get("Content-Type"), len(r.body), meta)
-				}
-				if sr := s.do("GET", meta.SignedURL, nil); sr.status != 200 || !bytes.Equal(sr.body, r.body) {
-					t.Fatalf("%s: signed_url answers %d, %d bytes", spec.name, sr.status, len(sr.body))
-				}
-				img, _ := decodeBody(t, r.body)
-				b := img.Bounds()
-				if b.Dx() != meta.Width || b.Dy() != meta.Height {
-					t.Fatalf("%s decodes %v, meta says %dx%d", spec.name, b, meta.Width, meta.Height)
-				}
-				if spec.box == 0 {
-					if b.Dx() != tc.w || b.Dy() != tc.h {
-						t.Fatalf("%s is %v, want %dx%d", spec.name, b, tc.w, tc.h)
-					}
-				} else {
-					want := map[int][2]int{500: tc.t500, 100: tc.t100}[spec.box]
-					if b.Dx() != want[0] || b.Dy() != want[1] {
-						t.Fatalf("%s is %v, want %dx%d", spec.name, b, want[0], want[1])
-					}
-				}
-				if spec.grayscale {
-					assertGray(t, img)
-				}
-				if tc.hasAlpha && opaque(img) {
-					t.Fatalf("%s lost the source's transparency", spec.name)
-				}
-			}
-		})
+	if sr := s.do("GET", meta.SignedURL, nil); sr.status != 200 || !bytes.Equal(sr.body, r.body) {
+		t.Fatalf("%s: signed_url answers %d, %d bytes", spec.name, sr.status, len(sr.body))
+	}
+	img, _ := decodeBody(t, r.body)
+	b := img.Bounds()
+	if b.Dx() != meta.Width || b.Dy() != meta.Height {
+		t.Fatalf("%s decodes %v, meta says %dx%d", spec.name, b, meta.Width, meta.Height)
+	}
+	if spec.box == 0 {
+		if b.Dx() != tc.w || b.Dy() != tc.h {
+			t.Fatalf("%s is %v, want %dx%d", spec.name, b, tc.w, tc.h)
+		}
+	} else {
+		want := map[int][2]int{500: tc.t500, 100: tc.t100}[spec.box]
+		if b.Dx() != want[0] || b.Dy() != want[1] {
+			t.Fatalf("%s is %v, want %dx%d", spec.name, b, want[0], want[1])
+		}
+	}
+	if spec.grayscale {
+		assertGray(t, img)
+	}
+	if tc.hasAlpha && opaque(img) {
+		t.Fatalf("%s lost the source's transparency", spec.name)
 	}
 }
 
