@@ -66,7 +66,7 @@ func (s *s3Blobs) open(ctx context.Context, key, rangeHint string) (blob, error)
 	if err != nil {
 		return blob{}, err
 	}
-	r := &s3Reader{ctx: ctx, c: s.c, key: key, size: resp.ContentLength, body: resp.Body}
+	r := &s3Reader{ctx: ctx, c: s.c, key: key, size: resp.ContentLength, body: resp.Body, bodyEnd: resp.ContentLength}
 	if resp.StatusCode == http.StatusPartialContent {
 		// Content-Range: bytes first-last/size
 		var first, last int64
@@ -74,7 +74,7 @@ func (s *s3Blobs) open(ctx context.Context, key, rangeHint string) (blob, error)
 			resp.Body.Close()
 			return blob{}, fmt.Errorf("s3: get %s: Content-Range %q: %w", key, resp.Header.Get("Content-Range"), err)
 		}
-		r.bodyPos = first
+		r.bodyPos, r.bodyEnd = first, last+1
 	}
 	mod, _ := http.ParseTime(resp.Header.Get("Last-Modified"))
 	return blob{ReadSeekCloser: r, modTime: mod}, nil
@@ -90,13 +90,15 @@ type s3Reader struct {
 	pos     int64         // where the next Read reads
 	body    io.ReadCloser // nil: none open
 	bodyPos int64         // the offset of body's next byte
+	bodyEnd int64         // the offset just past body's last byte (a ranged answer ends before size)
 }
 
 func (r *s3Reader) Read(p []byte) (int, error) {
 	if r.pos >= r.size {
 		return 0, io.EOF
 	}
-	if r.body != nil && r.bodyPos != r.pos {
+	if r.body != nil && (r.bodyPos != r.pos || r.bodyPos >= r.bodyEnd) {
+		// Elsewhere, or at the end of a ranged answer that stopped short of the object's end.
 		r.body.Close()
 		r.body = nil
 	}
@@ -105,7 +107,7 @@ func (r *s3Reader) Read(p []byte) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		r.body, r.bodyPos = resp.Body, r.pos
+		r.body, r.bodyPos, r.bodyEnd = resp.Body, r.pos, r.size
 		if resp.StatusCode != http.StatusPartialContent {
 			// A store that ignores Range answers the whole object: skip to pos.
 			if _, err := io.CopyN(io.Discard, resp.Body, r.pos); err != nil {
@@ -113,11 +115,14 @@ func (r *s3Reader) Read(p []byte) (int, error) {
 			}
 		}
 	}
-	n, err := r.body.Read(p)
+	n, err := r.body.Read(p[:min(int64(len(p)), r.bodyEnd-r.bodyPos)])
 	r.pos += int64(n)
 	r.bodyPos += int64(n)
-	if err == io.EOF && r.pos < r.size {
-		err = io.ErrUnexpectedEOF
+	switch {
+	case err == io.EOF && r.bodyPos < r.bodyEnd:
+		err = io.ErrUnexpectedEOF // the store cut the body short
+	case err == io.EOF && r.pos < r.size:
+		err = nil // the ranged answer is done; the next Read asks for the rest
 	}
 	return n, err
 }

@@ -1,10 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -97,5 +103,86 @@ func TestS3Outage(t *testing.T) {
 	}
 	if s.do("GET", "/readyz", nil).status != 200 {
 		t.Error("/readyz after the outage")
+	}
+}
+
+// countingTransport counts the requests sent through it.
+type countingTransport struct {
+	next http.RoundTripper
+	n    atomic.Int64
+}
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return c.next.RoundTrip(r)
+}
+
+// TestBucketRanges: a download from the bucket asks it a few times at most whatever the Range
+// header (thousands of ranges are served as the whole file); an If-Range that does not match sends
+// no Range to the bucket and serves the whole file; Content-Length always matches the body.
+func TestBucketRanges(t *testing.T) {
+	s := newTestServer(t, s3TestEnv(t))
+	_, auth := s.signupAndLogin()
+	data := readTestdata(t, "mid.jpg")
+	v := s.mustUpload(auth, "r", "", "r.jpg", data)
+	c := s.blobs.(*s3Blobs).c
+	ct := &countingTransport{next: c.http.Transport}
+	if ct.next == nil {
+		ct.next = http.DefaultTransport
+	}
+	c.http.Transport = ct
+	many := make([]string, 6000)
+	for i := range many {
+		many[i] = fmt.Sprintf("%d-%d", i*10, i*10+1)
+	}
+	for _, tc := range []struct {
+		name     string
+		header   []string
+		status   int
+		body     []byte // nil: a multipart body, checked by its parts' count
+		parts    int
+		requests int64 // at most
+	}{
+		{"one range", []string{"Range", "bytes=100-199"}, http.StatusPartialContent, data[100:200], 0, 1},
+		{"a suffix", []string{"Range", "bytes=-10"}, http.StatusPartialContent, data[len(data)-10:], 0, 1},
+		{"three ranges", []string{"Range", "bytes=0-9,100-109,200-209"}, http.StatusPartialContent, nil, 3, 4},
+		{"6000 ranges", []string{"Range", "bytes=" + strings.Join(many, ",")}, http.StatusOK, data, 0, 1},
+		{"If-Range of another file", []string{"Range", "bytes=0-0", "If-Range", `"other"`}, http.StatusOK, data, 0, 1},
+		{"If-Range of this one", []string{"Range", "bytes=0-0", "If-Range", `"` + v.SHA256 + `"`}, http.StatusPartialContent, data[:1], 0, 1},
+		{"If-Range with a date", []string{"Range", "bytes=0-0", "If-Range", "Mon, 07 Dec 2026 00:00:00 GMT"}, http.StatusOK, data, 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := ct.n.Load()
+			for _, path := range []string{fmt.Sprintf("/api/v1/images/%d/file", v.ID), v.SignedURL} {
+				r := s.do("GET", path, nil, append([]string{"Authorization", auth}, tc.header...)...)
+				if r.status != tc.status {
+					t.Fatalf("%s: %d, want %d", path, r.status, tc.status)
+				}
+				if cl := r.header.Get("Content-Length"); cl != strconv.Itoa(len(r.body)) {
+					t.Errorf("%s: Content-Length %s for a body of %d bytes", path, cl, len(r.body))
+				}
+				if tc.body != nil && !bytes.Equal(r.body, tc.body) {
+					t.Errorf("%s: %d bytes, not the %d expected", path, len(r.body), len(tc.body))
+				}
+				if tc.parts > 0 {
+					_, params, _ := mime.ParseMediaType(r.header.Get("Content-Type"))
+					mr := multipart.NewReader(bytes.NewReader(r.body), params["boundary"])
+					n := 0
+					for p, err := mr.NextPart(); err == nil; p, err = mr.NextPart() {
+						b, _ := io.ReadAll(p)
+						if len(b) != 10 {
+							t.Errorf("%s: a part of %d bytes", path, len(b))
+						}
+						n++
+					}
+					if n != tc.parts {
+						t.Errorf("%s: %d parts, want %d", path, n, tc.parts)
+					}
+				}
+			}
+			if got := ct.n.Load() - before; got > 2*tc.requests {
+				t.Errorf("%d bucket requests for two downloads, want at most %d", got, 2*tc.requests)
+			}
+		})
 	}
 }

@@ -607,7 +607,7 @@ func (a *app) serveFile(w http.ResponseWriter, r *http.Request, im imageRecord, 
 	// A bucket that stalls mid-body must not hold the handler past REQUEST_TIMEOUT.
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RequestTimeout)
 	defer cancel()
-	b, err := a.blobs.open(ctx, key, r.Header.Get("Range"))
+	b, err := a.blobs.open(ctx, key, honouredRange(r, etag))
 	if errors.Is(err, errNotFound) {
 		// Deleted between reading the row and opening the file.
 		h.Del("Content-Disposition")
@@ -623,6 +623,32 @@ func (a *app) serveFile(w http.ResponseWriter, r *http.Request, im imageRecord, 
 	}
 	defer b.Close()
 	http.ServeContent(&rangeProblems{ResponseWriter: w, r: r}, r, "", b.modTime, b)
+}
+
+// maxRanges is the most ranges one download may ask for; with more, the Range header is ignored
+// and the whole file is served (RFC 9110 14.2 lets a server ignore Range): a bucket read costs a
+// request per range.
+const maxRanges = 4
+
+// honouredRange decides which Range of r is honoured, before any store is asked, and removes from r
+// what is not, so that ServeContent and the store agree: none when If-Range does not name this
+// file's ETag exactly (a date or another validator: the file may have changed, so the whole of it),
+// none when more than maxRanges are asked.
+func honouredRange(r *http.Request, etag string) string {
+	rng := r.Header.Get("Range")
+	if rng == "" {
+		return ""
+	}
+	if ir := r.Header.Get("If-Range"); ir != "" && ir != etag {
+		r.Header.Del("Range")
+		r.Header.Del("If-Range")
+		return ""
+	}
+	if strings.Count(rng, ",") >= maxRanges {
+		r.Header.Del("Range")
+		return ""
+	}
+	return rng
 }
 
 // presignedDownloadTTL is the life of the presigned S3 URL a redirected download answers with: long
