@@ -5,9 +5,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"net/url"
+	"path"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -184,5 +187,108 @@ func TestBucketRanges(t *testing.T) {
 				t.Errorf("%d bucket requests for two downloads, want at most %d", got, 2*tc.requests)
 			}
 		})
+	}
+}
+
+// lossyS3 is an HTTP proxy to the S3 endpoint that passes requests on unchanged (the Host header
+// too, so signatures hold) and, when told, loses the answer to a PUT of an original after the store
+// has kept it (the connection is cut), or refuses DELETEs.
+type lossyS3 struct {
+	target        *url.URL
+	losePuts      atomic.Bool
+	refuseDeletes atomic.Bool
+}
+
+func (p *lossyS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodDelete && p.refuseDeletes.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	out := r.Clone(r.Context())
+	out.URL.Scheme, out.URL.Host, out.RequestURI = p.target.Scheme, p.target.Host, ""
+	resp, err := http.DefaultTransport.RoundTrip(out)
+	if err != nil {
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	if r.Method == http.MethodPut && p.losePuts.Load() && strings.Contains(r.URL.Path, "/"+originalDir+"/") && !strings.Contains(path.Base(r.URL.Path), ".") {
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			c.Close() // stored, but the answer never arrives
+		}
+		return
+	}
+	maps.Copy(w.Header(), resp.Header)
+	w.WriteHeader(resp.StatusCode)
+	io.Copy(w, resp.Body)
+}
+
+// TestBucketNeverLeaks: when the connection is cut after the bucket stored an upload's original, the
+// upload answers 503 and the object goes: at once when the bucket answers a DELETE, else (the
+// process having died meanwhile) by the intent sweep of any replica. No object is left without a row.
+func TestBucketNeverLeaks(t *testing.T) {
+	bucket := needS3(t)
+	env := with(s3TestEnv(t), "DATABASE_URL", freshDatabase(t))
+	direct, err := newS3Client(s3Config{Endpoint: bucket.Endpoint, Bucket: bucket.Bucket, AccessKey: bucket.AccessKey, SecretKey: bucket.SecretKey, Prefix: env["S3_PREFIX"]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objects := func() []string {
+		var keys []string
+		if err := direct.list(context.Background(), originalDir+"/", func(objs []s3Object) error {
+			for _, o := range objs {
+				keys = append(keys, o.Key)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return keys
+	}
+	target, _ := url.Parse(bucket.Endpoint)
+	proxy := &lossyS3{target: target}
+	lossy := newTestServer(t, with(env, "S3_ENDPOINT", httptestServer(t, proxy)))
+	_, auth := lossy.signupAndLogin()
+	intents := func() int {
+		var n int
+		lossy.pool.QueryRow(context.Background(), "SELECT count(*) FROM blob_intents").Scan(&n)
+		return n
+	}
+
+	// The bucket answers DELETEs: the object goes at once.
+	proxy.losePuts.Store(true)
+	lossy.upload(auth, "lost", "", "a.png", tinyPNG(t, 8, 8)).problem(t, http.StatusServiceUnavailable)
+	for deadline := time.Now().Add(30 * time.Second); len(objects()) > 0 || intents() > 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after a lost answer: objects %v, %d intents", objects(), intents())
+		}
+	}
+
+	// It does not, and the process dies before it could: another replica's intent sweep removes it.
+	proxy.refuseDeletes.Store(true)
+	lossy.upload(auth, "lost", "", "a.png", tinyPNG(t, 8, 8)).problem(t, http.StatusServiceUnavailable)
+	lossy.settling.Wait() // its attempt to remove the object, which the bucket refuses, is over
+	if n := len(objects()); n != 1 || intents() != 1 {
+		t.Fatalf("before the sweep: %d objects, %d intents; want the lost one and its intent", n, intents())
+	}
+	var rows int
+	lossy.pool.QueryRow(context.Background(), "SELECT count(*) FROM images").Scan(&rows)
+	if rows != 0 {
+		t.Fatalf("%d rows for refused uploads", rows)
+	}
+	other := newTestServer(t, env)
+	other.sweepIntents(context.Background()) // not old enough yet: kept
+	if len(objects()) != 1 {
+		t.Fatal("the sweep removed an object younger than its grace")
+	}
+	other.intentGrace = 0
+	ok := other.mustUpload(auth, "kept", "", "b.png", tinyPNG(t, 8, 8))
+	other.sweepIntents(context.Background())
+	if keys := objects(); len(keys) != 1 || intents() != 0 {
+		t.Fatalf("after the sweep: objects %v, %d intents; want only the kept upload's", keys, intents())
+	}
+	if r := other.do("GET", fmt.Sprintf("/api/v1/images/%d/file", ok.ID), nil, "Authorization", auth); r.status != 200 {
+		t.Fatalf("the kept upload: %d", r.status)
 	}
 }

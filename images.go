@@ -251,8 +251,17 @@ func (a *app) receiveUpload(w http.ResponseWriter, r *http.Request) (imageRecord
 		return imageRecord{}, err
 	}
 	key := newKey()
+	// Recorded before the write: should the put's answer be lost, or this process die before the
+	// row commits, the intent sweep removes the object.
+	if err := a.store.recordIntents(r.Context(), key); err != nil {
+		os.Remove(up.tmpPath)
+		return imageRecord{}, err
+	}
 	if err := a.blobs.place(r.Context(), up.tmpPath, key, up.contentType, up.sha256); err != nil {
 		os.Remove(up.tmpPath)
+		// The store may hold the object though it did not say so: remove it now if it answers,
+		// else the intent sweep will.
+		a.dropLost(key)
 		return imageRecord{}, fmt.Errorf("place upload: %w", err)
 	}
 	im, used, err := a.store.insertImage(r.Context(), a.cfg.UserQuota, imageRecord{

@@ -20,8 +20,9 @@ import (
 
 // Advisory lock keys: each names one housekeeping task that one replica at a time runs.
 const (
-	lockSweepJobs  int64 = 0x696d6761_6a6f6273 // "imgajobs": publishing lost jobs again
-	lockSweepFiles int64 = 0x696d6761_73776570 // "imgaswep": removing orphaned files
+	lockSweepJobs    int64 = 0x696d6761_6a6f6273 // "imgajobs": publishing lost jobs again
+	lockSweepFiles   int64 = 0x696d6761_73776570 // "imgaswep": removing orphaned files
+	lockSweepIntents int64 = 0x696d6761_696e7473 // "imgaints": removing the objects of lost writes
 )
 
 // maxRetryDelay caps the delay before a retry, however many attempts JOB_MAX_ATTEMPTS allows.
@@ -255,10 +256,19 @@ func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRec
 	// wait for. A fresh key each time: a variant's key names its content (it is its ETag).
 	errs := make([]error, len(outs))
 	placed := make([]storedVariant, len(outs))
-	var wg sync.WaitGroup
+	keys := make([]string, len(outs))
 	for i, v := range outs {
 		placed[i] = v.file
 		placed[i].Key = variantKey(im.FileKey, v.name, v.ext)
+		keys[i] = placed[i].Key
+	}
+	// Recorded before they are written: should the worker die, or a put's answer be lost, before
+	// finishImage records them, the intent sweep removes them.
+	if err := a.store.recordIntents(ctx, keys...); err != nil {
+		return nil, "", via, err
+	}
+	var wg sync.WaitGroup
+	for i, v := range outs {
 		wg.Go(func() { errs[i] = a.blobs.place(ctx, v.tmpPath, placed[i].Key, v.file.ContentType, v.sha256) })
 	}
 	wg.Wait()
@@ -363,6 +373,64 @@ func (a *app) dropUnreferenced(err error, keys []string, referenced func(context
 			}
 		}
 	})
+}
+
+// dropLost removes objects whose put failed though the store may have kept them: at once, in the
+// background, within a short deadline; when the store does not answer, their intents stay and the
+// intent sweep removes them later.
+func (a *app) dropLost(keys ...string) {
+	a.settling.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := a.blobs.remove(ctx, keys...); err != nil {
+			a.log.Warn("cannot remove the objects of failed writes; the intent sweep will", slog.Any("keys", keys), slog.Any("error", err))
+			return
+		}
+		if err := a.store.clearIntents(ctx, keys); err != nil {
+			a.log.Warn("cannot clear intents", slog.Any("keys", keys), slog.Any("error", err))
+		}
+	})
+}
+
+// intentGraceFor is how old an intent must be before the sweep takes its object for lost: longer
+// than any request (an upload's put and insert) or job (its variants' puts and finishImage) can last.
+func intentGraceFor(cfg config) time.Duration {
+	return max(cfg.RequestTimeout, cfg.JobTimeout+cfg.JobLease) + time.Minute
+}
+
+// sweepIntents removes, once, the objects of intents older than intentGrace that no row refers to
+// (a put whose answer was lost, a process that died between a put and its row), and forgets every
+// such intent whose object is gone or referred to. An object the store cannot remove now keeps its
+// intent for the next sweep.
+func (a *app) sweepIntents(ctx context.Context) {
+	for ctx.Err() == nil {
+		stale, err := a.store.staleIntents(ctx, a.intentGrace, 500)
+		if err != nil || len(stale) == 0 {
+			if err != nil && ctx.Err() == nil {
+				a.log.Warn("intent sweep failed", slog.Any("error", err))
+			}
+			return
+		}
+		var lost, done []string
+		for key, referenced := range stale {
+			if referenced {
+				done = append(done, key)
+			} else {
+				lost = append(lost, key)
+			}
+		}
+		if len(lost) > 0 {
+			if err := a.blobs.remove(ctx, lost...); err != nil {
+				a.log.Warn("intent sweep: cannot remove lost objects", slog.Int("count", len(lost)), slog.Any("error", err))
+				lost = nil
+			} else {
+				a.log.Info("removed the objects of lost writes", slog.Int("count", len(lost)))
+			}
+		}
+		if err := a.store.clearIntents(ctx, append(done, lost...)); err != nil || len(done)+len(lost) < len(stale) {
+			return
+		}
+	}
 }
 
 // removeVariants deletes the placed files of variants; a file left behind is logged (the orphan

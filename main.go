@@ -310,6 +310,8 @@ type app struct {
 	docs     docAssets     // Swagger UI and openapi.json
 	page     docAssets     // the web page at /
 	budget   *memoryBudget // WORKER_MEMORY, shared by the jobs running at once
+	// intentGrace is the age past which a blob intent is taken for a lost write (intentGraceFor).
+	intentGrace time.Duration
 	// Abuse limits (limits.go).
 	authByAddr, signupByAddr *rateLimiter
 	signins                  *signinThrottle
@@ -368,20 +370,21 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 		return nil, fmt.Errorf("-mode=%s needs BROKER_URL: only -mode=all can run jobs in-process", cfg.Mode)
 	}
 	return &app{
-		cfg:      cfg,
-		log:      log,
-		pool:     pool,
-		store:    st,
-		blobs:    blobs,
-		scratch:  sc,
-		signer:   newURLSigner(key, cfg.SignedURLTTL),
-		cache:    c,
-		queue:    q,
-		metrics:  m,
-		tokens:   &tokenIssuer{key: key, ttl: cfg.TokenTTL, issuer: tokenIssuerName, now: time.Now},
-		hasher:   hasher,
-		accounts: newLiveAccounts(st),
-		budget:   newMemoryBudget(cfg.WorkerMemory),
+		cfg:         cfg,
+		log:         log,
+		pool:        pool,
+		store:       st,
+		blobs:       blobs,
+		scratch:     sc,
+		signer:      newURLSigner(key, cfg.SignedURLTTL),
+		cache:       c,
+		queue:       q,
+		metrics:     m,
+		tokens:      &tokenIssuer{key: key, ttl: cfg.TokenTTL, issuer: tokenIssuerName, now: time.Now},
+		hasher:      hasher,
+		accounts:    newLiveAccounts(st),
+		budget:      newMemoryBudget(cfg.WorkerMemory),
+		intentGrace: intentGraceFor(cfg),
 		// A limit of 0 turns that limiter off (allow answers yes to a nil one).
 		authByAddr:   newRateLimiter(cfg.AuthAddrRate, time.Minute, cfg.LimiterKeys),
 		signins:      newSigninThrottle(cfg.AuthFreeFailures, cfg.AuthAccountCeiling, cfg.AuthMaxDelay, cfg.LimiterKeys),
@@ -403,11 +406,21 @@ func (a *app) close() {
 }
 
 // background runs the app's housekeeping until ctx ends: retrying failed cache invalidations,
-// publishing lost jobs again, and sweeping orphaned files; the last two one replica at a time.
+// publishing lost jobs again, removing the objects of writes that never got their row (intents),
+// and sweeping orphaned files; the last three one replica at a time.
 func (a *app) background(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { a.cache.drain(ctx, a.store) })
 	wg.Go(func() { a.sweepLostJobs(ctx, a.cfg.SweepInterval) })
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			a.holdingLock(ctx, lockSweepIntents, a.cfg.SweepInterval, func() { a.sweepIntents(ctx) })
+			select {
+			case <-ctx.Done():
+			case <-time.After(a.cfg.SweepInterval):
+			}
+		}
+	})
 	wg.Go(func() {
 		for ctx.Err() == nil {
 			a.holdingLock(ctx, lockSweepFiles, orphanGrace, func() { a.removeOrphans(ctx) })

@@ -267,6 +267,9 @@ func (s *store) insertImage(ctx context.Context, quota int64, im imageRecord, re
 				return errQuota
 			}
 		}
+		if _, err := tx.Exec(ctx, `DELETE FROM blob_intents WHERE key = $1`, im.FileKey); err != nil {
+			return err
+		}
 		var err error
 		out, err = scanImage(tx.QueryRow(ctx, `
 			INSERT INTO images (owner_id, name, tags, content_type, width, height, size, sha256, file_key, variant_bytes)
@@ -508,7 +511,12 @@ func (s *store) finishImage(ctx context.Context, id int64, attempt int, variants
 		if tag.RowsAffected() == 0 {
 			return errNotFound
 		}
-		return nil
+		keys := make([]string, 0, len(variants))
+		for _, v := range variants {
+			keys = append(keys, v.Key)
+		}
+		_, err = tx.Exec(ctx, `DELETE FROM blob_intents WHERE key = ANY($1)`, keys)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("store: finish image %d: %w", id, err)
@@ -609,6 +617,50 @@ func (s *store) unfinishedJobs(ctx context.Context, owner int64) (int64, error) 
 		return 0, fmt.Errorf("store: unfinished jobs: %w", err)
 	}
 	return n, nil
+}
+
+// recordIntents records that keys are about to be written to the blob store (blob_intents): until
+// the transaction that refers to them from a row clears them, the intent sweep may remove them.
+func (s *store) recordIntents(ctx context.Context, keys ...string) error {
+	if _, err := s.pool.Exec(ctx, `INSERT INTO blob_intents (key) SELECT unnest($1::text[]) ON CONFLICT (key) DO NOTHING`, keys); err != nil {
+		return fmt.Errorf("store: record intents: %w", err)
+	}
+	return nil
+}
+
+// staleIntents returns up to limit intents older than grace, each with whether a row refers to its
+// key: an original by its file_key, a variant by its original's row's variants.
+func (s *store) staleIntents(ctx context.Context, grace time.Duration, limit int) (map[string]bool, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT i.key,
+		       EXISTS (SELECT 1 FROM images m WHERE m.file_key = i.key)
+		       OR EXISTS (SELECT 1 FROM images m, jsonb_each(m.variants) AS v(name, file)
+		                  WHERE m.file_key = split_part(i.key, '.', 1) AND v.file->>'key' = i.key)
+		FROM blob_intents i
+		WHERE i.created_at < now() - $1::interval
+		ORDER BY i.created_at LIMIT $2`, grace, limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: stale intents: %w", err)
+	}
+	out := map[string]bool{}
+	var key string
+	var referenced bool
+	_, err = pgx.ForEachRow(rows, []any{&key, &referenced}, func() error {
+		out[key] = referenced
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: stale intents: %w", err)
+	}
+	return out, nil
+}
+
+// clearIntents forgets the intents of keys.
+func (s *store) clearIntents(ctx context.Context, keys []string) error {
+	if _, err := s.pool.Exec(ctx, `DELETE FROM blob_intents WHERE key = ANY($1)`, keys); err != nil {
+		return fmt.Errorf("store: clear intents: %w", err)
+	}
+	return nil
 }
 
 // markQueued records that the queue confirmed a message for each of ids.
