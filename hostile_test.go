@@ -272,6 +272,42 @@ func TestPureScanJPEG(t *testing.T) {
 
 // TestPureDecodersRefuseTooManyScans: neither path decodes a file of too many scans, and the refusal is
 // the user's to read; a file at the limit decodes on both.
+func TestPureJPEGWorkBound(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		data      []byte
+		refused   bool
+		perSample float64 // at most, when accepted
+	}{
+		{"a baseline photo", readTestdata(t, "large.jpg"), false, 1.1},
+		{"a progressive photo (libjpeg's script)", readTestdata(t, "large-progressive.jpg"), false, 4},
+		{"12 scans of 4 MP", progressiveGrayJPEG(2000, 2000, 12), false, 13},
+		{"1000 scans of 40 kP (under the floor)", progressiveGrayJPEG(200, 200, 999), false, 1000},
+		{"1000 scans of 1 MP", progressiveGrayJPEG(1000, 1000, 999), true, 0},
+		{"100 scans of 50 MP", progressiveGrayJPEG(7000, 7000, 99), true, 0},
+	} {
+		lay, err := scanJPEG(bytes.NewReader(tc.data))
+		if tc.refused {
+			if !errors.Is(err, errTooMuchWork) {
+				t.Errorf("%s: %v, want errTooMuchWork", tc.name, err)
+			}
+			if _, err := decodeDCT(context.Background(), tc.data, 50_000_000, nil); !errors.Is(err, errTooMuchWork) {
+				t.Errorf("%s: the DCT decoder: %v, want errTooMuchWork", tc.name, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		per := float64(lay.visits) / (float64(lay.frame.width) * float64(lay.frame.height) * lay.samples)
+		t.Logf("%s: %d scans, %.2f visits a sample", tc.name, lay.scans, per)
+		if per > tc.perSample {
+			t.Errorf("%s: %.2f visits a sample, want at most %.2f", tc.name, per, tc.perSample)
+		}
+	}
+}
+
 func TestPureDecodersRefuseTooManyScans(t *testing.T) {
 	computeOnly(t)
 	ctx := context.Background()
@@ -279,7 +315,7 @@ func TestPureDecodersRefuseTooManyScans(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bomb := progressiveGrayJPEG(2000, 500, 1500)
+	bomb := progressiveGrayJPEG(100, 100, 1500) // small: the scan count, not the visits, is what refuses it
 	if _, err := decodeDCT(ctx, bomb, 50_000_000, nil); !errors.Is(err, errTooManyScans) {
 		t.Errorf("DCT path: %v, want errTooManyScans", err)
 	}
@@ -291,11 +327,11 @@ func TestPureDecodersRefuseTooManyScans(t *testing.T) {
 			t.Errorf("dct=%v: %v, want the scan limit as the image's error", dct, err)
 		}
 	}
-	ok := writeTempFile(t, "ok.jpg", progressiveGrayJPEG(2000, 500, 999))
+	ok := writeTempFile(t, "ok.jpg", progressiveGrayJPEG(200, 200, 999))
 	for _, dct := range []bool{true, false} {
 		outs, _, err := makeVariants(ctx, sc, ok, "image/jpeg", processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: dct})
 		if err != nil {
-			t.Errorf("dct=%v: a file of 1000 scans: %v", dct, err)
+			t.Errorf("dct=%v: a small file of 1000 scans: %v", dct, err)
 		}
 		for _, v := range outs {
 			os.Remove(v.tmpPath)
@@ -470,7 +506,11 @@ func TestHostileCorpus(t *testing.T) {
 	}{
 		{"fibonacci-counts.jpg", fibonacciJPEG(t), statusReady},
 		{"scan-bomb-49mp.jpg", scanBombJPEG(7000, 7000, 25<<20-4096), "422"},
-		{"1000-scans-1mp.jpg", progressiveGrayJPEG(1000, 1000, 999), statusReady},
+		{"1000-scans-1mp.jpg", progressiveGrayJPEG(1000, 1000, 999), "422"},
+		{"1000-scans-0.25mp.jpg", progressiveGrayJPEG(500, 500, 999), "422"},
+		{"100-scans-2mp.jpg", progressiveGrayJPEG(2000, 1000, 99), "422"},
+		{"12-scans-4mp.jpg", progressiveGrayJPEG(2000, 2000, 12), statusReady},
+		{"15-scans-49mp.jpg", progressiveGrayJPEG(7000, 7000, 15), statusReady}, // the most work accepted
 		{"png16-bomb-49mp.png", png16Bomb(t, 7000, 7000), statusReady},
 		{"promises-49mp.jpg", promiseJPEG(t, 7000, 7000), statusFailed},
 		{"huge-chunk.png", hugeChunkPNG(), statusFailed},

@@ -139,6 +139,9 @@ func inspectImage(f *os.File, up *upload, lim uploadLimits) error {
 	if errors.Is(err, errTooManyScans) {
 		return newError(http.StatusUnprocessableEntity, "the JPEG has more than %d scans (progressive passes); at most %d are accepted", maxJPEGScans, maxJPEGScans)
 	}
+	if errors.Is(err, errTooMuchWork) {
+		return newError(http.StatusUnprocessableEntity, "the JPEG's progressive scans would visit each coefficient more than %d times (ordinary files: about 3); this service does not decode it", maxVisitsPerSample)
+	}
 	if err != nil {
 		return newError(http.StatusUnsupportedMediaType, "not a valid %s image: %v", name, err)
 	}

@@ -51,6 +51,22 @@ const maxJPEGScans = 1000
 // errTooManyScans refuses a JPEG of more than maxJPEGScans scans.
 var errTooManyScans = badImage("the jpeg has more than %d scans (progressive passes), the most this service decodes", maxJPEGScans)
 
+// Decode work is bounded by the coefficients the scans visit, not only by their number: a
+// progressive AC scan walks every block of its components over its band (a refinement scan the whole
+// band, however few bits it carries), so 999 refinement scans of 1–63 over a 50 MP frame are 49
+// billion visits from 153 KB (62 s on the DCT path, over two minutes in image/jpeg). An ordinary file
+// visits each coefficient about once: 1 per sample sequentially, about 3 per luma sample and 2 per
+// chroma sample with libjpeg's progressive script. maxVisitsPerSample allows five times that; with
+// a floor (minVisitLimit) so that small images may have any script, and at most a second or two of
+// decoding at the pixel cap.
+const (
+	maxVisitsPerSample = 16
+	minVisitLimit      = 64 << 20
+)
+
+// errTooMuchWork refuses a JPEG whose scans would visit more coefficients than its size warrants.
+var errTooMuchWork = badImage("the jpeg's scans would visit its coefficients more than %d times each, the most this service decodes", maxVisitsPerSample)
+
 // errDCTUnsupported means the file is a JPEG this decoder does not handle; the standard path will.
 var errDCTUnsupported = errors.New("jpeg: not supported by the DCT path")
 
@@ -141,11 +157,75 @@ type jpegLayout struct {
 	progressive bool
 	components  int
 	samples     float64 // samples per pixel over all components (1.5 for 4:2:0 colour)
+	visits      int64   // coefficient visits the scans make (see maxVisitsPerSample)
+	frame       jpegFrame
 }
 
-// scanJPEG reads the markers of the JPEG in r: its frame's layout, and how many scans it has. It
-// skips entropy-coded data without decoding it, and returns errTooManyScans as soon as the count
-// passes maxJPEGScans. A file that ends before EOI is not an error here: what its scans hold is the
+// jpegFrame is what a frame header says of the image's blocks.
+type jpegFrame struct {
+	width, height int
+	hmax, vmax    int
+	comps         map[byte][2]int // component id → its sampling factors
+}
+
+// readJPEGFrame reads a frame header (SOFn) segment.
+func readJPEGFrame(seg []byte) jpegFrame {
+	f := jpegFrame{hmax: 1, vmax: 1, comps: map[byte][2]int{}}
+	if len(seg) < 6 {
+		return f
+	}
+	f.height, f.width = int(binary.BigEndian.Uint16(seg[1:3])), int(binary.BigEndian.Uint16(seg[3:5]))
+	for i := 0; i < int(seg[5]) && 8+3*i < len(seg); i++ {
+		h, v := max(int(seg[7+3*i]>>4), 1), max(int(seg[7+3*i]&15), 1)
+		f.comps[seg[6+3*i]] = [2]int{h, v}
+		f.hmax, f.vmax = max(f.hmax, h), max(f.vmax, v)
+	}
+	return f
+}
+
+// blocks is how many 8×8 blocks of component id the frame holds, counting the MCUs' padding.
+func (f jpegFrame) blocks(id byte) int64 {
+	hv, ok := f.comps[id]
+	if !ok {
+		hv = [2]int{f.hmax, f.vmax}
+	}
+	mcusX := int64((f.width + 8*f.hmax - 1) / (8 * f.hmax))
+	mcusY := int64((f.height + 8*f.vmax - 1) / (8 * f.vmax))
+	return mcusX * int64(hv[0]) * mcusY * int64(hv[1])
+}
+
+// scanVisits is how many coefficients the scan whose header is seg visits: per block of each of its
+// components, its band (1 for a DC scan) when progressive, all 64 when sequential.
+func (f jpegFrame) scanVisits(seg []byte, progressive bool) int64 {
+	if len(seg) < 1 || len(seg) < 4+2*int(seg[0]) {
+		return 0
+	}
+	ns := int(seg[0])
+	band := int64(64)
+	if progressive {
+		ss, se := int64(seg[1+2*ns]), int64(seg[2+2*ns])
+		band = max(1, min(se, 63)-ss+1)
+		if ss == 0 {
+			band = 1
+		}
+	}
+	var visits int64
+	for i := range ns {
+		visits += f.blocks(seg[1+2*i]) * band
+	}
+	return visits
+}
+
+// visitLimit is the most coefficient visits a JPEG of this frame may make (maxVisitsPerSample).
+func (lay jpegLayout) visitLimit() int64 {
+	samples := int64(float64(lay.frame.width) * float64(lay.frame.height) * max(lay.samples, 1))
+	return max(minVisitLimit, maxVisitsPerSample*samples)
+}
+
+// scanJPEG reads the markers of the JPEG in r: its frame's layout, how many scans it has and how many
+// coefficients they visit. It skips entropy-coded data without decoding it, and returns
+// errTooManyScans as soon as the count passes maxJPEGScans, errTooMuchWork as soon as the visits
+// pass the frame's limit. A file that ends before EOI is not an error here: what its scans hold is the
 // decoders' to judge. One pass over the bytes, no allocation beyond its buffer.
 func scanJPEG(r io.Reader) (jpegLayout, error) {
 	var lay jpegLayout
@@ -201,12 +281,21 @@ func scanJPEG(r io.Reader) (jpegLayout, error) {
 			}
 			lay.progressive = m == 0xC2 || m == 0xC6 || m == 0xCA || m == 0xCE
 			lay.components, lay.samples = frameSamples(seg)
+			lay.frame = readJPEGFrame(seg)
 			continue
 		case m == 0xDA:
 			if lay.scans++; lay.scans > maxJPEGScans {
 				return lay, errTooManyScans
 			}
+			seg := make([]byte, n)
+			if _, err := io.ReadFull(br, seg); err != nil {
+				return lay, nil
+			}
+			if lay.visits += lay.frame.scanVisits(seg, lay.progressive); lay.visits > lay.visitLimit() {
+				return lay, errTooMuchWork
+			}
 			inScan = true
+			continue
 		}
 		if _, err := br.Discard(n); err != nil {
 			return lay, nil

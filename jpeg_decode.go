@@ -156,6 +156,7 @@ func decodeDCT(ctx context.Context, data []byte, maxPixels int64, dcOnly func(in
 	pos := 2
 	scanned := map[int]bool{}
 	scans := 0
+	var work jpegLayout // the frame and the coefficient visits so far, as scanJPEG counts them
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -191,6 +192,8 @@ func decodeDCT(ctx context.Context, data []byte, maxPixels int64, dcOnly func(in
 			if err := img.readFrame(seg, maxPixels, dcOnly); err != nil {
 				return nil, err
 			}
+			work.frame, work.progressive = readJPEGFrame(seg), img.progressive
+			work.components, work.samples = frameSamples(seg)
 		case m >= 0xC3 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC:
 			return nil, errDCTUnsupported // lossless, hierarchical, arithmetic
 		case m == 0xDC: // DNL
@@ -201,6 +204,9 @@ func decodeDCT(ctx context.Context, data []byte, maxPixels int64, dcOnly func(in
 			}
 			if scans++; scans > maxJPEGScans {
 				return nil, errTooManyScans
+			}
+			if work.visits += work.frame.scanVisits(seg, work.progressive); work.visits > work.visitLimit() {
+				return nil, errTooMuchWork
 			}
 			n, err := img.readScan(ctx, seg, data[pos:], &dc, &ac, scanned)
 			if err != nil {
