@@ -170,8 +170,13 @@ func (h imageHeader) standardBytes() int64 {
 	switch h.format {
 	case "jpeg":
 		decoded = h.jpeg.samples
-		if h.jpeg.components == 4 {
-			decoded, gray = 4, 0 // CMYK: the grayscale is made in place
+		switch {
+		case h.jpeg.components == 4:
+			// CMYK: the four planes, then the CMYK image made from them; the grayscale in place.
+			decoded, gray = h.jpeg.samples+4, 0
+		case h.jpeg.rgb:
+			// R, G and B planes, then the RGBA image image/jpeg converts them to.
+			decoded += 4
 		}
 		if h.jpeg.progressive {
 			extra = 4 * h.jpeg.samples // image/jpeg keeps every coefficient, an int32 per sample
@@ -180,6 +185,15 @@ func (h imageHeader) standardBytes() int64 {
 			gray += 1 // the grayscale (the luma plane) turned is a copy
 		}
 	case "png":
+		if h.pngTRNS {
+			// A tRNS chunk: gray and truecolour decode to NRGBA, or NRGBA64 at 16 bits.
+			switch h.model {
+			case color.GrayModel, color.RGBAModel:
+				decoded = 4
+			case color.Gray16Model, color.RGBA64Model:
+				decoded = 8
+			}
+		}
 		if h.pngInterlaced {
 			extra = decoded // the passes, then the image
 		}
@@ -193,9 +207,20 @@ func (h imageHeader) standardBytes() int64 {
 			decoded = 1.5 // lossy: 4:2:0
 		}
 	case "tiff":
-		extra = decoded // a strip's decompressed bytes, as large as the image for a single strip
+		return int64(px*(decoded+gray)) + h.tiff.bufferBytes(h.fileSize) + thumbnailBytes(h.width, h.height) + jobBaseBytes
 	}
 	return int64(px*(decoded+extra+gray)) + thumbnailBytes(h.width, h.height) + jobBaseBytes
+}
+
+// bufferBytes is the most x/image/tiff holds of one block's bytes: for a compressed block, a buffer
+// grown by doubling up to blockW×blockH×8 bytes (the old and the new at the last growth: three
+// times that); for an uncompressed one, the block's bytes as stored, at most the file.
+func (t tiffLayout) bufferBytes(fileSize int64) int64 {
+	limit := int64(t.blockW) * int64(t.blockH) * 8
+	if t.compressed {
+		return 3 * limit
+	}
+	return min(limit, fileSize)
 }
 
 // thumbnailBytes is the working memory of the largest thumbnail made from a w×h image, as fit makes
@@ -311,7 +336,7 @@ func (h imageHeader) variantBytes() int64 {
 			total += h.fileSize + h.fileSize/4 + slack
 		case h.format == "gif":
 			total += px*3/2 + slack
-		case hasAlpha(h.model):
+		case hasAlpha(h.model) || h.pngTRNS:
 			total += px*4 + px/64 + int64(h.height) + slack
 		default:
 			total += px + px/64 + int64(h.height) + slack

@@ -512,6 +512,12 @@ func TestHostileCorpus(t *testing.T) {
 		{"12-scans-4mp.jpg", progressiveGrayJPEG(2000, 2000, 12), statusReady},
 		{"15-scans-49mp.jpg", progressiveGrayJPEG(7000, 7000, 15), statusReady}, // the most work accepted
 		{"png16-bomb-49mp.png", png16Bomb(t, 7000, 7000), statusReady},
+		// Structures whose decoding takes more than their colour model says: refused by the estimate.
+		{"inflating-strip-49mp.tiff", inflatingTIFF(t, 7000, 7000), "413"},
+		{"interlaced-trns16-49mp.png", interlacedTRNSPNG(t, 7000, 7000), "413"},
+		{"progressive-rgb-49mp.jpg", progressiveJPEG(7000, 7000, []byte("RGB"), false, 6), "413"},
+		{"progressive-cmyk-49mp.jpg", progressiveJPEG(7000, 7000, []byte("CMYK"), true, 8), "413"},
+		{"progressive-rgb-16mp.jpg", progressiveJPEG(4000, 4000, []byte("RGB"), false, 6), statusReady},
 		{"promises-49mp.jpg", promiseJPEG(t, 7000, 7000), statusFailed},
 		{"huge-chunk.png", hugeChunkPNG(), statusFailed},
 		{"huge-frame-49mp.gif", hugeFrameGIF(7000, 7000), statusFailed},

@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"image"
@@ -139,6 +140,9 @@ func inspectImage(f *os.File, up *upload, lim uploadLimits) error {
 	if errors.Is(err, errTooManyScans) {
 		return newError(http.StatusUnprocessableEntity, "the JPEG has more than %d scans (progressive passes); at most %d are accepted", maxJPEGScans, maxJPEGScans)
 	}
+	if errors.Is(err, errTooManyBlocks) {
+		return newError(http.StatusUnprocessableEntity, "the TIFF has more than %d strips or tiles; at most %d are accepted", maxTIFFBlocks, maxTIFFBlocks)
+	}
 	if errors.Is(err, errTooMuchWork) {
 		return newError(http.StatusUnprocessableEntity, "the JPEG's progressive scans would visit each coefficient more than %d times (ordinary files: about 3); this service does not decode it", maxVisitsPerSample)
 	}
@@ -171,6 +175,8 @@ type imageHeader struct {
 	orient        orientation
 	jpeg          jpegLayout // JPEG only
 	pngInterlaced bool       // PNG only: the decoder holds every pass as well as the image
+	pngTRNS       bool       // PNG only: a tRNS chunk, which makes the decoder return (N)RGBA(64)
+	tiff          tiffLayout // TIFF only
 }
 
 // readImageHeader reads im's header: dimensions and colour model, and for JPEG its frame layout and
@@ -188,13 +194,116 @@ func readImageHeader(ctx context.Context, im imageFile) (imageHeader, error) {
 			return imageHeader{}, err
 		}
 	case "png":
-		// IHDR is the first chunk: its last byte is the interlace method.
-		var ihdr [29]byte
-		if _, err := im.f.ReadAt(ihdr[:], 0); err == nil {
-			h.pngInterlaced = ihdr[28] == 1
+		h.pngInterlaced, h.pngTRNS = readPNGLayout(im.f, im.size)
+	case "tiff":
+		if h.tiff, err = readTIFFLayout(im.f, im.size, h.width, h.height); err != nil {
+			return imageHeader{}, err
 		}
 	}
 	return h, nil
+}
+
+// readPNGLayout reads what DecodeConfig does not say of a PNG but its decoding depends on: whether
+// it is interlaced (IHDR's last byte), and whether a tRNS chunk comes before the image data (then
+// a gray or truecolour image decodes to NRGBA or NRGBA64: more bytes a pixel than its colour type
+// says). It reads only chunk headers, at most maxPNGChunks of them.
+func readPNGLayout(f io.ReaderAt, size int64) (interlaced, trns bool) {
+	var ihdr [29]byte
+	if _, err := f.ReadAt(ihdr[:], 0); err != nil {
+		return false, false
+	}
+	interlaced = ihdr[28] == 1
+	off := int64(8)
+	for range maxPNGChunks {
+		var head [8]byte
+		if off+8 > size {
+			break
+		}
+		if _, err := f.ReadAt(head[:], off); err != nil {
+			break
+		}
+		switch string(head[4:]) {
+		case "tRNS":
+			return interlaced, true
+		case "IDAT", "IEND":
+			return interlaced, false
+		}
+		off += 12 + int64(binary.BigEndian.Uint32(head[:4]))
+	}
+	// Past the chunks read: assume the worst.
+	return interlaced, true
+}
+
+// maxPNGChunks is how many chunk headers readPNGLayout reads before the image data at most.
+const maxPNGChunks = 10_000
+
+// tiffLayout is how a TIFF's pixels are stored: in blocks (strips, or tiles) of blockW×blockH,
+// compressed or not. x/image/tiff reads each block whole into one buffer, which for a compressed
+// block may grow to blockW×blockH×8 bytes (it limits no further), doubling as it grows.
+type tiffLayout struct {
+	blockW, blockH int
+	blocks         int64
+	compressed     bool
+}
+
+// maxTIFFBlocks is the most strips or tiles a TIFF may have: each costs the decoder a reader of its
+// own (781,456 tiles of 8×8 took 20 s). Real files have a few thousand at most (a strip a row of a
+// 50 MP image: 7000; 256×256 tiles: 800).
+const maxTIFFBlocks = 100_000
+
+// errTooManyBlocks refuses a TIFF of more than maxTIFFBlocks strips or tiles.
+var errTooManyBlocks = badImage("the tiff has more than %d strips or tiles, the most this service decodes", maxTIFFBlocks)
+
+// readTIFFLayout reads the first IFD's compression and strip or tile geometry of the w×h TIFF in f.
+func readTIFFLayout(f io.ReaderAt, size int64, w, h int) (tiffLayout, error) {
+	lay := tiffLayout{blockW: w, blockH: h, blocks: 1}
+	var hdr [8]byte
+	if _, err := f.ReadAt(hdr[:], 0); err != nil {
+		return lay, badImage("cannot read the tiff header")
+	}
+	var bo binary.ByteOrder = binary.LittleEndian
+	if hdr[0] == 'M' {
+		bo = binary.BigEndian
+	}
+	ifd := int64(bo.Uint32(hdr[4:]))
+	var cnt [2]byte
+	if _, err := f.ReadAt(cnt[:], ifd); err != nil {
+		return lay, badImage("cannot read the tiff's first IFD")
+	}
+	n := int64(bo.Uint16(cnt[:]))
+	entries := make([]byte, min(n, (size-ifd)/12)*12)
+	if _, err := f.ReadAt(entries, ifd+2); err != nil && !errors.Is(err, io.EOF) {
+		return lay, badImage("cannot read the tiff's first IFD")
+	}
+	var tileW, tileH, rows int
+	for e := entries; len(e) >= 12; e = e[12:] {
+		tag, typ := bo.Uint16(e), bo.Uint16(e[2:])
+		v := int(bo.Uint32(e[8:]))
+		if typ == 3 { // SHORT: the value is in the first two bytes
+			v = int(bo.Uint16(e[8:]))
+		}
+		switch tag {
+		case 259: // Compression
+			lay.compressed = v != 1 && v != 0
+		case 278: // RowsPerStrip
+			rows = v
+		case 322: // TileWidth
+			tileW = v
+		case 323: // TileLength
+			tileH = v
+		}
+	}
+	switch {
+	case tileW > 0 && tileH > 0:
+		lay.blockW, lay.blockH = tileW, tileH
+	case rows > 0 && rows < h:
+		lay.blockH = rows
+	}
+	lay.blocks = int64((w+lay.blockW-1)/lay.blockW) * int64((h+lay.blockH-1)/lay.blockH)
+	if lay.blocks > maxTIFFBlocks {
+		return lay, errTooManyBlocks
+	}
+	return lay, nil
 }
 
 // errBadImage is what every imageError matches with errors.Is: the image itself is unprocessable

@@ -32,6 +32,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"image"
@@ -159,6 +160,25 @@ type jpegLayout struct {
 	samples     float64 // samples per pixel over all components (1.5 for 4:2:0 colour)
 	visits      int64   // coefficient visits the scans make (see maxVisitsPerSample)
 	frame       jpegFrame
+	// rgb: the three components are R, G and B, not YCbCr (image/jpeg then converts to RGBA at the
+	// end, a 4-byte-a-pixel image beside the planes), as image/jpeg decides it.
+	rgb bool
+	// Markers rgb is decided from: an Adobe APP14's transform (-1: none), a JFIF APP0.
+	adobeTransform int
+	jfif           bool
+}
+
+// decideRGB sets rgb as image/jpeg does: never with JFIF; with an Adobe transform of 0; else when
+// the components are named R, G and B.
+func (lay *jpegLayout) decideRGB(compIDs []byte) {
+	switch {
+	case lay.components != 3 || lay.jfif:
+		lay.rgb = false
+	case lay.adobeTransform == 0:
+		lay.rgb = true
+	default:
+		lay.rgb = len(compIDs) == 3 && compIDs[0] == 'R' && compIDs[1] == 'G' && compIDs[2] == 'B'
+	}
 }
 
 // jpegFrame is what a frame header says of the image's blocks.
@@ -228,7 +248,9 @@ func (lay jpegLayout) visitLimit() int64 {
 // pass the frame's limit. A file that ends before EOI is not an error here: what its scans hold is the
 // decoders' to judge. One pass over the bytes, no allocation beyond its buffer.
 func scanJPEG(r io.Reader) (jpegLayout, error) {
-	var lay jpegLayout
+	lay := jpegLayout{adobeTransform: -1}
+	var compIDs []byte
+	defer func() { lay.decideRGB(compIDs) }()
 	br := bufio.NewReaderSize(r, 64<<10)
 	var soi [2]byte
 	if _, err := io.ReadFull(br, soi[:]); err != nil || soi != [2]byte{0xFF, 0xD8} {
@@ -282,7 +304,23 @@ func scanJPEG(r io.Reader) (jpegLayout, error) {
 			lay.progressive = m == 0xC2 || m == 0xC6 || m == 0xCA || m == 0xCE
 			lay.components, lay.samples = frameSamples(seg)
 			lay.frame = readJPEGFrame(seg)
+			for i := 0; len(seg) >= 6 && i < int(seg[5]) && 6+3*i < len(seg); i++ {
+				compIDs = append(compIDs, seg[6+3*i])
+			}
 			continue
+		case (m == 0xE0 || m == 0xEE) && n >= 12:
+			// Only the first bytes tell JFIF or Adobe's transform; the rest is skipped below.
+			var head [12]byte
+			if _, err := io.ReadFull(br, head[:]); err != nil {
+				return lay, nil
+			}
+			if m == 0xE0 && bytes.HasPrefix(head[:], []byte("JFIF\x00")) {
+				lay.jfif = true
+			}
+			if m == 0xEE && bytes.HasPrefix(head[:], []byte("Adobe")) {
+				lay.adobeTransform = int(head[11])
+			}
+			n -= len(head)
 		case m == 0xDA:
 			if lay.scans++; lay.scans > maxJPEGScans {
 				return lay, errTooManyScans
