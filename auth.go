@@ -166,7 +166,7 @@ func (a *app) token(w http.ResponseWriter, r *http.Request) {
 	}
 	a.signins.succeeded(c.Username, client)
 	a.authByAddr.refund(client)
-	tok, exp, err := a.tokens.issue(u.ID)
+	tok, exp, err := a.tokens.issue(u.ID, u.Generation)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -234,48 +234,83 @@ func userID(ctx context.Context) int64 {
 	return id
 }
 
-// requireAuth lets a request through only with a valid bearer token, and puts the caller's id in its
-// context. Anything else is 401 with WWW-Authenticate: Bearer.
+// requireAuth lets a request through only with a valid credential — a bearer token of a live
+// account at its current generation, or an API key (apiKeyPrefix) — and puts the caller's id in its
+// context. Anything else is 401 with WWW-Authenticate: Bearer; wrong API keys count as failed
+// sign-ins from the client's address (429 past AUTH_RATE_PER_ADDR).
 func (a *app) requireAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		tok = strings.TrimSpace(tok)
 		if !strings.EqualFold(scheme, "Bearer") || tok == "" {
 			writeProblem(w, r, http.StatusUnauthorized, "not authenticated: send Authorization: Bearer <token>")
 			return
 		}
-		id, err := a.tokens.parse(strings.TrimSpace(tok))
-		if err == nil {
-			// A valid signature is not enough: the account must still be there.
-			if err = a.accounts.check(r.Context(), id); err != nil && !errors.Is(err, errAccountGone) {
-				a.fail(w, r, err)
-				return
+		var id int64
+		var err error
+		if strings.HasPrefix(tok, apiKeyPrefix) {
+			id, err = a.authenticateKey(w, r, tok)
+		} else {
+			var gen int64
+			if id, gen, err = a.tokens.subject(tok); err == nil {
+				// A valid signature is not enough: the account must still be there, at this generation.
+				err = a.accounts.check(r.Context(), id, gen)
 			}
 		}
-		if err != nil {
+		var ae *apiError
+		switch {
+		case errors.As(err, &ae):
+			a.fail(w, r, err)
+		case err != nil && !isCredentialError(err):
+			a.fail(w, r, err)
+		case err != nil:
 			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 			writeProblem(w, r, http.StatusUnauthorized, err.Error())
-			return
+		default:
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userIDKey{}, id)))
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userIDKey{}, id)))
 	})
+}
+
+// isCredentialError reports whether err says the credential is no good (a 401), rather than that
+// it could not be checked.
+func isCredentialError(err error) bool {
+	for _, e := range []error{errTokenMalformed, errTokenAlg, errTokenSignature, errTokenExpired, errTokenClaims,
+		errAccountGone, errTokenRevoked, errKeyInvalid, errKeyExpired} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // errAccountGone answers a valid token whose account no longer exists.
 var errAccountGone = errors.New("invalid token: the account no longer exists")
 
-// liveAccounts remembers, for a short while, which accounts a valid token was last seen to belong
-// to, so that requireAuth asks the database about an account at most once per accountCheckTTL per
-// process, and a token outlives its account's row by at most that long.
+// errTokenRevoked answers a token issued before its account signed out everywhere or changed its
+// password.
+var errTokenRevoked = errors.New("invalid token: revoked (the account signed out everywhere or changed its password); sign in again")
+
+// liveAccounts remembers, for a short while, each account's token generation as the database last
+// said it, so that requireAuth asks the database about an account at most once per accountCheckTTL
+// per process: a revocation (or a deletion) reaches every replica within that time, and at once the
+// replica that made it.
 type liveAccounts struct {
 	store *store
 	ttl   time.Duration
 	now   func() time.Time
 
 	mu   sync.Mutex
-	seen map[int64]time.Time // account id → when its existence was last confirmed
+	seen map[int64]seenAccount
 }
 
-// accountCheckTTL is how long a confirmed account is taken to exist without asking again.
+// seenAccount is an account's generation as of when.
+type seenAccount struct {
+	gen  int64
+	when time.Time
+}
+
+// accountCheckTTL is how long an account's generation is taken as known without asking again.
 const accountCheckTTL = time.Second
 
 // maxLiveAccounts bounds liveAccounts' map: past it, expired entries are swept (and, if all are
@@ -283,31 +318,41 @@ const accountCheckTTL = time.Second
 const maxLiveAccounts = 100_000
 
 func newLiveAccounts(st *store) *liveAccounts {
-	return &liveAccounts{store: st, ttl: accountCheckTTL, now: time.Now, seen: map[int64]time.Time{}}
+	return &liveAccounts{store: st, ttl: accountCheckTTL, now: time.Now, seen: map[int64]seenAccount{}}
 }
 
-// check returns nil when account id exists, errAccountGone when it does not, or the store's error.
-func (l *liveAccounts) check(ctx context.Context, id int64) error {
+// check returns nil when account id exists and gen is its token generation (gen < 0: any), else
+// errAccountGone or errTokenRevoked, or the store's error.
+func (l *liveAccounts) check(ctx context.Context, id, gen int64) error {
 	now := l.now()
 	l.mu.Lock()
-	at, ok := l.seen[id]
+	s, ok := l.seen[id]
 	l.mu.Unlock()
-	if ok && now.Sub(at) < l.ttl {
-		return nil
+	if !ok || now.Sub(s.when) >= l.ttl {
+		cur, err := l.store.tokenGeneration(ctx, id)
+		if errors.Is(err, errAccountGone) {
+			l.forget(id)
+			return errAccountGone
+		}
+		if err != nil {
+			return err
+		}
+		s = seenAccount{gen: cur, when: now}
+		l.remember(id, s)
 	}
-	exists, err := l.store.userExists(ctx, id)
-	if err != nil {
-		return err
+	if gen >= 0 && gen != s.gen {
+		return errTokenRevoked
 	}
+	return nil
+}
+
+// remember records account id's generation, keeping the map bounded.
+func (l *liveAccounts) remember(id int64, s seenAccount) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !exists {
-		delete(l.seen, id)
-		return errAccountGone
-	}
 	if len(l.seen) >= maxLiveAccounts {
 		for k, v := range l.seen {
-			if now.Sub(v) >= l.ttl {
+			if s.when.Sub(v.when) >= l.ttl {
 				delete(l.seen, k)
 			}
 		}
@@ -315,8 +360,14 @@ func (l *liveAccounts) check(ctx context.Context, id int64) error {
 			clear(l.seen)
 		}
 	}
-	l.seen[id] = now
-	return nil
+	l.seen[id] = s
+}
+
+// forget drops what is known of account id (it was deleted here).
+func (l *liveAccounts) forget(id int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.seen, id)
 }
 
 // ---- JSON Web Tokens (HS256 only) ----
@@ -343,6 +394,7 @@ type tokenClaims struct {
 	Iat int64  `json:"iat"`
 	Exp int64  `json:"exp"`
 	Nbf *int64 `json:"nbf,omitempty"`
+	Gen int64  `json:"gen,omitempty"` // the account's token generation when issued (0: omitted)
 }
 
 // tokenIssuer issues and checks access tokens under one key.
@@ -353,11 +405,11 @@ type tokenIssuer struct {
 	now    func() time.Time
 }
 
-// issue returns a token for userID and its expiry time.
-func (t *tokenIssuer) issue(userID int64) (string, time.Time, error) {
+// issue returns a token for userID at token generation gen, and its expiry time.
+func (t *tokenIssuer) issue(userID, gen int64) (string, time.Time, error) {
 	now := t.now()
 	exp := now.Add(t.ttl)
-	payload, err := json.Marshal(tokenClaims{Sub: strconv.FormatInt(userID, 10), Iss: t.issuer, Iat: now.Unix(), Exp: exp.Unix()})
+	payload, err := json.Marshal(tokenClaims{Sub: strconv.FormatInt(userID, 10), Iss: t.issuer, Iat: now.Unix(), Exp: exp.Unix(), Gen: gen})
 	if err != nil {
 		return "", time.Time{}, err
 	}
@@ -367,27 +419,33 @@ func (t *tokenIssuer) issue(userID int64) (string, time.Time, error) {
 
 // parse checks token (structure, algorithm, signature, issuer, expiry) and returns its user id.
 func (t *tokenIssuer) parse(token string) (int64, error) {
+	id, _, err := t.subject(token)
+	return id, err
+}
+
+// subject checks token as parse does and returns its user id and token generation.
+func (t *tokenIssuer) subject(token string) (int64, int64, error) {
 	payload, err := verifyHS256(token, t.key)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	var c tokenClaims
-	if err := json.Unmarshal(payload, &c); err != nil {
-		return 0, errTokenMalformed
+	if err := json.Unmarshal(payload, &c); err != nil || c.Gen < 0 {
+		return 0, 0, errTokenMalformed
 	}
 	now := t.now().Unix()
 	const skew = 60 // seconds of clock difference tolerated between replicas
 	if c.Exp == 0 || c.Iat == 0 || c.Iss != t.issuer || c.Iat > now+skew || (c.Nbf != nil && *c.Nbf > now+skew) {
-		return 0, errTokenClaims
+		return 0, 0, errTokenClaims
 	}
 	if now >= c.Exp {
-		return 0, errTokenExpired
+		return 0, 0, errTokenExpired
 	}
 	id, err := strconv.ParseInt(c.Sub, 10, 64)
 	if err != nil || id <= 0 || strconv.FormatInt(id, 10) != c.Sub {
-		return 0, errTokenClaims
+		return 0, 0, errTokenClaims
 	}
-	return id, nil
+	return id, c.Gen, nil
 }
 
 // verifyHS256 checks a compact JWS: three strict base64url parts, a header whose alg is exactly HS256

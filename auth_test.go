@@ -268,7 +268,7 @@ func TestPureJWSAppendixA1(t *testing.T) {
 func TestPureTokenRoundTrip(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	ti := &tokenIssuer{key: bytes.Repeat([]byte("k"), 32), ttl: time.Hour, issuer: tokenIssuerName, now: func() time.Time { return now }}
-	tok, exp, err := ti.issue(42)
+	tok, exp, err := ti.issue(42, 0)
 	if err != nil || !exp.Equal(now.Add(time.Hour)) {
 		t.Fatal(err, exp)
 	}
@@ -354,7 +354,7 @@ func FuzzTokenParse(f *testing.F) {
 	key := bytes.Repeat([]byte("k"), 32)
 	now := time.Unix(1_800_000_000, 0)
 	ti := &tokenIssuer{key: key, ttl: time.Hour, issuer: tokenIssuerName, now: func() time.Time { return now }}
-	tok, _, _ := ti.issue(1)
+	tok, _, _ := ti.issue(1, 0)
 	f.Add(tok)
 	for _, tc := range badTokens(key, now) {
 		f.Add(tc.token)

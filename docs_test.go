@@ -256,7 +256,63 @@ func TestOpenAPIResponses(t *testing.T) {
 	name, auth := c.authRequests(s)
 	c.imageRequests(s, auth)
 	c.serviceRequests(s, name)
+	c.accountRequests(s)
 	c.allSeen()
+}
+
+// accountRequests reads, changes and deletes an account and its keys, rightly and wrongly, and
+// provokes the password checks' 429.
+func (c *conformance) accountRequests(s *testServer) {
+	t := c.t
+	_, auth := s.signupAndLogin()
+	me, pw, out := "/api/v1/auth/me", "/api/v1/auth/password", "/api/v1/auth/logout-all"
+	keys, key := "/api/v1/auth/keys", "/api/v1/auth/keys/{id}"
+	big := strings.Repeat(" ", maxJSONBytes+1)
+	c.check("GET", me, s.do("GET", me, nil, "Authorization", auth))
+	c.check("GET", me, s.do("GET", me, nil))
+	c.check("POST", keys, s.do("POST", keys, map[string]any{"name": ""}, "Authorization", auth))
+	c.check("POST", keys, s.do("POST", keys, "x", "Authorization", auth, "Content-Type", "text/plain"))
+	c.check("POST", keys, s.do("POST", keys, big, "Authorization", auth, "Content-Type", "application/json"))
+	c.check("POST", keys, s.do("POST", keys, map[string]any{"name": "k"}))
+	var made apiKeyCreated
+	r := s.do("POST", keys, map[string]any{"name": "doc", "expires_at": time.Now().Add(time.Hour)}, "Authorization", auth)
+	c.check("POST", keys, r)
+	r.json(t, &made)
+	for i := range maxAPIKeysPerUser {
+		c.check("POST", keys, s.do("POST", keys, map[string]any{"name": fmt.Sprint("k", i)}, "Authorization", auth))
+	}
+	c.check("GET", keys, s.do("GET", keys, nil, "Authorization", "Bearer "+made.Key))
+	c.check("GET", keys, s.do("GET", keys, nil))
+	c.check("DELETE", key, s.do("DELETE", fmt.Sprint(keys, "/", made.ID), nil, "Authorization", auth))
+	c.check("DELETE", key, s.do("DELETE", fmt.Sprint(keys, "/", made.ID), nil, "Authorization", auth))
+	c.check("DELETE", key, s.do("DELETE", fmt.Sprint(keys, "/", made.ID), nil))
+	c.check("POST", pw, s.do("POST", pw, passwordChange{"wrong password", "battery staple"}, "Authorization", auth))
+	c.check("POST", pw, s.do("POST", pw, passwordChange{"correct horse", "short"}, "Authorization", auth))
+	c.check("POST", pw, s.do("POST", pw, "x", "Authorization", auth, "Content-Type", "text/plain"))
+	c.check("POST", pw, s.do("POST", pw, big, "Authorization", auth, "Content-Type", "application/json"))
+	c.check("POST", pw, s.do("POST", pw, passwordChange{"correct horse", "battery staple"}))
+	r = s.do("POST", pw, passwordChange{"correct horse", "battery staple"}, "Authorization", auth)
+	c.check("POST", pw, r)
+	var tok tokenResponse
+	r.json(t, &tok)
+	auth = "Bearer " + tok.AccessToken
+	c.check("POST", out, s.do("POST", out, nil, "Authorization", auth))
+	c.check("POST", out, s.do("POST", out, nil, "Authorization", auth))
+	_, auth = s.signupAndLogin()
+	c.check("DELETE", me, s.do("DELETE", me, accountDeletion{"wrong password"}, "Authorization", auth))
+	c.check("DELETE", me, s.do("DELETE", me, "x", "Authorization", auth, "Content-Type", "text/plain"))
+	c.check("DELETE", me, s.do("DELETE", me, big, "Authorization", auth, "Content-Type", "application/json"))
+	c.check("DELETE", me, s.do("DELETE", me, "{", "Authorization", auth, "Content-Type", "application/json"))
+	c.check("POST", pw, s.do("POST", pw, "{", "Authorization", auth, "Content-Type", "application/json"))
+	c.check("DELETE", me, s.do("DELETE", me, accountDeletion{"correct horse"}, "Authorization", auth))
+	c.check("DELETE", me, s.do("DELETE", me, accountDeletion{"correct horse"}, "Authorization", auth))
+	// The password checks count as sign-ins: one failure a minute from this address, then 429.
+	limited := newTestServer(t, map[string]string{"AUTH_RATE_PER_ADDR": "1"})
+	_, lauth := limited.signupAndLogin()
+	for range 2 {
+		c.check("POST", pw, limited.do("POST", pw, passwordChange{"wrong password", "battery staple"}, "Authorization", lauth))
+	}
+	c.check("DELETE", me, limited.do("DELETE", me, accountDeletion{"wrong password"}, "Authorization", lauth))
 }
 
 // conformance checks real answers against the OpenAPI document and records which documented

@@ -20,9 +20,10 @@ import (
 
 // Advisory lock keys: each names one housekeeping task that one replica at a time runs.
 const (
-	lockSweepJobs    int64 = 0x696d6761_6a6f6273 // "imgajobs": publishing lost jobs again
-	lockSweepFiles   int64 = 0x696d6761_73776570 // "imgaswep": removing orphaned files
-	lockSweepIntents int64 = 0x696d6761_696e7473 // "imgaints": removing the objects of lost writes
+	lockSweepJobs     int64 = 0x696d6761_6a6f6273 // "imgajobs": publishing lost jobs again
+	lockSweepFiles    int64 = 0x696d6761_73776570 // "imgaswep": removing orphaned files
+	lockSweepIntents  int64 = 0x696d6761_696e7473 // "imgaints": removing the objects of lost writes
+	lockSweepAccounts int64 = 0x696d6761_61636374 // "imgaacct": removing deleted accounts' data
 )
 
 // maxRetryDelay caps the delay before a retry, however many attempts JOB_MAX_ATTEMPTS allows.
@@ -252,8 +253,19 @@ func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRec
 		return nil, "", via, err
 	}
 	placeholder = placeholderOfVariants(log, outs)
-	// The files are placed at once: in a bucket, each is a request whose answer the others need not
-	// wait for. A fresh key each time: a variant's key names its content (it is its ETag).
+	variants, err = a.placeVariants(ctx, im, outs)
+	if err != nil {
+		return variants, "", via, err // the deferred cleanup removes what was placed, and the rest
+	}
+	return variants, placeholder, via, nil
+}
+
+// placeVariants stores outs, the variants made of im, under fresh keys, all at once (in a bucket,
+// each is a request whose answer the others need not wait for), and returns those it placed. Their
+// keys are recorded as intents first: should the worker die, or a put's answer be lost, before
+// finishImage records them, the intent sweep removes them. A fresh key each time: a variant's key
+// names its content (it is its ETag).
+func (a *app) placeVariants(ctx context.Context, im imageRecord, outs []encodedVariant) (map[string]storedVariant, error) {
 	errs := make([]error, len(outs))
 	placed := make([]storedVariant, len(outs))
 	keys := make([]string, len(outs))
@@ -262,26 +274,21 @@ func (a *app) produceVariants(ctx context.Context, log *slog.Logger, im imageRec
 		placed[i].Key = variantKey(im.FileKey, v.name, v.ext)
 		keys[i] = placed[i].Key
 	}
-	// Recorded before they are written: should the worker die, or a put's answer be lost, before
-	// finishImage records them, the intent sweep removes them.
 	if err := a.store.recordIntents(ctx, keys...); err != nil {
-		return nil, "", via, err
+		return nil, err
 	}
 	var wg sync.WaitGroup
 	for i, v := range outs {
 		wg.Go(func() { errs[i] = a.blobs.place(ctx, v.tmpPath, placed[i].Key, v.file.ContentType, v.sha256) })
 	}
 	wg.Wait()
-	variants = map[string]storedVariant{}
+	variants := map[string]storedVariant{}
 	for i, v := range outs {
 		if errs[i] == nil {
-			variants[v.name] = placed[i] // removed again below if another failed
+			variants[v.name] = placed[i] // removed again by the caller if another failed
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return variants, "", via, err // the deferred cleanup removes what was placed, and the rest
-	}
-	return variants, placeholder, via, nil
+	return variants, errors.Join(errs...)
 }
 
 // placeholderOfVariants is the BlurHash of the thumb_100 among outs (read back from its temp file,

@@ -295,50 +295,62 @@ func scanJPEG(r io.Reader) (jpegLayout, error) {
 		if n < 0 {
 			return lay, badImage("the jpeg data is corrupt: a segment length under 2")
 		}
-		switch {
-		case m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC && lay.components == 0: // SOFn
-			seg := make([]byte, n)
-			if _, err := io.ReadFull(br, seg); err != nil {
-				return lay, nil
-			}
-			lay.progressive = m == 0xC2 || m == 0xC6 || m == 0xCA || m == 0xCE
-			lay.components, lay.samples = frameSamples(seg)
-			lay.frame = readJPEGFrame(seg)
-			for i := 0; len(seg) >= 6 && i < int(seg[5]) && 6+3*i < len(seg); i++ {
-				compIDs = append(compIDs, seg[6+3*i])
-			}
-			continue
-		case (m == 0xE0 || m == 0xEE) && n >= 12:
-			// Only the first bytes tell JFIF or Adobe's transform; the rest is skipped below.
-			var head [12]byte
-			if _, err := io.ReadFull(br, head[:]); err != nil {
-				return lay, nil
-			}
-			if m == 0xE0 && bytes.HasPrefix(head[:], []byte("JFIF\x00")) {
-				lay.jfif = true
-			}
-			if m == 0xEE && bytes.HasPrefix(head[:], []byte("Adobe")) {
-				lay.adobeTransform = int(head[11])
-			}
-			n -= len(head)
-		case m == 0xDA:
-			if lay.scans++; lay.scans > maxJPEGScans {
-				return lay, errTooManyScans
-			}
-			seg := make([]byte, n)
-			if _, err := io.ReadFull(br, seg); err != nil {
-				return lay, nil
-			}
-			if lay.visits += lay.frame.scanVisits(seg, lay.progressive); lay.visits > lay.visitLimit() {
-				return lay, errTooMuchWork
-			}
-			inScan = true
-			continue
+		inScan, err = lay.readSegment(br, m, n, &compIDs)
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			return lay, nil // a file cut short: the decoders judge what it holds
 		}
-		if _, err := br.Discard(n); err != nil {
-			return lay, nil
+		if err != nil {
+			return lay, err
 		}
 	}
+}
+
+// readSegment reads the n bytes of marker m's segment from br into lay: the frame (SOFn, the first
+// only), JFIF and Adobe markers, and a scan header (counted, with its coefficient visits: it
+// returns errTooManyScans or errTooMuchWork past their limits, and whether entropy-coded data
+// follows). Other segments are skipped; compIDs collects the frame's component ids.
+func (lay *jpegLayout) readSegment(br *bufio.Reader, m byte, n int, compIDs *[]byte) (inScan bool, err error) {
+	switch {
+	case m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC && lay.components == 0: // SOFn
+		seg := make([]byte, n)
+		if _, err := io.ReadFull(br, seg); err != nil {
+			return false, err
+		}
+		lay.progressive = m == 0xC2 || m == 0xC6 || m == 0xCA || m == 0xCE
+		lay.components, lay.samples = frameSamples(seg)
+		lay.frame = readJPEGFrame(seg)
+		for i := 0; len(seg) >= 6 && i < int(seg[5]) && 6+3*i < len(seg); i++ {
+			*compIDs = append(*compIDs, seg[6+3*i])
+		}
+		return false, nil
+	case (m == 0xE0 || m == 0xEE) && n >= 12:
+		// Only the first bytes tell JFIF or Adobe's transform; the rest is skipped below.
+		var head [12]byte
+		if _, err := io.ReadFull(br, head[:]); err != nil {
+			return false, err
+		}
+		if m == 0xE0 && bytes.HasPrefix(head[:], []byte("JFIF\x00")) {
+			lay.jfif = true
+		}
+		if m == 0xEE && bytes.HasPrefix(head[:], []byte("Adobe")) {
+			lay.adobeTransform = int(head[11])
+		}
+		n -= len(head)
+	case m == 0xDA:
+		if lay.scans++; lay.scans > maxJPEGScans {
+			return false, errTooManyScans
+		}
+		seg := make([]byte, n)
+		if _, err := io.ReadFull(br, seg); err != nil {
+			return false, err
+		}
+		if lay.visits += lay.frame.scanVisits(seg, lay.progressive); lay.visits > lay.visitLimit() {
+			return false, errTooMuchWork
+		}
+		return true, nil
+	}
+	_, err = br.Discard(n)
+	return false, err
 }
 
 // frameSamples reads a frame header's components and how many samples per pixel they hold together

@@ -215,21 +215,31 @@ func decodeDCT(ctx context.Context, data []byte, maxPixels int64, dcOnly func(in
 			pos += n
 		}
 	}
+	if err := img.complete(scanned); err != nil {
+		return nil, err
+	}
+	return img, nil
+}
+
+// complete checks, after the last segment, that img has a frame and every component was coded
+// (scanned holds the components scans coded), and finishes a progressive image's bookkeeping. An
+// RGB-coded image is errDCTUnsupported: there is no luma component to take.
+func (img *dctImage) complete(scanned map[int]bool) error {
 	if img.comps == nil {
-		return nil, badImage("the jpeg data is corrupt: no frame")
+		return badImage("the jpeg data is corrupt: no frame")
 	}
 	for i := range img.comps {
 		if !scanned[i] {
-			return nil, badImage("the jpeg data is truncated: a component was never coded")
+			return badImage("the jpeg data is truncated: a component was never coded")
 		}
 	}
 	if img.progressive {
 		img.findLast()
 	}
 	if len(img.comps) == 3 && (img.adobe == 0 || img.comps[0].id == 'R' && img.comps[1].id == 'G' && img.comps[2].id == 'B') {
-		return nil, errDCTUnsupported // RGB-coded: there is no luma component to take
+		return errDCTUnsupported
 	}
-	return img, nil
+	return nil
 }
 
 // readDQT reads a DQT segment's tables (8- or 16-bit, B.2.4.1) into img.quant, in zigzag order.

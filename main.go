@@ -266,6 +266,13 @@ func (a *app) routeTable() []route {
 		route{"GET", "/openapi.json", a.serveOpenAPI, false},
 		route{"POST", "/api/v1/auth/signup", a.signup, false},
 		route{"POST", "/api/v1/auth/token", a.token, false},
+		route{"GET", "/api/v1/auth/me", a.me, true},
+		route{"DELETE", "/api/v1/auth/me", a.deleteAccount, true},
+		route{"POST", "/api/v1/auth/password", a.changePassword, true},
+		route{"POST", "/api/v1/auth/logout-all", a.logoutAll, true},
+		route{"GET", "/api/v1/auth/keys", a.listKeys, true},
+		route{"POST", "/api/v1/auth/keys", a.createKey, true},
+		route{"DELETE", "/api/v1/auth/keys/{id}", a.deleteKey, true},
 	)
 	for _, p := range []string{"/api/v1/images", "/api/v1/images/{$}"} {
 		rs = append(rs, route{"POST", p, a.uploadImage, true}, route{"GET", p, a.listImages, true})
@@ -305,7 +312,8 @@ type app struct {
 	queue    jobQueue
 	metrics  *metrics
 	tokens   *tokenIssuer
-	accounts *liveAccounts // which token's account still exists
+	accounts *liveAccounts // each account's token generation, as recently seen
+	apiKeys  *apiKeyCache  // API keys by their secret's hash, as recently seen
 	hasher   *passwordHasher
 	docs     docAssets     // Swagger UI and openapi.json
 	page     docAssets     // the web page at /
@@ -383,6 +391,7 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 		tokens:      &tokenIssuer{key: key, ttl: cfg.TokenTTL, issuer: tokenIssuerName, now: time.Now},
 		hasher:      hasher,
 		accounts:    newLiveAccounts(st),
+		apiKeys:     newAPIKeyCache(st, key),
 		budget:      newMemoryBudget(cfg.WorkerMemory),
 		intentGrace: intentGraceFor(cfg),
 		// A limit of 0 turns that limiter off (allow answers yes to a nil one).
@@ -406,12 +415,22 @@ func (a *app) close() {
 }
 
 // background runs the app's housekeeping until ctx ends: retrying failed cache invalidations,
-// publishing lost jobs again, removing the objects of writes that never got their row (intents),
-// and sweeping orphaned files; the last three one replica at a time.
+// publishing lost jobs again, removing what deleted accounts left, removing the objects of writes
+// that never got their row (intents), and sweeping orphaned files; all but the first one replica at
+// a time.
 func (a *app) background(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { a.cache.drain(ctx, a.store) })
 	wg.Go(func() { a.sweepLostJobs(ctx, a.cfg.SweepInterval) })
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			a.holdingLock(ctx, lockSweepAccounts, a.cfg.SweepInterval, func() { a.sweepAccounts(ctx) })
+			select {
+			case <-ctx.Done():
+			case <-time.After(a.cfg.SweepInterval):
+			}
+		}
+	})
 	wg.Go(func() {
 		for ctx.Err() == nil {
 			a.holdingLock(ctx, lockSweepIntents, a.cfg.SweepInterval, func() { a.sweepIntents(ctx) })

@@ -113,6 +113,7 @@ type user struct {
 	Username     string    `json:"username"`
 	CreatedAt    time.Time `json:"created_at"`
 	PasswordHash string    `json:"-"`
+	Generation   int64     `json:"-"` // token_generation: tokens of another are revoked
 }
 
 // createUser inserts an account. It returns errConflict when the username is taken in any case.
@@ -134,8 +135,8 @@ func (s *store) createUser(ctx context.Context, username, passwordHash string) (
 func (s *store) userByName(ctx context.Context, name string) (user, error) {
 	var u user
 	err := s.pool.QueryRow(ctx,
-		"SELECT id, username, password_hash, created_at FROM users WHERE lower(username) = lower($1)",
-		name).Scan(&u.ID, &u.Username, &u.PasswordHash, &u.CreatedAt)
+		"SELECT id, username, password_hash, created_at, token_generation FROM users WHERE lower(username) = lower($1) AND deleted_at IS NULL",
+		name).Scan(&u.ID, &u.Username, &u.PasswordHash, &u.CreatedAt, &u.Generation)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return user{}, fmt.Errorf("store: user by name: %w", errNotFound)
 	}
@@ -145,13 +146,250 @@ func (s *store) userByName(ctx context.Context, name string) (user, error) {
 	return u, nil
 }
 
-// userExists reports whether account id still exists.
-func (s *store) userExists(ctx context.Context, id int64) (bool, error) {
-	var ok bool
-	if err := s.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", id).Scan(&ok); err != nil {
-		return false, fmt.Errorf("store: user exists: %w", err)
+// tokenGeneration returns live account id's token generation, or errAccountGone when the account
+// does not exist or is being deleted.
+func (s *store) tokenGeneration(ctx context.Context, id int64) (int64, error) {
+	var gen int64
+	err := s.pool.QueryRow(ctx, "SELECT token_generation FROM users WHERE id = $1 AND deleted_at IS NULL", id).Scan(&gen)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("store: token generation: %w", errAccountGone)
 	}
-	return ok, nil
+	if err != nil {
+		return 0, fmt.Errorf("store: token generation: %w", err)
+	}
+	return gen, nil
+}
+
+// userByID returns live account id, or errAccountGone.
+func (s *store) userByID(ctx context.Context, id int64) (user, error) {
+	u := user{ID: id}
+	err := s.pool.QueryRow(ctx,
+		"SELECT username, password_hash, created_at, token_generation FROM users WHERE id = $1 AND deleted_at IS NULL",
+		id).Scan(&u.Username, &u.PasswordHash, &u.CreatedAt, &u.Generation)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return user{}, fmt.Errorf("store: user %d: %w", id, errAccountGone)
+	}
+	if err != nil {
+		return user{}, fmt.Errorf("store: user %d: %w", id, err)
+	}
+	return u, nil
+}
+
+// accountUsage returns how many images owner has and the bytes they store (originals and variants).
+func (s *store) accountUsage(ctx context.Context, owner int64) (images, bytes int64, err error) {
+	err = s.pool.QueryRow(ctx, `SELECT count(*), COALESCE(sum(size + variant_bytes), 0) FROM images WHERE owner_id = $1`, owner).Scan(&images, &bytes)
+	if err != nil {
+		return 0, 0, fmt.Errorf("store: account usage: %w", err)
+	}
+	return images, bytes, nil
+}
+
+// revokeTokens bumps account id's token generation (every token issued before stops working),
+// deletes its API keys, and, when hash is not empty, sets its password hash, all in one
+// transaction. It returns the new generation.
+func (s *store) revokeTokens(ctx context.Context, id int64, hash string) (int64, error) {
+	var gen int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `
+			UPDATE users SET token_generation = token_generation + 1,
+			       password_hash = CASE WHEN $2 = '' THEN password_hash ELSE $2 END
+			WHERE id = $1 AND deleted_at IS NULL RETURNING token_generation`, id, hash).Scan(&gen)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errAccountGone
+		}
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `DELETE FROM api_keys WHERE owner_id = $1`, id)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store: revoke tokens: %w", err)
+	}
+	return gen, nil
+}
+
+// markDeleted deletes account id as far as credentials go, at once: no token or key of it works
+// again, its username is free; the account sweep removes the rest (deletedAccounts, purgeAccount).
+func (s *store) markDeleted(ctx context.Context, id int64) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE users SET deleted_at = now(), token_generation = token_generation + 1
+			WHERE id = $1 AND deleted_at IS NULL`, id)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return errAccountGone
+		}
+		_, err = tx.Exec(ctx, `DELETE FROM api_keys WHERE owner_id = $1`, id)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store: delete account: %w", err)
+	}
+	return nil
+}
+
+// deletedAccounts returns up to limit accounts marked deleted, oldest first.
+func (s *store) deletedAccounts(ctx context.Context, limit int) ([]int64, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id FROM users WHERE deleted_at IS NOT NULL ORDER BY deleted_at LIMIT $1`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: deleted accounts: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("store: deleted accounts: %w", err)
+	}
+	return ids, nil
+}
+
+// imageKeysOf returns up to limit of owner's images, each with the keys of its files (the original
+// and its variants).
+func (s *store) imageKeysOf(ctx context.Context, owner int64, limit int) (map[int64][]string, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT id, file_key, COALESCE((SELECT array_agg(v.file->>'key') FROM jsonb_each(variants) AS v(name, file)), '{}')
+		FROM images WHERE owner_id = $1 ORDER BY id LIMIT $2`, owner, limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: image keys: %w", err)
+	}
+	out := map[int64][]string{}
+	var id int64
+	var key string
+	var variants []string
+	_, err = pgx.ForEachRow(rows, []any{&id, &key, &variants}, func() error {
+		out[id] = append([]string{key}, variants...)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: image keys: %w", err)
+	}
+	return out, nil
+}
+
+// intentKeysUnder returns the keys of pending writes (blob_intents) of the originals' variants:
+// files a job placed but never recorded (a worker killed between the two).
+func (s *store) intentKeysUnder(ctx context.Context, originals []string) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT key FROM blob_intents WHERE split_part(key, '.', 1) = ANY($1)`, originals)
+	if err != nil {
+		return nil, fmt.Errorf("store: intents under: %w", err)
+	}
+	keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("store: intents under: %w", err)
+	}
+	return keys, nil
+}
+
+// deleteImagesByID deletes owner's rows ids.
+func (s *store) deleteImagesByID(ctx context.Context, owner int64, ids []int64) error {
+	if _, err := s.pool.Exec(ctx, `DELETE FROM images WHERE owner_id = $1 AND id = ANY($2)`, owner, ids); err != nil {
+		return fmt.Errorf("store: delete images: %w", err)
+	}
+	return nil
+}
+
+// purgeAccount removes deleted account id's row (and with it whatever still refers to it) once it
+// has no image left; false when one is left (an upload that landed meanwhile): the sweep goes on.
+func (s *store) purgeAccount(ctx context.Context, id int64) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM users WHERE id = $1 AND deleted_at IS NOT NULL
+		AND NOT EXISTS (SELECT 1 FROM images WHERE owner_id = $1)`, id)
+	if err != nil {
+		return false, fmt.Errorf("store: purge account: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// apiKey is an API key as its owner sees it; its secret is shown once, when it is made.
+type apiKey struct {
+	ID         int64      `json:"id"`
+	Name       string     `json:"name"`
+	Prefix     string     `json:"prefix"`
+	CreatedAt  time.Time  `json:"created_at"`
+	LastUsedAt *time.Time `json:"last_used_at"`
+	ExpiresAt  *time.Time `json:"expires_at"`
+}
+
+// errTooManyKeys is createAPIKey's answer when the owner has max keys already.
+var errTooManyKeys = errors.New("too many API keys")
+
+// createAPIKey stores a key for owner with the secret's hash, unless owner has max keys already
+// (errTooManyKeys), checked under the owner's row lock.
+func (s *store) createAPIKey(ctx context.Context, owner int64, name, prefix string, hash []byte, expires *time.Time, max int) (apiKey, error) {
+	k := apiKey{Name: name, Prefix: prefix, ExpiresAt: expires}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := lockOwner(ctx, tx, owner); err != nil {
+			return err
+		}
+		var n int
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM api_keys WHERE owner_id = $1`, owner).Scan(&n); err != nil {
+			return err
+		}
+		if n >= max {
+			return errTooManyKeys
+		}
+		return tx.QueryRow(ctx, `INSERT INTO api_keys (owner_id, name, prefix, hash, expires_at) VALUES ($1, $2, $3, $4, $5)
+			RETURNING id, created_at`, owner, name, prefix, hash, expires).Scan(&k.ID, &k.CreatedAt)
+	})
+	if pgCode(err) == pgForeignKeyViolation {
+		return apiKey{}, fmt.Errorf("store: create API key: %w", errAccountGone)
+	}
+	if err != nil {
+		return apiKey{}, fmt.Errorf("store: create API key: %w", err)
+	}
+	return k, nil
+}
+
+// apiKeysOf lists owner's keys, oldest first.
+func (s *store) apiKeysOf(ctx context.Context, owner int64) ([]apiKey, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, name, prefix, created_at, last_used_at, expires_at FROM api_keys WHERE owner_id = $1 ORDER BY id`, owner)
+	if err != nil {
+		return nil, fmt.Errorf("store: API keys: %w", err)
+	}
+	keys, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (apiKey, error) {
+		var k apiKey
+		err := r.Scan(&k.ID, &k.Name, &k.Prefix, &k.CreatedAt, &k.LastUsedAt, &k.ExpiresAt)
+		return k, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: API keys: %w", err)
+	}
+	return keys, nil
+}
+
+// deleteAPIKey deletes owner's key id, returning its hash; errNotFound when owner has none such.
+func (s *store) deleteAPIKey(ctx context.Context, owner, id int64) ([]byte, error) {
+	var hash []byte
+	err := s.pool.QueryRow(ctx, `DELETE FROM api_keys WHERE id = $1 AND owner_id = $2 RETURNING hash`, id, owner).Scan(&hash)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("store: delete API key %d: %w", id, errNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: delete API key %d: %w", id, err)
+	}
+	return hash, nil
+}
+
+// apiKeyByHash returns the owner and expiry of the key whose secret hashes to hash, and records its
+// use (at most once a minute: a key in constant use is written once a minute, not per request);
+// errNotFound when there is none, or its owner is being deleted.
+func (s *store) apiKeyByHash(ctx context.Context, hash []byte) (owner int64, expires *time.Time, err error) {
+	var id int64
+	var used *time.Time
+	err = s.pool.QueryRow(ctx, `
+		SELECT k.id, k.owner_id, k.expires_at, k.last_used_at FROM api_keys k JOIN users u ON u.id = k.owner_id
+		WHERE k.hash = $1 AND u.deleted_at IS NULL`, hash).Scan(&id, &owner, &expires, &used)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil, fmt.Errorf("store: API key: %w", errNotFound)
+	}
+	if err != nil {
+		return 0, nil, fmt.Errorf("store: API key: %w", err)
+	}
+	if used == nil || time.Since(*used) > time.Minute {
+		if _, err := s.pool.Exec(ctx, `UPDATE api_keys SET last_used_at = now() WHERE id = $1`, id); err != nil {
+			return 0, nil, fmt.Errorf("store: API key used: %w", err)
+		}
+	}
+	return owner, expires, nil
 }
 
 // setPasswordHash replaces an account's password hash (to upgrade its parameters).
