@@ -85,8 +85,8 @@ test("the page: sign up, upload, watch, edit, filter, view, delete, sign out", a
 
   // Sign up (the same screen).
   const username = `p_${Math.random().toString(36).slice(2, 8)}`;
-  await page.getByLabel("Username").fill(username);
-  await page.getByLabel("Password").fill("correct horse battery");
+  await page.getByLabel("Username", { exact: true }).fill(username);
+  await page.getByLabel("Password", { exact: true }).fill("correct horse battery");
   await page.getByRole("button", { name: "Sign up" }).click();
   await page.getByRole("heading", { name: "Your images", level: 2 }).waitFor();
   assert.match(await page.locator("#whoami").innerText(), new RegExp(username));
@@ -202,5 +202,85 @@ test("the page: sign up, upload, watch, edit, filter, view, delete, sign out", a
   await page.getByRole("button", { name: "Sign in" }).waitFor();
   assert.equal(await page.evaluate(() => sessionStorage.getItem("imageapi.token")), null);
   assert.equal(await page.evaluate(() => localStorage.length), 0);
+  assert.deepEqual(problems, [], "the page logged errors or CSP violations");
+});
+
+test("the account panel: usage, an API key made and deleted, password, sign out everywhere, delete", async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const problems = [];
+  page.on("console", (m) => {
+    // The wrong password's 400 is the one error expected; the browser logs it as a failed load.
+    if ((m.type() === "error" && !/status of 400/.test(m.text())) || /Content.Security.Policy/i.test(m.text())) problems.push(m.text());
+  });
+  page.on("pageerror", (e) => problems.push(String(e)));
+  await page.goto(`${server.base}/`);
+  const username = `a_${Math.random().toString(36).slice(2, 8)}`;
+  await page.getByLabel("Username", { exact: true }).fill(username);
+  await page.getByLabel("Password", { exact: true }).fill("correct horse battery");
+  await page.getByRole("button", { name: "Sign up" }).click();
+  await page.getByRole("heading", { name: "Your images", level: 2 }).waitFor();
+  await page.getByLabel("Upload images").setInputFiles(join(root, "testdata", "small.webp"));
+  await page.locator('#uploads li[data-state="done"]').first().waitFor();
+
+  // Usage.
+  await page.getByRole("button", { name: "Account" }).click();
+  const panel = page.getByRole("dialog", { name: "Your account" });
+  await panel.waitFor();
+  await panel.locator("#usage").filter({ hasText: "1 image" }).waitFor();
+  await accessibility(page, "the account panel");
+  await shots(page, "account");
+
+  // An API key: shown once, works for the API, listed without its secret, deleted.
+  await panel.getByLabel("Name of a new key").fill("e2e script");
+  await panel.getByRole("button", { name: "Create key" }).click();
+  await page.waitForFunction(() => document.getElementById("key-secret").value !== "");
+  const secret = await panel.getByLabel(/Your new key/).inputValue();
+  assert.match(secret, /^iak_[A-Za-z0-9_-]{43}$/);
+  const listed = await page.request.get(`${server.base}/api/v1/images/`, { headers: { Authorization: `Bearer ${secret}` } });
+  assert.equal(listed.status(), 200);
+  assert.equal((await listed.json()).length, 1);
+  const keys = panel.locator("#keys li");
+  await keys.filter({ hasText: "e2e script" }).waitFor();
+  assert.ok(!(await keys.first().innerText()).includes(secret), "the list shows the secret");
+  await panel.getByRole("button", { name: "Delete key e2e script" }).click();
+  await page.waitForFunction(() => document.querySelectorAll("#keys li").length === 0);
+  const revoked = await page.request.get(`${server.base}/api/v1/images/`, { headers: { Authorization: `Bearer ${secret}` } });
+  assert.equal(revoked.status(), 401);
+
+  // The password: a wrong current one is refused with the reason; then changed, and this tab stays in.
+  await panel.getByLabel("Current password").fill("not my password");
+  await panel.getByLabel("New password (8 characters or more)").fill("battery staple horse");
+  await panel.getByRole("button", { name: "Change password" }).click();
+  await panel.locator("#password-message").filter({ hasText: "incorrect" }).waitFor();
+  await panel.getByLabel("Current password").fill("correct horse battery");
+  await panel.getByRole("button", { name: "Change password" }).click();
+  await panel.locator("#password-message").filter({ hasText: "Password changed" }).waitFor();
+  await panel.getByRole("button", { name: "Close" }).click();
+  await page.getByRole("heading", { name: "small.webp" }).waitFor();
+
+  // Sign out everywhere: back at the sign-in screen; sign in with the new password.
+  await page.getByRole("button", { name: "Account" }).click();
+  await panel.getByRole("button", { name: "Sign out everywhere" }).click();
+  await page.getByRole("button", { name: "Sign in" }).waitFor();
+  assert.match(await page.locator("#auth-message").innerText(), /signed out everywhere/);
+  await page.getByLabel("Username", { exact: true }).fill(username);
+  await page.getByLabel("Password", { exact: true }).fill("battery staple horse");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Your images", level: 2 }).waitFor();
+
+  // Delete the account: the username must be typed; then everything goes and the name is free.
+  await page.getByRole("button", { name: "Account" }).click();
+  await panel.getByRole("button", { name: "Delete account…" }).click();
+  await panel.getByLabel("Type your username").fill("someone else");
+  await panel.getByLabel("Your password", { exact: true }).fill("battery staple horse");
+  await panel.getByRole("button", { name: "Delete my account for good" }).click();
+  await panel.locator("#delete-account-message").filter({ hasText: "Type your username" }).waitFor();
+  await accessibility(page, "the account deletion form");
+  await panel.getByLabel("Type your username").fill(username);
+  await panel.getByRole("button", { name: "Delete my account for good" }).click();
+  await page.getByRole("button", { name: "Sign in" }).waitFor();
+  assert.match(await page.locator("#auth-message").innerText(), /deleted/);
+  const again = await page.request.post(`${server.base}/api/v1/auth/signup`, { data: { username, password: "a new password" } });
+  assert.equal(again.status(), 200, "the username is free again");
   assert.deepEqual(problems, [], "the page logged errors or CSP violations");
 });

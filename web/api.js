@@ -64,6 +64,11 @@ export async function call(method, path, body, { signal } = {}) {
   return { data, headers: resp.headers };
 }
 
+// keepToken keeps a token the server answered with (a password change returns a fresh one).
+export function keepToken(accessToken) {
+  sessionStorage.setItem(tokenKey, accessToken);
+}
+
 // signIn exchanges credentials for a token and keeps it for this tab.
 export async function signIn(name, password) {
   const { data } = await call("POST", "/api/v1/auth/token", { username: name, password });

@@ -4,6 +4,7 @@ import { signIn, signUp, signOut, token, username, whenSignedOut } from "./api.j
 import { Gallery } from "./gallery.js";
 import { Uploads } from "./uploads.js";
 import { Viewer } from "./viewer.js";
+import { AccountPanel } from "./account.js";
 
 const $ = (id) => document.getElementById(id);
 const signupOpen = document.querySelector('meta[name="imageapi-signup"]')?.content !== "closed";
@@ -13,14 +14,17 @@ const gallery = new Gallery($("gallery"), {
   onOpen: (im, from) => im && viewer.open(im, from),
 });
 const viewer = new Viewer({ onChanged: () => gallery.refresh() });
+const account = new AccountPanel({ onGone: (message) => showAccount(message) });
 const uploads = new Uploads($("uploads"), { tags: $("tags-new"), onUploaded: () => gallery.refresh() });
 
 function showAccount(message = "") {
   gallery.stop();
   if ($("viewer").open) $("viewer").close();
+  if ($("account-panel").open) $("account-panel").close();
   $("library").hidden = true;
   $("account").hidden = false;
   $("signout").hidden = true;
+  $("account-open").hidden = true;
   $("whoami").hidden = true;
   $("auth-message").textContent = message;
   $("signup").hidden = !signupOpen;
@@ -32,6 +36,7 @@ function showLibrary() {
   $("account").hidden = true;
   $("library").hidden = false;
   $("signout").hidden = false;
+  $("account-open").hidden = false;
   $("whoami").hidden = false;
   $("whoami").textContent = `Signed in as ${username() || "you"}`;
   $("uploads").replaceChildren();
@@ -63,6 +68,7 @@ $("auth-form").addEventListener("submit", (e) => {
   authenticate("in");
 });
 $("signup").addEventListener("click", () => authenticate("up"));
+$("account-open").addEventListener("click", () => account.open());
 $("signout").addEventListener("click", () => {
   signOut();
   showAccount("You are signed out.");
