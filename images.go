@@ -362,7 +362,9 @@ func (a *app) filePart(w http.ResponseWriter, r *http.Request, boundary string) 
 	return part, done, nil
 }
 
-// listImages answers the caller's images, newest first, with X-Total-Count.
+// listImages answers the caller's images, newest first, with X-Total-Count, and, when more follow,
+// a cursor to the next page (Link rel="next" and X-Next-Cursor; rel="first" always). A cursor costs
+// the same at any depth; skip walks every row it skips, and is kept for the clients that use it.
 func (a *app) listImages(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	skip, err := intParam(q, "skip", 0, 0, maxSkip)
@@ -383,9 +385,22 @@ func (a *app) listImages(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	uid := userID(r.Context())
-	sub := fmt.Sprintf("list:%d:%d:%s", skip, limit, tag)
+	var after *listCursor
+	if c := q.Get("cursor"); q.Has("cursor") {
+		if skip > 0 {
+			a.fail(w, r, newError(http.StatusUnprocessableEntity, "send cursor or skip, not both"))
+			return
+		}
+		pos, err := a.cursors.decode(uid, tag, c)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		after = &pos
+	}
+	sub := fmt.Sprintf("list:%d:%d:%s:%s", skip, limit, q.Get("cursor"), tag)
 	page, err := cacheAside(r.Context(), a.cache, uid, sub, func(ctx context.Context) (imagePage, error) {
-		return a.store.selectImages(ctx, uid, tag, skip, limit)
+		return a.store.selectImages(ctx, uid, tag, skip, limit, after)
 	})
 	if err != nil {
 		a.fail(w, r, err)
@@ -395,8 +410,33 @@ func (a *app) listImages(w http.ResponseWriter, r *http.Request) {
 	for i, im := range page.Images {
 		views[i] = a.imageJSON(im)
 	}
-	w.Header().Set("X-Total-Count", strconv.FormatInt(page.Total, 10))
+	a.pageLinks(w, r, uid, tag, limit, page)
 	writeJSON(w, http.StatusOK, views)
+}
+
+// pageLinks sets a list answer's X-Total-Count, and its Link header (RFC 8288): rel="first", and
+// rel="next" with X-Next-Cursor when more images follow the page.
+func (a *app) pageLinks(w http.ResponseWriter, r *http.Request, uid int64, tag string, limit int, page imagePage) {
+	h := w.Header()
+	h.Set("X-Total-Count", strconv.FormatInt(page.Total, 10))
+	link := func(cursor string) string {
+		v := url.Values{"limit": {strconv.Itoa(limit)}}
+		if tag != "" {
+			v.Set("tag", tag)
+		}
+		if cursor != "" {
+			v.Set("cursor", cursor)
+		}
+		return "<" + r.URL.Path + "?" + v.Encode() + ">"
+	}
+	links := []string{link("") + `; rel="first"`}
+	if page.More && len(page.Images) > 0 {
+		last := page.Images[len(page.Images)-1]
+		next := a.cursors.encode(uid, tag, listCursor{createdAt: last.CreatedAt, id: last.ID})
+		h.Set("X-Next-Cursor", next)
+		links = append(links, link(next)+`; rel="next"`)
+	}
+	h.Set("Link", strings.Join(links, ", "))
 }
 
 // ownImage returns the caller's image {id}, through the cache; errImageNotFound for anything else.

@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -764,4 +765,93 @@ func BenchmarkUpload(b *testing.B) {
 	b.Run("imageapi", func(b *testing.B) { run(b, s.srv.URL+"/api/v1/images/?name=bench") })
 	b.Run("bare", func(b *testing.B) { run(b, bare) })
 	b.Run("bare-sha256", func(b *testing.B) { run(b, bareSHA) })
+}
+
+// TestListCursors: a walk by cursor visits every image once, newest first, whatever is added or
+// deleted meanwhile (the image a cursor points at included); Link and X-Next-Cursor lead on while
+// more follow; a tag's walk stays in the tag; a cursor that is tampered with, another user's, for
+// another tag, or sent with skip is 422.
+func TestListCursors(t *testing.T) {
+	s := newTestServer(t, nil)
+	_, auth := s.signupAndLogin()
+	_, stranger := s.signupAndLogin()
+	var ids []int64
+	for i := range 25 {
+		tags := ""
+		if i%2 == 0 {
+			tags = "even"
+		}
+		ids = append(ids, s.mustUpload(auth, fmt.Sprint("i", i), tags, "a.png", tinyPNG(t, 4, 4)).ID)
+	}
+	walk := func(auth, query string, during func(page int, last imageView)) []int64 {
+		t.Helper()
+		var seen []int64
+		path := "/api/v1/images/?" + query
+		for page := 0; path != ""; page++ {
+			r := s.do("GET", path, nil, "Authorization", auth)
+			if r.status != 200 {
+				t.Fatalf("%s: %d %s", path, r.status, r.body)
+			}
+			var got []imageView
+			r.json(t, &got)
+			for _, v := range got {
+				seen = append(seen, v.ID)
+			}
+			if !strings.Contains(r.header.Get("Link"), `rel="first"`) {
+				t.Errorf("no rel=first: %q", r.header.Get("Link"))
+			}
+			path = ""
+			if next := r.header.Get("X-Next-Cursor"); next != "" {
+				m := regexp.MustCompile(`<([^>]+)>; rel="next"`).FindStringSubmatch(r.header.Get("Link"))
+				if m == nil || !strings.Contains(m[1], "cursor="+next) {
+					t.Fatalf("Link %q does not lead to X-Next-Cursor %s", r.header.Get("Link"), next)
+				}
+				path = m[1]
+			}
+			if during != nil && len(got) > 0 {
+				during(page, got[len(got)-1])
+			}
+		}
+		return seen
+	}
+	// Added during the walk: newer, so not in it; deleted: the image the first page ended at.
+	seen := walk(auth, "limit=10", func(page int, last imageView) {
+		if page == 0 {
+			s.mustUpload(auth, "late", "", "a.png", tinyPNG(t, 4, 4))
+			s.do("DELETE", fmt.Sprint("/api/v1/images/", last.ID), nil, "Authorization", auth)
+		}
+	})
+	want := slices.Clone(ids)
+	slices.Reverse(want)
+	if !slices.Equal(seen, want) {
+		t.Fatalf("walk: %v, want %v", seen, want)
+	}
+	even := walk(auth, "limit=4&tag=even", nil)
+	if len(even) != 13 || slices.ContainsFunc(even, func(id int64) bool { return slices.Index(ids, id)%2 == 1 }) {
+		t.Errorf("the tag's walk: %v", even)
+	}
+	r := s.do("GET", "/api/v1/images/?limit=5", nil, "Authorization", auth)
+	next := r.header.Get("X-Next-Cursor")
+	if next == "" || r.header.Get("X-Total-Count") != "25" {
+		t.Fatalf("first page: cursor %q, total %q", next, r.header.Get("X-Total-Count"))
+	}
+	flipped := []byte(next)
+	flipped[5] ^= 1
+	for name, q := range map[string]string{
+		"tampered":     "cursor=" + string(flipped),
+		"not base64":   "cursor=%21%21",
+		"empty":        "cursor=",
+		"another tag":  "tag=even&cursor=" + next,
+		"with skip":    "skip=5&cursor=" + next,
+		"another user": "cursor=" + next + "&as=stranger",
+	} {
+		who := auth
+		if strings.HasSuffix(q, "as=stranger") {
+			who = stranger
+		}
+		p := s.do("GET", "/api/v1/images/?"+q, nil, "Authorization", who).problem(t, http.StatusUnprocessableEntity)
+		if !strings.Contains(p.Detail, "cursor") {
+			t.Errorf("%s: %q", name, p.Detail)
+		}
+	}
 }

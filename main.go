@@ -314,6 +314,7 @@ type app struct {
 	tokens   *tokenIssuer
 	accounts *liveAccounts // each account's token generation, as recently seen
 	apiKeys  *apiKeyCache  // API keys by their secret's hash, as recently seen
+	cursors  cursorCodec   // list cursors, signed
 	hasher   *passwordHasher
 	docs     docAssets     // Swagger UI and openapi.json
 	page     docAssets     // the web page at /
@@ -392,6 +393,7 @@ func newApp(ctx context.Context, cfg config, pool *pgxpool.Pool, log *slog.Logge
 		hasher:      hasher,
 		accounts:    newLiveAccounts(st),
 		apiKeys:     newAPIKeyCache(st, key),
+		cursors:     newCursorCodec(key),
 		budget:      newMemoryBudget(cfg.WorkerMemory),
 		intentGrace: intentGraceFor(cfg),
 		// A limit of 0 turns that limiter off (allow answers yes to a nil one).

@@ -177,7 +177,7 @@ func (s *store) userByID(ctx context.Context, id int64) (user, error) {
 
 // accountUsage returns how many images owner has and the bytes they store (originals and variants).
 func (s *store) accountUsage(ctx context.Context, owner int64) (images, bytes int64, err error) {
-	err = s.pool.QueryRow(ctx, `SELECT count(*), COALESCE(sum(size + variant_bytes), 0) FROM images WHERE owner_id = $1`, owner).Scan(&images, &bytes)
+	err = s.pool.QueryRow(ctx, `SELECT COALESCE(max(n), 0), COALESCE(max(bytes), 0) FROM image_counts WHERE owner_id = $1 AND tag = ''`, owner).Scan(&images, &bytes)
 	if err != nil {
 		return 0, 0, fmt.Errorf("store: account usage: %w", err)
 	}
@@ -291,12 +291,21 @@ func (s *store) deleteImagesByID(ctx context.Context, owner int64, ids []int64) 
 // purgeAccount removes deleted account id's row (and with it whatever still refers to it) once it
 // has no image left; false when one is left (an upload that landed meanwhile): the sweep goes on.
 func (s *store) purgeAccount(ctx context.Context, id int64) (bool, error) {
-	tag, err := s.pool.Exec(ctx, `DELETE FROM users WHERE id = $1 AND deleted_at IS NOT NULL
-		AND NOT EXISTS (SELECT 1 FROM images WHERE owner_id = $1)`, id)
+	var done bool
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `DELETE FROM users WHERE id = $1 AND deleted_at IS NOT NULL
+			AND NOT EXISTS (SELECT 1 FROM images WHERE owner_id = $1)`, id)
+		if err != nil || tag.RowsAffected() == 0 {
+			return err
+		}
+		done = true
+		_, err = tx.Exec(ctx, `DELETE FROM image_counts WHERE owner_id = $1`, id)
+		return err
+	})
 	if err != nil {
 		return false, fmt.Errorf("store: purge account: %w", err)
 	}
-	return tag.RowsAffected() == 1, nil
+	return done, nil
 }
 
 // apiKey is an API key as its owner sees it; its secret is shown once, when it is made.
@@ -473,8 +482,9 @@ func scanImage(row pgx.Row) (imageRecord, error) {
 // quota.
 var errQuota = errors.New("storage quota exceeded")
 
-// usageSQL sums what one owner ($1) stores: originals and variants (reserved or real).
-const usageSQL = `SELECT COALESCE(sum(size + variant_bytes), 0) FROM images WHERE owner_id = $1`
+// usageSQL reads what one owner ($1) stores, originals and variants (reserved or real), from the
+// counts the triggers keep (image_counts).
+const usageSQL = `SELECT COALESCE((SELECT bytes FROM image_counts WHERE owner_id = $1 AND tag = ''), 0)`
 
 // lockOwner takes the row lock of owner's account for the rest of tx, so that quota checks of one
 // owner's images run one after the other.
@@ -547,20 +557,29 @@ func (s *store) imageByID(ctx context.Context, owner, id int64) (imageRecord, er
 	return im, nil
 }
 
-// imagePage is one page of a user's images and how many the query selects in all.
+// imagePage is one page of a user's images, how many the query selects in all, and whether more
+// follow the page.
 type imagePage struct {
 	Total  int64         `json:"total"`
 	Images []imageRecord `json:"images"`
+	More   bool          `json:"more"`
 }
 
-// selectImages returns owner's images newest first, skipping skip and returning at most limit, with
-// tag (when not empty) as a filter; Total counts every image the filter selects.
-func (s *store) selectImages(ctx context.Context, owner int64, tag string, skip, limit int) (imagePage, error) {
-	// One round trip: the page and the count as a batch.
-	filter := `owner_id = $1 AND ($2 = '' OR tags @> ARRAY[$2])`
+// selectImages returns owner's images newest first, with tag (when not empty) as a filter: after
+// cursor when it is not nil (a keyset seek on created_at, id: the same cost at any depth), else
+// skipping skip (OFFSET: it walks every row it skips); at most limit. Total, read from the counts
+// the triggers keep, is every image the filter selects.
+func (s *store) selectImages(ctx context.Context, owner int64, tag string, skip, limit int, after *listCursor) (imagePage, error) {
+	// One round trip: the page and the count as a batch. One row past the page says whether more follow.
 	b := &pgx.Batch{}
-	b.Queue(`SELECT `+imageColumns+` FROM images WHERE `+filter+` ORDER BY created_at DESC, id DESC OFFSET $3 LIMIT $4`, owner, tag, skip, limit)
-	b.Queue(`SELECT count(*) FROM images WHERE `+filter, owner, tag)
+	filter := `owner_id = $1 AND ($2 = '' OR tags @> ARRAY[$2])`
+	if after != nil {
+		b.Queue(`SELECT `+imageColumns+` FROM images WHERE `+filter+` AND (created_at, id) < ($3, $4)
+			ORDER BY created_at DESC, id DESC LIMIT $5`, owner, tag, after.createdAt, after.id, limit+1)
+	} else {
+		b.Queue(`SELECT `+imageColumns+` FROM images WHERE `+filter+` ORDER BY created_at DESC, id DESC OFFSET $3 LIMIT $4`, owner, tag, skip, limit+1)
+	}
+	b.Queue(`SELECT COALESCE((SELECT n FROM image_counts WHERE owner_id = $1 AND tag = $2), 0)`, owner, tag)
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
 	rows, err := br.Query()
@@ -579,6 +598,9 @@ func (s *store) selectImages(ctx context.Context, owner int64, tag string, skip,
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return imagePage{}, fmt.Errorf("store: list images: %w", err)
+	}
+	if len(page.Images) > limit {
+		page.Images, page.More = page.Images[:limit], true
 	}
 	if err := br.QueryRow().Scan(&page.Total); err != nil {
 		return imagePage{}, fmt.Errorf("store: count images: %w", err)
@@ -732,11 +754,14 @@ func (s *store) finishImage(ctx context.Context, id int64, attempt int, variants
 			if err := lockOwner(ctx, tx, owner); err != nil {
 				return err
 			}
-			var others int64
-			if err := tx.QueryRow(ctx, usageSQL+` AND id <> $2`, owner, id).Scan(&others); err != nil {
+			var all, mine int64
+			if err := tx.QueryRow(ctx, usageSQL, owner).Scan(&all); err != nil {
 				return err
 			}
-			if others+size+real > quota {
+			if err := tx.QueryRow(ctx, `SELECT size + variant_bytes FROM images WHERE id = $1`, id).Scan(&mine); err != nil {
+				return err
+			}
+			if all-mine+size+real > quota {
 				return errQuota
 			}
 		}

@@ -1,4 +1,5 @@
-// The gallery: the signed-in user's images newest first, a page at a time, optionally of one tag,
+// The gallery: the signed-in user's images newest first, a page at a time by the cursors the API
+// answers with (each page costs the same at any depth), optionally of one tag,
 // as cards that paint the image's placeholder at once and its thumbnail when it has loaded. While any
 // image on the page is pending or processing, the page is asked for again every poll interval, and
 // the cards whose image changed are drawn anew: a status change shows without a reload.
@@ -11,14 +12,20 @@ const pollMs = 1000;
 export class Gallery {
   constructor(root, { count, page, prev, next, onOpen }) {
     Object.assign(this, { root, countEl: count, pageEl: page, prevEl: prev, nextEl: next, onOpen });
-    this.skip = 0;
+    this.cursors = [""]; // the cursor of each page walked so far: the first page has none
+    this.index = 0; // which of them is shown
+    this.nextCursor = "";
     this.tag = "";
     this.total = 0;
     this.shown = new Map(); // id → the Image a card shows
     this.timer = null;
     this.loading = null;
-    prev.addEventListener("click", () => this.go(this.skip - pageSize));
-    next.addEventListener("click", () => this.go(this.skip + pageSize));
+    prev.addEventListener("click", () => this.go(this.index - 1));
+    next.addEventListener("click", () => {
+      if (!this.nextCursor) return;
+      this.cursors[this.index + 1] = this.nextCursor;
+      this.go(this.index + 1);
+    });
     // One listener for every card (event delegation): a click anywhere on a card opens it; its
     // heading's button is what the keyboard reaches.
     root.addEventListener("click", (e) => {
@@ -30,11 +37,12 @@ export class Gallery {
   // filter shows the first page of images with tag ("" for all).
   filter(tag) {
     this.tag = tag;
+    this.cursors = [""];
     return this.go(0);
   }
 
-  go(skip) {
-    this.skip = Math.max(0, skip);
+  go(index) {
+    this.index = Math.max(0, Math.min(index, this.cursors.length - 1));
     return this.refresh();
   }
 
@@ -50,8 +58,9 @@ export class Gallery {
     clearTimeout(this.timer);
     this.loading?.abort();
     const ctl = (this.loading = new AbortController());
-    const q = new URLSearchParams({ skip: this.skip, limit: pageSize });
+    const q = new URLSearchParams({ limit: pageSize });
     if (this.tag) q.set("tag", this.tag);
+    if (this.cursors[this.index]) q.set("cursor", this.cursors[this.index]);
     let resp;
     try {
       resp = await call("GET", `/api/v1/images/?${q}`, undefined, { signal: ctl.signal });
@@ -63,7 +72,8 @@ export class Gallery {
     }
     const images = resp.data;
     this.total = Number(resp.headers.get("X-Total-Count") || images.length);
-    if (images.length === 0 && this.skip > 0 && this.total > 0) return this.go(this.skip - pageSize);
+    this.nextCursor = resp.headers.get("X-Next-Cursor") || "";
+    if (images.length === 0 && this.index > 0 && this.total > 0) return this.go(this.index - 1);
     this.draw(images);
     if (images.some((im) => im.status === "pending" || im.status === "processing")) {
       this.timer = setTimeout(() => this.refresh(), pollMs);
@@ -83,14 +93,14 @@ export class Gallery {
     this.shown = next;
     this.root.replaceChildren(...cards);
     const pages = Math.max(1, Math.ceil(this.total / pageSize));
-    const page = Math.floor(this.skip / pageSize) + 1;
+    const page = this.index + 1;
     const what = this.tag ? `tagged “${this.tag}”` : "in all";
     this.countEl.textContent = this.total === 0
       ? (this.tag ? `No images tagged “${this.tag}”.` : "No images yet: upload some above.")
       : `${this.total} image${this.total === 1 ? "" : "s"} ${what}.`;
     this.pageEl.textContent = `Page ${page} of ${pages}`;
     this.prevEl.disabled = page <= 1;
-    this.nextEl.disabled = page >= pages;
+    this.nextEl.disabled = !this.nextCursor;
   }
 }
 
