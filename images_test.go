@@ -21,12 +21,14 @@ import (
 	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"golang.org/x/image/bmp"
 	"golang.org/x/image/tiff"
 )
@@ -853,5 +855,119 @@ func TestListCursors(t *testing.T) {
 		if !strings.Contains(p.Detail, "cursor") {
 			t.Errorf("%s: %q", name, p.Detail)
 		}
+	}
+}
+
+// BenchmarkScale: one account with a large library (IMAGEAPI_SCALE images, 1,000,000 by default;
+// 10,000,000 takes about ten minutes to load) against one with 100, in one run, PostgreSQL alone (no
+// cache): the median latency of the first page, a cursor page at half the library's depth, a tag's
+// page (10 % of the images), an upload and a delete, and each one's ratio to the small account's.
+//
+//	go test -run '^$' -bench Scale -benchtime 1x .
+//	IMAGEAPI_SCALE=10000000 go test -run '^$' -bench Scale -benchtime 1x -timeout 1h .
+func BenchmarkScale(b *testing.B) {
+	n := 1_000_000
+	if v, err := strconv.Atoi(os.Getenv("IMAGEAPI_SCALE")); err == nil && v > 0 {
+		n = v
+	}
+	s := newTestServer(b, map[string]string{"DATABASE_URL": freshDatabase(b), "LOG_LEVEL": "error"})
+	ctx := context.Background()
+	type account struct {
+		name, auth string
+		id         int64
+		size       int
+	}
+	accounts := []*account{{size: 100}, {size: n}}
+	for _, acc := range accounts {
+		acc.name, acc.auth = s.signupAndLogin()
+		s.pool.QueryRow(ctx, "SELECT id FROM users WHERE username = $1", acc.name).Scan(&acc.id)
+		loadImages(b, s, acc.id, acc.size)
+	}
+	median := func(d []time.Duration) time.Duration { slices.Sort(d); return d[len(d)/2] }
+	for b.Loop() {
+		results := map[string][2]time.Duration{}
+		for i, acc := range accounts {
+			var at listCursor
+			s.pool.QueryRow(ctx, `SELECT created_at, id FROM images WHERE owner_id = $1 ORDER BY created_at DESC, id DESC OFFSET $2 LIMIT 1`,
+				acc.id, acc.size/2).Scan(&at.createdAt, &at.id)
+			deep := s.cursors.encode(acc.id, "", at)
+			var victims []int64
+			rows, _ := s.pool.Query(ctx, `SELECT id FROM images WHERE owner_id = $1 ORDER BY id LIMIT 21 OFFSET $2`, acc.id, acc.size/3)
+			victims, _ = pgx.CollectRows(rows, pgx.RowTo[int64])
+			body, ct := multipartBody(b, "file", "a.png", tinyPNG(b, 8, 8))
+			ops := map[string]func(k int) response{
+				"first-page": func(int) response { return s.do("GET", "/api/v1/images/?limit=20", nil, "Authorization", acc.auth) },
+				"cursor-page": func(int) response {
+					return s.do("GET", "/api/v1/images/?limit=20&cursor="+deep, nil, "Authorization", acc.auth)
+				},
+				"tag-page": func(int) response {
+					return s.do("GET", "/api/v1/images/?limit=20&tag=cats", nil, "Authorization", acc.auth)
+				},
+				"upload": func(int) response {
+					return s.do("POST", "/api/v1/images/?name=bench", body, "Authorization", acc.auth, "Content-Type", ct)
+				},
+				"delete": func(k int) response {
+					return s.do("DELETE", fmt.Sprint("/api/v1/images/", victims[k]), nil, "Authorization", acc.auth)
+				},
+			}
+			for name, op := range ops {
+				var took []time.Duration
+				for k := range 21 {
+					start := time.Now()
+					if r := op(k); r.status >= 300 {
+						b.Fatalf("%s (%d images): %d %s", name, acc.size, r.status, r.body)
+					}
+					took = append(took, time.Since(start))
+				}
+				m := results[name]
+				m[i] = median(took)
+				results[name] = m
+			}
+		}
+		for name, m := range results {
+			b.ReportMetric(float64(m[0].Microseconds())/1000, name+"-small-ms")
+			b.ReportMetric(float64(m[1].Microseconds())/1000, name+"-large-ms")
+			b.ReportMetric(float64(m[1])/float64(m[0]), name+"-ratio")
+		}
+	}
+}
+
+// loadImages adds n rows of images to owner (10 % tagged cats), loaded in one statement with the
+// triggers off and counted as the migration counts, then analyzed.
+func loadImages(t testing.TB, s *testServer, owner int64, n int) {
+	ctx := context.Background()
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	_, err = conn.Exec(ctx, `SET session_replication_role = replica`)
+	if err == nil {
+		_, err = conn.Exec(ctx, `
+		INSERT INTO images (owner_id, name, tags, status, content_type, width, height, size, sha256, file_key, created_at)
+		SELECT $1::bigint, 'i' || i, CASE WHEN i % 10 = 0 THEN ARRAY['cats'] ELSE ARRAY['dogs'] END, 'ready', 'image/png', 4, 4, 100, 'x',
+		       'o/' || substr(md5($1::text || '-' || i), 1, 2) || '/' || md5($1::text || '-' || i), now() - i * interval '1 second'
+		FROM generate_series(1, $2::int) AS i`, owner, n)
+	}
+	if err == nil {
+		_, err = conn.Exec(ctx, `SET session_replication_role = origin`)
+	}
+	if err == nil {
+		_, err = conn.Exec(ctx, `
+		INSERT INTO image_counts AS c (owner_id, tag, n, bytes)
+		SELECT owner_id, '', count(*), sum(size + variant_bytes) FROM images WHERE owner_id = $1 GROUP BY owner_id
+		ON CONFLICT (owner_id, tag) DO UPDATE SET n = c.n + EXCLUDED.n, bytes = c.bytes + EXCLUDED.bytes`, owner)
+	}
+	if err == nil {
+		_, err = conn.Exec(ctx, `
+		INSERT INTO image_counts AS c (owner_id, tag, n, bytes)
+		SELECT owner_id, t, count(*), 0 FROM images, unnest(tags) AS t WHERE owner_id = $1 GROUP BY owner_id, t
+		ON CONFLICT (owner_id, tag) DO UPDATE SET n = c.n + EXCLUDED.n`, owner)
+	}
+	if err == nil {
+		_, err = conn.Exec(ctx, `ANALYZE images`)
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 }
