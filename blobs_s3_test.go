@@ -50,6 +50,7 @@ func TestS3Bucket(t *testing.T) {
 // leave no row and no object; metadata and lists still answer; /readyz names storage. A job that
 // meets the outage waits, without using up its attempts, and finishes once the bucket is back.
 func TestS3Outage(t *testing.T) {
+	t.Parallel() // mostly waiting, on a database of its own
 	proxy := startProxy(t, strings.TrimPrefix(needS3(t).Endpoint, "http://"))
 	env := with(s3TestEnv(t), "S3_ENDPOINT", "http://"+proxy.addr(), "DATABASE_URL", freshDatabase(t),
 		"BROKER_URL", needBroker(t), "QUEUE_NAME", testQueue(t), "JOB_RETRY_DELAY", "100ms", "JOB_MAX_ATTEMPTS", "2")
@@ -228,6 +229,7 @@ func (p *lossyS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // upload answers 503 and the object goes: at once when the bucket answers a DELETE, else (the
 // process having died meanwhile) by the intent sweep of any replica. No object is left without a row.
 func TestBucketNeverLeaks(t *testing.T) {
+	t.Parallel() // on a database of its own
 	bucket := needS3(t)
 	env := with(s3TestEnv(t), "DATABASE_URL", freshDatabase(t))
 	direct, err := newS3Client(s3Config{Endpoint: bucket.Endpoint, Bucket: bucket.Bucket, AccessKey: bucket.AccessKey, SecretKey: bucket.SecretKey, Prefix: env["S3_PREFIX"]})

@@ -273,6 +273,7 @@ func TestPureScanJPEG(t *testing.T) {
 // TestPureDecodersRefuseTooManyScans: neither path decodes a file of too many scans, and the refusal is
 // the user's to read; a file at the limit decodes on both.
 func TestPureJPEGWorkBound(t *testing.T) {
+	computeOnly(t)
 	for _, tc := range []struct {
 		name      string
 		data      []byte

@@ -96,10 +96,14 @@ func decodeBody(t testing.TB, b []byte) (stdimage.Image, string) {
 
 // TestProcessEndToEnd: every supported format goes upload → ready through RabbitMQ, and each variant
 // downloads, decodes, has the right type and size, is upright, and the grayscale is truly gray.
-func TestProcessEndToEnd(t *testing.T) { forEachBackend(t, testProcessEndToEnd) }
+func TestProcessEndToEnd(t *testing.T) {
+	t.Parallel() // mostly waiting for the worker: it overlaps the others
+	forEachBackend(t, testProcessEndToEnd)
+}
 
 func testProcessEndToEnd(t *testing.T, env map[string]string) {
-	s := newTestServer(t, with(env, "BROKER_URL", needBroker(t), "QUEUE_NAME", testQueue(t)))
+	t.Parallel() // the two stores at once, each on a database of its own (its sweeper sees only its jobs)
+	s := newTestServer(t, with(env, "BROKER_URL", needBroker(t), "QUEUE_NAME", testQueue(t), "DATABASE_URL", freshDatabase(t)))
 	startWorker(t, s)
 	_, auth := s.signupAndLogin()
 	cases := endToEndCases(t)

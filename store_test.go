@@ -109,6 +109,7 @@ func (r *sqlRecorder) add(sql string, args []any) {
 // quota and usage, claims, the sweeps' scans, deletes) is planned without a sequential scan of
 // images: each stays on an index however large the table grows.
 func TestQueriesUseIndexes(t *testing.T) {
+	t.Parallel() // on a database of its own
 	ctx := context.Background()
 	url := freshDatabase(t)
 	setup, err := pgxpool.New(ctx, url)
