@@ -33,50 +33,10 @@ import (
 
 // progressiveGrayJPEG is a valid w×h one-component progressive JPEG of one DC scan and acScans AC
 // scans of the whole band (1–63), each coded as EOB runs: a few bytes, yet every scan walks every
-// block. With acScans large it is the scan bomb; with 999 a legitimate (if odd) 1000-scan file.
+// block. With acScans large it is the scan bomb; a few hundred over a megapixel is refused for its
+// coefficient visits (maxVisitsPerSample).
 func progressiveGrayJPEG(w, h, acScans int) []byte {
-	var b bytes.Buffer
-	seg := func(marker byte, body []byte) {
-		b.Write([]byte{0xFF, marker, byte((len(body) + 2) >> 8), byte(len(body) + 2)})
-		b.Write(body)
-	}
-	b.Write([]byte{0xFF, 0xD8})
-	q := make([]byte, 65)
-	for i := 1; i < 65; i++ {
-		q[i] = 8
-	}
-	seg(0xDB, q)
-	seg(0xC2, []byte{8, byte(h >> 8), byte(h), byte(w >> 8), byte(w), 1, 1, 0x11, 0})
-	// DC table 0: one code ("0") for category 0. AC table 0: one code ("0") for EOB14 (0xE0).
-	dht := append([]byte{0x00, 1}, make([]byte, 15)...)
-	dht = append(dht, 0x00)
-	dht = append(dht, 0x10, 1)
-	dht = append(dht, make([]byte, 15)...)
-	dht = append(dht, 0xE0)
-	seg(0xC4, dht)
-	blocks := ((w + 7) / 8) * ((h + 7) / 8)
-	var bits bitWriter
-	// DC first scan: every block's difference is 0 (one bit each).
-	seg(0xDA, []byte{1, 1, 0x00, 0, 0, 0})
-	for range blocks {
-		bits.put(0, 1)
-	}
-	b.Write(bits.flush())
-	// AC first scans: runs of up to 32767 blocks, EOB14 and 14 bits each.
-	var ac bitWriter
-	for left := blocks; left > 0; {
-		n := min(left, 1<<15-1)
-		ac.put(0, 1)
-		ac.put(uint32(n-1<<14), 14)
-		left -= n
-	}
-	acData := ac.flush()
-	for range acScans {
-		seg(0xDA, []byte{1, 1, 0x00, 1, 63, 0})
-		b.Write(acData)
-	}
-	b.Write([]byte{0xFF, 0xD9})
-	return b.Bytes()
+	return progressiveJPEG(w, h, []byte{1}, false, acScans)
 }
 
 // bitWriter packs bits MSB first with JPEG's 0xFF stuffing; flush pads with ones.

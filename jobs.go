@@ -479,21 +479,10 @@ func (a *app) priorityOf(ctx context.Context, id int64) uint8 {
 	return jobPriority(rank)
 }
 
-// sweepLostJobs publishes again, every interval, the jobs that may be lost (never confirmed, or
-// held past their lease by a worker that died), after failing those whose attempts are used up: a
-// job that keeps killing its worker ends instead of coming back for ever. One replica at a time
-// sweeps: the one holding the advisory lock; the others wait their turn.
-func (a *app) sweepLostJobs(ctx context.Context, interval time.Duration) {
-	for ctx.Err() == nil {
-		a.holdingLock(ctx, lockSweepJobs, interval, func() { a.sweepJobsOnce(ctx) })
-		select {
-		case <-ctx.Done():
-		case <-time.After(interval):
-		}
-	}
-}
-
-// sweepJobsOnce is one round of sweepLostJobs.
+// sweepJobsOnce publishes again the jobs that may be lost (never confirmed, or held past their lease
+// by a worker that died), after failing those whose attempts are used up: a job that keeps killing
+// its worker ends instead of coming back for ever. background runs it every SWEEP_INTERVAL, in one
+// replica at a time (sweeping).
 func (a *app) sweepJobsOnce(ctx context.Context) {
 	owners, err := a.store.failExhaustedJobs(ctx, a.cfg.JobMaxAttempts)
 	if err != nil {

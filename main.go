@@ -423,35 +423,23 @@ func (a *app) close() {
 func (a *app) background(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { a.cache.drain(ctx, a.store) })
-	wg.Go(func() { a.sweepLostJobs(ctx, a.cfg.SweepInterval) })
-	wg.Go(func() {
-		for ctx.Err() == nil {
-			a.holdingLock(ctx, lockSweepAccounts, a.cfg.SweepInterval, func() { a.sweepAccounts(ctx) })
-			select {
-			case <-ctx.Done():
-			case <-time.After(a.cfg.SweepInterval):
-			}
-		}
-	})
-	wg.Go(func() {
-		for ctx.Err() == nil {
-			a.holdingLock(ctx, lockSweepIntents, a.cfg.SweepInterval, func() { a.sweepIntents(ctx) })
-			select {
-			case <-ctx.Done():
-			case <-time.After(a.cfg.SweepInterval):
-			}
-		}
-	})
-	wg.Go(func() {
-		for ctx.Err() == nil {
-			a.holdingLock(ctx, lockSweepFiles, orphanGrace, func() { a.removeOrphans(ctx) })
-			select {
-			case <-ctx.Done():
-			case <-time.After(orphanGrace):
-			}
-		}
-	})
+	wg.Go(func() { a.sweeping(ctx, lockSweepJobs, a.cfg.SweepInterval, a.sweepJobsOnce) })
+	wg.Go(func() { a.sweeping(ctx, lockSweepAccounts, a.cfg.SweepInterval, a.sweepAccounts) })
+	wg.Go(func() { a.sweeping(ctx, lockSweepIntents, a.cfg.SweepInterval, a.sweepIntents) })
+	wg.Go(func() { a.sweeping(ctx, lockSweepFiles, orphanGrace, a.removeOrphans) })
 	wg.Wait()
+}
+
+// sweeping runs fn every interval until ctx ends, in one replica at a time: the one holding the
+// advisory lock; the others wait their turn.
+func (a *app) sweeping(ctx context.Context, lock int64, interval time.Duration, fn func(context.Context)) {
+	for ctx.Err() == nil {
+		a.holdingLock(ctx, lock, interval, func() { fn(ctx) })
+		select {
+		case <-ctx.Done():
+		case <-time.After(interval):
+		}
+	}
 }
 
 // removeOrphans runs the blob store's orphan sweep once and logs what it did.
