@@ -58,6 +58,9 @@ type imageView struct {
 	CreatedAt   string                 `json:"created_at"`
 	UpdatedAt   string                 `json:"updated_at"`
 	Variants    map[string]variantJSON `json:"variants"`
+	// Srcset is an <img> srcset of the image at the display widths below its own, each by its
+	// signed link (made on first request), and the original at its width; empty until it is ready.
+	Srcset string `json:"srcset"`
 }
 
 // variantJSON is a finished variant in an Image.
@@ -90,6 +93,15 @@ func (a *app) imageJSON(im imageRecord) imageView {
 	for name, f := range im.Variants {
 		v.Variants[name] = variantJSON{Width: f.Width, Height: f.Height, Size: f.Size, ContentType: f.ContentType,
 			URL: fileURL + "?variant=" + name, SignedURL: a.signer.url(im, name)}
+	}
+	if im.Status == statusReady {
+		var set []string
+		for _, w := range displayWidths {
+			if w < im.Width {
+				set = append(set, fmt.Sprintf("%s %dw", a.signer.url(im, displayPrefix+strconv.Itoa(w)), w))
+			}
+		}
+		v.Srcset = strings.Join(append(set, fmt.Sprintf("%s %dw", v.SignedURL, im.Width)), ", ")
 	}
 	return v
 }
@@ -603,12 +615,15 @@ func (a *app) serveFile(w http.ResponseWriter, r *http.Request, im imageRecord, 
 	switch {
 	case variant == "" || variant == variantOriginal:
 		variant = variantOriginal
-	case !knownVariant(variant):
+	case isDisplaySize(variant) && im.Variants[variant].Key == "":
+		a.serveDisplaySize(w, r, im, variant, cacheControl)
+		return
+	case !knownVariant(variant) && !isDisplaySize(variant):
 		names := []string{variantOriginal}
 		for _, v := range variantSpecs {
 			names = append(names, v.name)
 		}
-		a.fail(w, r, newError(http.StatusUnprocessableEntity, "unknown variant %q: want one of %s", variant, strings.Join(names, ", ")))
+		a.fail(w, r, newError(http.StatusUnprocessableEntity, "unknown variant %q: want one of %s; or a display size: %s", variant, strings.Join(names, ", "), displayNames()))
 		return
 	default:
 		vf, ok := im.Variants[variant]

@@ -832,6 +832,12 @@ func TestListCursors(t *testing.T) {
 	if len(even) != 13 || slices.ContainsFunc(even, func(id int64) bool { return slices.Index(ids, id)%2 == 1 }) {
 		t.Errorf("the tag's walk: %v", even)
 	}
+	checkBadCursors(t, s, auth, stranger)
+}
+
+// checkBadCursors: a cursor tampered with, malformed, empty, for another tag, with skip, or of
+// another user's walk is 422.
+func checkBadCursors(t *testing.T, s *testServer, auth, stranger string) {
 	r := s.do("GET", "/api/v1/images/?limit=5", nil, "Authorization", auth)
 	next := r.header.Get("X-Next-Cursor")
 	if next == "" || r.header.Get("X-Total-Count") != "25" {

@@ -315,6 +315,7 @@ type app struct {
 	accounts *liveAccounts // each account's token generation, as recently seen
 	apiKeys  *apiKeyCache  // API keys by their secret's hash, as recently seen
 	cursors  cursorCodec   // list cursors, signed
+	renders  renders       // display sizes being rendered, one at a time each
 	hasher   *passwordHasher
 	docs     docAssets     // Swagger UI and openapi.json
 	page     docAssets     // the web page at /

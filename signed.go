@@ -80,7 +80,7 @@ func (s *urlSigner) check(r *http.Request) (signedLink, error) {
 	owner, err1 := strconv.ParseInt(q.Get("owner"), 10, 64)
 	exp, err2 := strconv.ParseInt(q.Get("expires"), 10, 64)
 	variant := q.Get("variant")
-	if err1 != nil || err2 != nil || (variant != variantOriginal && !knownVariant(variant)) {
+	if err1 != nil || err2 != nil || (variant != variantOriginal && !knownVariant(variant) && !isDisplaySize(variant)) {
 		return signedLink{}, errBadSignature
 	}
 	want := s.mac(id, variant, owner, exp)

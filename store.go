@@ -787,6 +787,47 @@ func (s *store) finishImage(ctx context.Context, id int64, attempt int, variants
 	return nil
 }
 
+// addVariant records variant v of ready image id under name, unless one is recorded already (the
+// first writer wins: false, and the caller's file is nobody's), adding its bytes to the image's and
+// clearing its intent, in one transaction; with quota > 0, errQuota when the bytes would take the
+// owner past it (checked under the owner's lock).
+func (s *store) addVariant(ctx context.Context, id int64, name string, v storedVariant, quota int64) (bool, error) {
+	var added bool
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if quota > 0 {
+			var owner, used int64
+			if err := tx.QueryRow(ctx, `SELECT owner_id FROM images WHERE id = $1`, id).Scan(&owner); err != nil {
+				if errors.Is(err, pgx.ErrNoRows) {
+					return nil
+				}
+				return err
+			}
+			if err := lockOwner(ctx, tx, owner); err != nil {
+				return err
+			}
+			if err := tx.QueryRow(ctx, usageSQL, owner).Scan(&used); err != nil {
+				return err
+			}
+			if used+v.Size > quota {
+				return errQuota
+			}
+		}
+		tag, err := tx.Exec(ctx, `
+			UPDATE images SET variants = variants || jsonb_build_object($2::text, $3::jsonb), variant_bytes = variant_bytes + $4
+			WHERE id = $1 AND status = 'ready' AND NOT variants ? $2`, id, name, v, v.Size)
+		if err != nil || tag.RowsAffected() == 0 {
+			return err
+		}
+		added = true
+		_, err = tx.Exec(ctx, `DELETE FROM blob_intents WHERE key = $1`, v.Key)
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("store: add variant %s of image %d: %w", name, id, err)
+	}
+	return added, nil
+}
+
 // releaseImage hands a held image back: status pending. With failed set, the attempt is counted as
 // made; without (a shutdown abandoned it), it is not. queued says whether a message for it is
 // already on its way (else the sweeper will publish one).

@@ -120,42 +120,7 @@ func TestQueriesUseIndexes(t *testing.T) {
 	if err := migrate(ctx, setup, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}
-	var owner, small int64
-	setup.QueryRow(ctx, `INSERT INTO users (username, password_hash) VALUES ('big', 'x') RETURNING id`).Scan(&owner)
-	setup.QueryRow(ctx, `INSERT INTO users (username, password_hash) VALUES ('small', 'x') RETURNING id`).Scan(&small)
-	// Loaded in one statement with the triggers off (one transaction updating one owner's count row
-	// 200,000 times walks an ever longer chain of its versions), then counted as the migration does.
-	conn, err := setup.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Release()
-	if _, err := conn.Exec(ctx, `SET session_replication_role = replica`); err != nil {
-		t.Fatal(err)
-	}
-	_, err = conn.Exec(ctx, `
-		INSERT INTO images (owner_id, name, tags, status, content_type, width, height, size, sha256, file_key, created_at, attempts)
-		SELECT CASE WHEN i % 1000 = 0 THEN $2::bigint ELSE $1::bigint END, 'i' || i,
-		       CASE WHEN i % 10 = 0 THEN ARRAY['cats'] ELSE ARRAY['dogs'] END,
-		       CASE WHEN i % 5000 = 0 THEN 'pending' ELSE 'ready' END, 'image/png', 4, 4, 100, 'x',
-		       'o/' || substr(md5(i::text), 1, 2) || '/' || md5(i::text), now() - i * interval '1 second', 1
-		FROM generate_series(1, 200000) AS i`, owner, small)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = conn.Exec(ctx, `
-		SET session_replication_role = origin;
-		INSERT INTO image_counts (owner_id, tag, n, bytes)
-		SELECT owner_id, '', count(*), sum(size + variant_bytes) FROM images GROUP BY owner_id;
-		INSERT INTO image_counts (owner_id, tag, n, bytes)
-		SELECT owner_id, t, count(*), 0 FROM images, unnest(tags) AS t GROUP BY owner_id, t`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	setup.Exec(ctx, `INSERT INTO blob_intents (key, created_at) SELECT 'o/ab/' || md5(i::text) || '.thumb_100.00000000.png', now() - interval '1 hour' FROM generate_series(1, 100) i`)
-	if _, err := setup.Exec(ctx, `ANALYZE`); err != nil {
-		t.Fatal(err)
-	}
+	owner, small := loadPlanData(t, setup)
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		t.Fatal(err)
@@ -199,7 +164,57 @@ func TestQueriesUseIndexes(t *testing.T) {
 	if len(stmts) < 14 {
 		t.Fatalf("%d statements recorded", len(stmts))
 	}
-	for _, s := range append(stmts, writes...) {
+	assertIndexed(t, setup, append(stmts, writes...))
+}
+
+// loadPlanData fills a fresh, migrated database with 200,000 images (all but 200 of one owner, 10 %
+// tagged cats, one in 5000 pending) and 100 stale intents, counted and analyzed; it returns the two
+// owners.
+func loadPlanData(t *testing.T, setup *pgxpool.Pool) (owner, small int64) {
+	ctx := context.Background()
+	setup.QueryRow(ctx, `INSERT INTO users (username, password_hash) VALUES ('big', 'x') RETURNING id`).Scan(&owner)
+	setup.QueryRow(ctx, `INSERT INTO users (username, password_hash) VALUES ('small', 'x') RETURNING id`).Scan(&small)
+	// Loaded in one statement with the triggers off (one transaction updating one owner's count row
+	// 200,000 times walks an ever longer chain of its versions), then counted as the migration does.
+	conn, err := setup.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SET session_replication_role = replica`); err != nil {
+		t.Fatal(err)
+	}
+	_, err = conn.Exec(ctx, `
+		INSERT INTO images (owner_id, name, tags, status, content_type, width, height, size, sha256, file_key, created_at, attempts)
+		SELECT CASE WHEN i % 1000 = 0 THEN $2::bigint ELSE $1::bigint END, 'i' || i,
+		       CASE WHEN i % 10 = 0 THEN ARRAY['cats'] ELSE ARRAY['dogs'] END,
+		       CASE WHEN i % 5000 = 0 THEN 'pending' ELSE 'ready' END, 'image/png', 4, 4, 100, 'x',
+		       'o/' || substr(md5(i::text), 1, 2) || '/' || md5(i::text), now() - i * interval '1 second', 1
+		FROM generate_series(1, 200000) AS i`, owner, small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = conn.Exec(ctx, `
+		SET session_replication_role = origin;
+		INSERT INTO image_counts (owner_id, tag, n, bytes)
+		SELECT owner_id, '', count(*), sum(size + variant_bytes) FROM images GROUP BY owner_id;
+		INSERT INTO image_counts (owner_id, tag, n, bytes)
+		SELECT owner_id, t, count(*), 0 FROM images, unnest(tags) AS t GROUP BY owner_id, t`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setup.Exec(ctx, `INSERT INTO blob_intents (key, created_at) SELECT 'o/ab/' || md5(i::text) || '.thumb_100.00000000.png', now() - interval '1 hour' FROM generate_series(1, 100) i`)
+	if _, err := setup.Exec(ctx, `ANALYZE`); err != nil {
+		t.Fatal(err)
+	}
+	return owner, small
+}
+
+// assertIndexed EXPLAINs every statement of stmts that reads or writes images, and fails for each
+// planned with a sequential scan of images.
+func assertIndexed(t *testing.T, setup *pgxpool.Pool, stmts []recordedSQL) {
+	ctx := context.Background()
+	for _, s := range stmts {
 		if !strings.Contains(s.sql, "images") {
 			continue
 		}

@@ -177,6 +177,11 @@ test("the page: sign up, upload, watch, edit, filter, view, delete, sign out", a
   // Open one, switch to the grayscale copy, then delete it.
   await page.getByRole("button", { name: "photo.png" }).click();
   await dialog.waitFor();
+  // The large view: the display size this screen wants (608 CSS pixels at 1×: w640), made on demand.
+  await page.waitForFunction(() => {
+    const img = document.getElementById("viewer-img");
+    return img.src.includes("variant=w640") && img.complete && img.naturalWidth === 640;
+  }, null, { timeout: 30_000 });
   await dialog.getByRole("button", { name: "Grayscale" }).click();
   await page.waitForFunction(() => {
     const img = document.getElementById("viewer-img");

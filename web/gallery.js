@@ -128,7 +128,9 @@ function card(im) {
     img.height = large.height;
     img.addEventListener("load", () => img.classList.add("loaded"), { once: true });
     if (small) {
-      img.srcset = `${small.signed_url} ${small.width}w, ${large.signed_url} ${large.width}w`;
+      // A 20rem card on a 2× screen wants 640 pixels: the w640 display size, made on first request.
+      const w640 = (im.srcset || "").split(", ").find((s) => s.includes("variant=w640"));
+      img.srcset = [`${small.signed_url} ${small.width}w`, `${large.signed_url} ${large.width}w`, ...(w640 ? [w640] : [])].join(", ");
       img.sizes = "(max-width: 40rem) 100px, 20rem";
     }
     img.src = large.signed_url;

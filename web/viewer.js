@@ -1,4 +1,5 @@
-// One image, in a modal dialog: thumb_500 first, then the original or the grayscale on demand; its
+// One image, in a modal dialog: its large view first (the display size the screen wants, from the
+// Image's srcset; thumb_500 where there is none), then the original or the grayscale on demand; its
 // details; rename and retag (PUT); download any file; delete after a confirmation.
 import { call } from "./api.js";
 import { paint } from "./blurhash.js";
@@ -61,7 +62,9 @@ export class Viewer {
     if (file) {
       img.width = file.width;
       img.height = file.height;
-      img.src = file.signed_url;
+      // The large view takes the display size the screen wants (made by the server on its first
+      // request); the original and the grayscale are shown as they are.
+      img.src = variant === "thumb_500" ? largeURL(im, file.signed_url) : file.signed_url;
     }
     $("viewer-caption").textContent = { thumb_500: "Large preview", original: "Original, as uploaded", grayscale: "Grayscale copy, full size" }[variant];
   }
@@ -139,4 +142,15 @@ export function formatBytes(n) {
   if (n < 1024) return `${n} B`;
   if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
   return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+// largeURL is the smallest size in im's srcset at least as wide as the stage shows the image on this
+// screen (its CSS width times the pixel ratio), or the largest there is; fallback when there is none.
+function largeURL(im, fallback) {
+  const want = Math.min(window.innerWidth * 0.92, 38 * 16) * (window.devicePixelRatio || 1);
+  const sizes = (im.srcset || "").split(", ")
+    .map((s) => { const [url, w] = s.split(" "); return { url, width: Number.parseInt(w, 10) }; })
+    .filter((s) => s.url && s.width > 0)
+    .sort((a, b) => a.width - b.width);
+  return (sizes.find((s) => s.width >= want) || sizes[sizes.length - 1] || { url: fallback }).url;
 }

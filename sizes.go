@@ -1,0 +1,235 @@
+// Display sizes: the original and the grayscale at the widths screens want, from a fixed ladder,
+// rendered on the first request for each, under the jobs' memory budget and deadline, then stored and
+// served like any variant. One render per size: concurrent first requests in a process wait on one,
+// and across replicas the first to record its file wins (the others remove theirs).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/image/draw"
+)
+
+// displayWidths is the ladder of display widths. A fixed ladder, not any width: nobody can make the
+// service render and store a million sizes of one image.
+var displayWidths = []int{160, 320, 640, 960, 1280, 1920, 2560}
+
+// Display size names: "w1280" is the image 1280 pixels wide, "gray-w1280" its grayscale copy.
+const (
+	displayPrefix     = "w"
+	grayDisplayPrefix = "gray-w"
+)
+
+// displaySize reads a display size's name: its width and whether it is of the grayscale.
+func displaySize(name string) (width int, gray, ok bool) {
+	rest, gray := strings.CutPrefix(name, grayDisplayPrefix)
+	if !gray {
+		if rest, ok = strings.CutPrefix(name, displayPrefix); !ok {
+			return 0, false, false
+		}
+	}
+	w, err := strconv.Atoi(rest)
+	if err != nil || !slices.Contains(displayWidths, w) || strconv.Itoa(w) != rest {
+		return 0, false, false
+	}
+	return w, gray, true
+}
+
+// isDisplaySize reports whether name is a display size not yet made (made ones are variants like
+// any other, served from the row).
+func isDisplaySize(name string) bool {
+	_, _, ok := displaySize(name)
+	return ok
+}
+
+// displayNames lists every display size's name, for a refusal to name them.
+func displayNames() string {
+	var names []string
+	for _, w := range displayWidths {
+		names = append(names, displayPrefix+strconv.Itoa(w))
+	}
+	return strings.Join(names, ", ") + " (and each with gray- before it)"
+}
+
+// errNotReady answers a display size of an image that is not processed yet.
+func errNotReady(im imageRecord) error {
+	return newError(http.StatusConflict, "the image is %s: its sizes can be made once it is ready", im.Status)
+}
+
+// fullSizeOf is what a display size at least as wide as the image answers: the full-size file it
+// is a size of (never enlarged).
+func fullSizeOf(gray bool) string {
+	if gray {
+		return "grayscale"
+	}
+	return variantOriginal
+}
+
+// renders is the single flight of display-size renders in this process: concurrent requests for
+// one size of one image wait on one render.
+type renders struct {
+	mu      sync.Mutex
+	running map[string]*render
+}
+
+// render is one render in flight; done is closed when err is set.
+type render struct {
+	done chan struct{}
+	err  error
+}
+
+// do runs fn for key unless a run of it is in flight, in which case it waits for that one; both
+// return its error.
+func (r *renders) do(ctx context.Context, key string, fn func() error) error {
+	r.mu.Lock()
+	if r.running == nil {
+		r.running = map[string]*render{}
+	}
+	if c, ok := r.running[key]; ok {
+		r.mu.Unlock()
+		select {
+		case <-c.done:
+			return c.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	c := &render{done: make(chan struct{})}
+	r.running[key] = c
+	r.mu.Unlock()
+	c.err = fn()
+	r.mu.Lock()
+	delete(r.running, key)
+	r.mu.Unlock()
+	close(c.done)
+	return c.err
+}
+
+// displayImage returns im with display size name recorded among its variants, rendering and
+// storing it first when it is not: one render per size in this process (renders), and across
+// replicas the first to record its file wins. It answers 409 before the image is ready.
+func (a *app) displayImage(ctx context.Context, im imageRecord, name string, width int, gray bool) (imageRecord, error) {
+	if _, ok := im.Variants[name]; ok {
+		return im, nil
+	}
+	if im.Status != statusReady {
+		return im, errNotReady(im)
+	}
+	err := a.renders.do(ctx, fmt.Sprint(im.ID, ":", name), func() error {
+		// A fresh context: the render outlives a waiter that gives up, so that the others get it.
+		return a.renderDisplaySize(context.WithoutCancel(ctx), im, name, width, gray)
+	})
+	if err != nil {
+		return im, err
+	}
+	latest, err := a.store.imageByID(ctx, im.OwnerID, im.ID)
+	if err != nil {
+		return im, asImageNotFound(err)
+	}
+	if _, ok := latest.Variants[name]; !ok {
+		return im, errNotReady(latest) // deleted or reprocessed meanwhile
+	}
+	return latest, nil
+}
+
+// renderDisplaySize makes display size name of im (width pixels wide, of the grayscale when gray)
+// from its original, under the memory budget and JOB_TIMEOUT like a job, stores it under a fresh
+// key recorded as an intent, and records it in the row (counted against the quota). A render that
+// fails marks nothing failed: the image and its variants stay as they were.
+func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string, width int, gray bool) error {
+	log := a.log.With(slog.Int64("image_id", im.ID), slog.String("variant", name))
+	fctx, cancel := context.WithTimeout(ctx, a.cfg.JobTimeout)
+	defer cancel()
+	path, done, err := a.blobs.localCopy(fctx, im.FileKey)
+	if err != nil {
+		return err
+	}
+	defer done()
+	need, err := jobMemory(fctx, path, a.cfg.JPEGDCT)
+	if err != nil {
+		return err
+	}
+	release, err := a.budget.acquire(fctx, need)
+	if err != nil {
+		return err
+	}
+	defer release()
+	out, err := renderWidth(fctx, a.scratch, path, im.ContentType, name, width, gray, processOptions{jpegQuality: a.cfg.JPEGQuality, maxPixels: a.cfg.MaxPixels})
+	if err != nil {
+		return err
+	}
+	placed, err := a.placeVariants(ctx, im, []encodedVariant{out})
+	if err != nil {
+		a.removeVariants(log, placed)
+		return err
+	}
+	recorded, err := a.store.addVariant(ctx, im.ID, name, placed[name], a.cfg.UserQuota)
+	if errors.Is(err, errQuota) {
+		a.removeVariants(log, placed)
+		return newError(http.StatusRequestEntityTooLarge, "storing this size would take your images past your storage quota of %d bytes", a.cfg.UserQuota)
+	}
+	if err != nil || !recorded {
+		// Not recorded: another replica's render won, or the image changed. Ours is nobody's.
+		a.removeVariants(log, placed)
+		return err
+	}
+	a.cache.invalidateOnce(ctx, im.OwnerID)
+	log.Info("display size made", slog.Int("width", placed[name].Width), slog.Int64("bytes", placed[name].Size))
+	return nil
+}
+
+// renderWidth decodes the image at path, turns it upright, takes its grayscale when gray, and scales
+// it to width pixels wide (the height in proportion), encoded as its variants are.
+func renderWidth(ctx context.Context, sc *scratch, path, contentType, name string, width int, gray bool, opts processOptions) (encodedVariant, error) {
+	src, orient, err := decodeFile(ctx, path, opts.maxPixels)
+	if err != nil {
+		return encodedVariant{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return encodedVariant{}, err
+	}
+	src = orientImage(src, orient)
+	if gray {
+		src = grayscale(src, true)
+	}
+	b := src.Bounds()
+	height := max(1, (b.Dy()*width+b.Dx()/2)/b.Dx())
+	if k := b.Dx() / width / 2; k >= 2 {
+		src = boxShrink(src, k)
+	}
+	var dst draw.Image = image.NewRGBA(image.Rect(0, 0, width, height))
+	if _, ok := src.(*image.Gray); ok {
+		dst = image.NewGray(image.Rect(0, 0, width, height))
+	}
+	draw.CatmullRom.Scale(dst, dst.Bounds(), src, src.Bounds(), draw.Src, nil)
+	return writeVariant(sc, name, dst, outputType(contentType), opts.jpegQuality)
+}
+
+// serveDisplaySize answers display size variant of im that is not made yet: made now, then served
+// as recorded; at least as wide as the image, the full-size file itself (never enlarged).
+func (a *app) serveDisplaySize(w http.ResponseWriter, r *http.Request, im imageRecord, variant, cacheControl string) {
+	width, gray, _ := displaySize(variant)
+	if width >= im.Width {
+		a.serveFile(w, r, im, fullSizeOf(gray), cacheControl)
+		return
+	}
+	made, err := a.displayImage(r.Context(), im, variant, width, gray)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if made.Variants[variant].Key == "" {
+		a.fail(w, r, errNotReady(made))
+		return
+	}
+	a.serveFile(w, r, made, variant, cacheControl)
+}
