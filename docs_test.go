@@ -221,7 +221,7 @@ func TestPureSchemaValidator(t *testing.T) {
 	image := map[string]any{"$ref": "#/components/schemas/Image"}
 	good := map[string]any{"id": 1.0, "name": "n", "tags": []any{}, "status": "ready", "error": nil, "content_type": "image/png", "width": 1.0, "height": 1.0,
 		"resolution": "1x1", "size": 3.0, "sha256": strings.Repeat("a", 64), "url": "/x", "signed_url": "/x/signed", "placeholder": nil, "created_at": "2026-11-27T05:06:40.872022Z",
-		"updated_at": "2026-11-27T05:06:40Z", "variants": map[string]any{"thumb_100": map[string]any{"width": 1.0, "height": 1.0, "size": 2.0, "content_type": "image/png", "url": "/y", "signed_url": "/y/signed"}}}
+		"updated_at": "2026-11-27T05:06:40Z", "srcset": "", "variants": map[string]any{"thumb_100": map[string]any{"width": 1.0, "height": 1.0, "size": 2.0, "content_type": "image/png", "url": "/y", "signed_url": "/y/signed"}}}
 	if errs := v.validate(image, good, "image"); len(errs) != 0 {
 		t.Fatalf("a valid image is refused: %v", errs)
 	}
