@@ -5,12 +5,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"image"
+	"image/jpeg"
 	"log/slog"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -163,7 +166,8 @@ func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string
 		return err
 	}
 	defer release()
-	out, err := renderWidth(fctx, a.scratch, path, im.ContentType, name, width, gray, processOptions{jpegQuality: a.cfg.JPEGQuality, maxPixels: a.cfg.MaxPixels})
+	out, err := renderWidth(fctx, a.scratch, path, im.ContentType, name, width, gray,
+		processOptions{jpegQuality: a.cfg.JPEGQuality, maxPixels: a.cfg.MaxPixels, dct: a.cfg.JPEGDCT})
 	if err != nil {
 		return err
 	}
@@ -188,8 +192,17 @@ func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string
 }
 
 // renderWidth decodes the image at path, turns it upright, takes its grayscale when gray, and scales
-// it to width pixels wide (the height in proportion), encoded as its variants are.
+// it to width pixels wide (the height in proportion), encoded as its variants are. A JPEG whose 1/8
+// or 1/4 scale is still as wide as that is reduced in the DCT domain (renderWidthDCT) instead of
+// decoded whole.
 func renderWidth(ctx context.Context, sc *scratch, path, contentType, name string, width int, gray bool, opts processOptions) (encodedVariant, error) {
+	if contentType == "image/jpeg" && opts.dct {
+		out, err := renderWidthDCT(ctx, sc, path, name, width, gray, opts)
+		if err == nil || ctx.Err() != nil {
+			return out, err
+		}
+		// Anything the DCT path does not take (or refuses) goes the standard way.
+	}
 	src, orient, err := decodeFile(ctx, path, opts.maxPixels)
 	if err != nil {
 		return encodedVariant{}, err
@@ -201,6 +214,59 @@ func renderWidth(ctx context.Context, sc *scratch, path, contentType, name strin
 	if gray {
 		src = grayscale(src, true)
 	}
+	return scaleToWidth(sc, src, name, width, outputType(contentType), opts.jpegQuality)
+}
+
+// renderWidthDCT renders a JPEG's display size from its reduced image (each block's mean at 1/8
+// scale, its 2×2 means at 1/4) when that is at least width pixels wide as displayed; otherwise, or
+// for what the DCT path does not take, errDCTUnsupported.
+func renderWidthDCT(ctx context.Context, sc *scratch, path, name string, width int, gray bool, opts processOptions) (encodedVariant, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return encodedVariant{}, err
+	}
+	orient := exifOrientation(bytes.NewReader(data))
+	cfg, err := jpeg.DecodeConfig(bytes.NewReader(data))
+	if err != nil {
+		return encodedVariant{}, errDCTUnsupported
+	}
+	shown := cfg.Width
+	if orient.swapsAxes() {
+		shown = cfg.Height
+	}
+	scale := 0
+	for _, k := range []int{8, 4} {
+		if shown/k >= width {
+			scale = k
+			break
+		}
+	}
+	if scale == 0 {
+		return encodedVariant{}, errDCTUnsupported
+	}
+	img, err := decodeDCT(ctx, data, opts.maxPixels, func(i int) bool { return scale == 8 && i > 0 })
+	if err != nil {
+		return encodedVariant{}, err
+	}
+	var reduced image.Image
+	if scale == 8 {
+		reduced, err = img.dcImage()
+	} else {
+		reduced, err = img.quarterImage()
+	}
+	if err != nil {
+		return encodedVariant{}, err
+	}
+	reduced = orientImage(reduced, orient)
+	if gray {
+		reduced = grayscale(reduced, false)
+	}
+	return scaleToWidth(sc, reduced, name, width, "image/jpeg", opts.jpegQuality)
+}
+
+// scaleToWidth scales src to width pixels wide (the height in proportion; a box pre-shrink first
+// when it is over twice as wide, then Catmull-Rom) and encodes it as contentType.
+func scaleToWidth(sc *scratch, src image.Image, name string, width int, contentType string, quality int) (encodedVariant, error) {
 	b := src.Bounds()
 	height := max(1, (b.Dy()*width+b.Dx()/2)/b.Dx())
 	if k := b.Dx() / width / 2; k >= 2 {
@@ -211,7 +277,7 @@ func renderWidth(ctx context.Context, sc *scratch, path, contentType, name strin
 		dst = image.NewGray(image.Rect(0, 0, width, height))
 	}
 	draw.CatmullRom.Scale(dst, dst.Bounds(), src, src.Bounds(), draw.Src, nil)
-	return writeVariant(sc, name, dst, outputType(contentType), opts.jpegQuality)
+	return writeVariant(sc, name, dst, contentType, quality)
 }
 
 // serveDisplaySize answers display size variant of im that is not made yet: made now, then served
