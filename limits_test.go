@@ -74,6 +74,7 @@ func TestPureRateLimiter(t *testing.T) {
 // TestPureLimiterTableBytes: a full table costs at most limiterEntryBytes an entry, whatever the length of
 // its keys (they are hashed), and stays at its bound.
 func TestPureLimiterTableBytes(t *testing.T) {
+	computeOnly(t) // a heap measurement: alone, not beside the race run's parallel tests
 	const n = 50_000
 	long := strings.Repeat("x", 4<<10)
 	runtime.GC()
@@ -87,7 +88,7 @@ func TestPureLimiterTableBytes(t *testing.T) {
 	if len(tab.entries) != n {
 		t.Fatalf("%d entries, bound %d", len(tab.entries), n)
 	}
-	per := float64(after-before) / n
+	per := (float64(after) - float64(before)) / n
 	t.Logf("%.0f bytes an entry", per)
 	if per > limiterEntryBytes {
 		t.Errorf("%.0f bytes an entry, documented as at most %d", per, limiterEntryBytes)
