@@ -140,3 +140,105 @@ func (img *dctImage) quarterImage() (image.Image, error) {
 	}
 	return yc, nil
 }
+
+// halfWeights[p][k] is how much coefficient k of an 8-point IDCT adds to the mean of samples 2p and
+// 2p+1: C(k)/2 · ½ (cos((4p+1)kπ/16) + cos((4p+3)kπ/16)). With it the 2×2 means of a block, 4×4 of
+// them, are a separable transform of its coefficients: a 1/2-scale image without a full IDCT.
+var halfWeights = func() (w [4][8]float64) {
+	for p := range 4 {
+		for k := range 8 {
+			c := 0.5
+			if k == 0 {
+				c = 0.5 / math.Sqrt2
+			}
+			x0, x1 := float64(2*p), float64(2*p+1)
+			w[p][k] = c * (math.Cos((2*x0+1)*float64(k)*math.Pi/16) + math.Cos((2*x1+1)*float64(k)*math.Pi/16)) / 2
+		}
+	}
+	return w
+}()
+
+// halfImage returns the 1/2-scale image of 2×2 means, computed from each block's coefficients
+// (every component must have kept them all). Its type follows dcImage's.
+func (img *dctImage) halfImage() (image.Image, error) {
+	var zz [64]int // natural index → zigzag index
+	for i, z := range zigzag {
+		zz[z] = i
+	}
+	plane := func(c *dctComponent, w, h int) ([]byte, error) {
+		if c.dcOnly {
+			return nil, errors.New("jpeg: the 1/2 scale needs every coefficient")
+		}
+		q := img.quant[c.tq]
+		out := make([]byte, w*h)
+		var rows [8][4]float64 // per vertical frequency u: the horizontal transform at 4 columns
+		for by := range c.bh {
+			for bx := range c.bw {
+				blk := c.coef[(by*c.stride+bx)*64:][:64]
+				last := -1 // the highest vertical frequency with a coefficient: most blocks stop early
+				for u := range 8 {
+					var f [8]float64
+					zero := true
+					for v := range 8 {
+						i := zz[u*8+v]
+						f[v] = float64(blk[i]) * float64(q[i])
+						zero = zero && blk[i] == 0
+					}
+					if zero {
+						rows[u] = [4]float64{}
+						continue
+					}
+					last = u
+					for col := range 4 {
+						s := 0.0
+						for v, fv := range f {
+							s += fv * halfWeights[col][v]
+						}
+						rows[u][col] = s
+					}
+				}
+				for row := range 4 {
+					y := 4*by + row
+					if y >= h {
+						break
+					}
+					for col := range 4 {
+						x := 4*bx + col
+						if x >= w {
+							break
+						}
+						sum := 128.0
+						for u := 0; u <= last; u++ {
+							sum += halfWeights[row][u] * rows[u][col]
+						}
+						out[y*w+x] = uint8(min(max(math.Round(sum), 0), 255))
+					}
+				}
+			}
+		}
+		return out, nil
+	}
+	y := &img.comps[0]
+	r := image.Rect(0, 0, (img.width+1)/2, (img.height+1)/2)
+	yp, err := plane(y, r.Dx(), r.Dy())
+	if err != nil {
+		return nil, err
+	}
+	if len(img.comps) == 1 {
+		return &image.Gray{Pix: yp, Stride: r.Dx(), Rect: r}, nil
+	}
+	ratio, ok := subsampleRatio(img.comps)
+	if !ok {
+		return nil, errDCTUnsupported
+	}
+	yc := image.NewYCbCr(r, ratio)
+	yc.Y = yp
+	for i, dst := range []*[]byte{&yc.Cb, &yc.Cr} {
+		p, err := plane(&img.comps[1+i], yc.CStride, len(yc.Cb)/yc.CStride)
+		if err != nil {
+			return nil, err
+		}
+		*dst = p
+	}
+	return yc, nil
+}

@@ -316,6 +316,35 @@ func TestPureDCTQuarterScale(t *testing.T) {
 	}
 }
 
+// TestPureDCTHalfScale: the 1/2-scale image from the coefficients matches the 2×2 means of a full
+// decode, for gray and for each chroma subsampling.
+func TestPureDCTHalfScale(t *testing.T) {
+	computeOnly(t)
+	for _, name := range []string{"mid.jpg", "jpeg/s1x1.jpg", "jpeg/s2x1.jpg", "jpeg/s4x1.jpg", "jpeg/gray.jpg"} {
+		data := readTestdata(t, name)
+		img, err := decodeDCT(context.Background(), data, 50_000_000, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := img.halfImage()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		ref := boxShrink(decodeTestdata(t, name), 2)
+		if h.Bounds() != ref.Bounds() {
+			t.Fatalf("%s: %v, want %v", name, h.Bounds(), ref.Bounds())
+		}
+		p := lumaPSNR(ref, h)
+		t.Logf("%s: 1/2 scale %v, luma PSNR %.1f dB against 2×2 means of the full decode", name, h.Bounds(), p)
+		if p < 40 {
+			t.Errorf("%s: PSNR %.1f dB", name, p)
+		}
+		if mr, mh := meanColour(ref), meanColour(h); math.Abs(mr[0]-mh[0])+math.Abs(mr[1]-mh[1])+math.Abs(mr[2]-mh[2]) > 3 {
+			t.Errorf("%s: mean colour %v, want %v", name, mh, mr)
+		}
+	}
+}
+
 // checkHuffmanTable fails t unless BITS and HUFFVAL from optimalTable(freq) form a code JPEG allows:
 // lengths 1–16, every symbol with a count present once, no code all ones, a prefix code (Kraft sum
 // below 1), and no symbol given a longer code than a rarer one.

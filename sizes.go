@@ -161,6 +161,8 @@ func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string
 	if err != nil {
 		return err
 	}
+	// Beside a job's peak: the reduced image (at most 1/2 scale, 3 bytes a pixel) and the size made.
+	need += int64(im.Width)*int64(im.Height)*3/4 + int64(width)*int64(width*im.Height/max(im.Width, 1)+1)*4
 	release, err := a.budget.acquire(fctx, need)
 	if err != nil {
 		return err
@@ -218,8 +220,8 @@ func renderWidth(ctx context.Context, sc *scratch, path, contentType, name strin
 }
 
 // renderWidthDCT renders a JPEG's display size from its reduced image (each block's mean at 1/8
-// scale, its 2×2 means at 1/4) when that is at least width pixels wide as displayed; otherwise, or
-// for what the DCT path does not take, errDCTUnsupported.
+// scale, its 4×4 means at 1/4, its 2×2 means at 1/2) when that is at least width pixels wide as
+// displayed; otherwise, or for what the DCT path does not take, errDCTUnsupported.
 func renderWidthDCT(ctx context.Context, sc *scratch, path, name string, width int, gray bool, opts processOptions) (encodedVariant, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -235,7 +237,7 @@ func renderWidthDCT(ctx context.Context, sc *scratch, path, name string, width i
 		shown = cfg.Height
 	}
 	scale := 0
-	for _, k := range []int{8, 4} {
+	for _, k := range []int{8, 4, 2} {
 		if shown/k >= width {
 			scale = k
 			break
@@ -249,10 +251,13 @@ func renderWidthDCT(ctx context.Context, sc *scratch, path, name string, width i
 		return encodedVariant{}, err
 	}
 	var reduced image.Image
-	if scale == 8 {
+	switch scale {
+	case 8:
 		reduced, err = img.dcImage()
-	} else {
+	case 4:
 		reduced, err = img.quarterImage()
+	default:
+		reduced, err = img.halfImage()
 	}
 	if err != nil {
 		return encodedVariant{}, err

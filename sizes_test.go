@@ -109,9 +109,9 @@ func TestDisplaySizes(t *testing.T) {
 	})
 }
 
-// BenchmarkDisplaySize: the first request for w1280 of the 13.4 MP photo (render, store and send, on
-// the standard path: decode, turn, box-shrink, Catmull-Rom, encode), and for w640 (from the 1/4-scale
-// image of the DCT path: 4224 / 4 is wide enough), then the stored size's
+// BenchmarkDisplaySize: the first request for w1280 of the 13.4 MP photo (render, store and send: from
+// the DCT path's 1/2-scale image, 2112 wide) and for w640 (from its 1/4-scale image), then the stored
+// size's
 // throughput against a stored thumbnail's (thumb_500), 8 clients, in one run.
 //
 //	go test -run '^$' -bench DisplaySize -benchtime 3x .
