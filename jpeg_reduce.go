@@ -158,6 +158,62 @@ var halfWeights = func() (w [4][8]float64) {
 	return w
 }()
 
+// halfPlane is component c's 1/2-scale plane of w×h: the 2×2 means of its samples, from each
+// block's coefficients (zz: natural index → zigzag index).
+func (img *dctImage) halfPlane(c *dctComponent, w, h int, zz *[64]int) ([]byte, error) {
+	if c.dcOnly {
+		return nil, errors.New("jpeg: the 1/2 scale needs every coefficient")
+	}
+	q := img.quant[c.tq]
+	out := make([]byte, w*h)
+	var rows [8][4]float64 // per vertical frequency u: the horizontal transform at 4 columns
+	for by := range c.bh {
+		for bx := range c.bw {
+			blk := c.coef[(by*c.stride+bx)*64:][:64]
+			last := -1 // the highest vertical frequency with a coefficient: most blocks stop early
+			for u := range 8 {
+				var f [8]float64
+				zero := true
+				for v := range 8 {
+					i := zz[u*8+v]
+					f[v] = float64(blk[i]) * float64(q[i])
+					zero = zero && blk[i] == 0
+				}
+				if zero {
+					rows[u] = [4]float64{}
+					continue
+				}
+				last = u
+				for col := range 4 {
+					s := 0.0
+					for v, fv := range f {
+						s += fv * halfWeights[col][v]
+					}
+					rows[u][col] = s
+				}
+			}
+			for row := range 4 {
+				y := 4*by + row
+				if y >= h {
+					break
+				}
+				for col := range 4 {
+					x := 4*bx + col
+					if x >= w {
+						break
+					}
+					sum := 128.0
+					for u := 0; u <= last; u++ {
+						sum += halfWeights[row][u] * rows[u][col]
+					}
+					out[y*w+x] = uint8(min(max(math.Round(sum), 0), 255))
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
 // halfImage returns the 1/2-scale image of 2×2 means, computed from each block's coefficients
 // (every component must have kept them all). Its type follows dcImage's.
 func (img *dctImage) halfImage() (image.Image, error) {
@@ -165,59 +221,7 @@ func (img *dctImage) halfImage() (image.Image, error) {
 	for i, z := range zigzag {
 		zz[z] = i
 	}
-	plane := func(c *dctComponent, w, h int) ([]byte, error) {
-		if c.dcOnly {
-			return nil, errors.New("jpeg: the 1/2 scale needs every coefficient")
-		}
-		q := img.quant[c.tq]
-		out := make([]byte, w*h)
-		var rows [8][4]float64 // per vertical frequency u: the horizontal transform at 4 columns
-		for by := range c.bh {
-			for bx := range c.bw {
-				blk := c.coef[(by*c.stride+bx)*64:][:64]
-				last := -1 // the highest vertical frequency with a coefficient: most blocks stop early
-				for u := range 8 {
-					var f [8]float64
-					zero := true
-					for v := range 8 {
-						i := zz[u*8+v]
-						f[v] = float64(blk[i]) * float64(q[i])
-						zero = zero && blk[i] == 0
-					}
-					if zero {
-						rows[u] = [4]float64{}
-						continue
-					}
-					last = u
-					for col := range 4 {
-						s := 0.0
-						for v, fv := range f {
-							s += fv * halfWeights[col][v]
-						}
-						rows[u][col] = s
-					}
-				}
-				for row := range 4 {
-					y := 4*by + row
-					if y >= h {
-						break
-					}
-					for col := range 4 {
-						x := 4*bx + col
-						if x >= w {
-							break
-						}
-						sum := 128.0
-						for u := 0; u <= last; u++ {
-							sum += halfWeights[row][u] * rows[u][col]
-						}
-						out[y*w+x] = uint8(min(max(math.Round(sum), 0), 255))
-					}
-				}
-			}
-		}
-		return out, nil
-	}
+	plane := func(c *dctComponent, w, h int) ([]byte, error) { return img.halfPlane(c, w, h, &zz) }
 	y := &img.comps[0]
 	r := image.Rect(0, 0, (img.width+1)/2, (img.height+1)/2)
 	yp, err := plane(y, r.Dx(), r.Dy())
