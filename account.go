@@ -59,23 +59,16 @@ func (a *app) confirmPassword(w http.ResponseWriter, r *http.Request, password s
 	if password == "" || len(password) > maxPasswordLen {
 		return user{}, errWrongPassword
 	}
-	client := clientKey(r)
-	if ok, wait := a.authByAddr.allow(client); !ok {
-		return user{}, tooMany(w, wait, "failed password checks from your address")
-	}
-	if wait := a.signins.begin(u.Username, client); wait > 0 {
-		a.authByAddr.refund(client)
-		return user{}, tooMany(w, wait, "failed password checks for this account from your network")
-	}
-	ok, _, err := a.hasher.verify(r.Context(), password, u.PasswordHash)
+	ok, err := a.throttledPasswordCheck(w, r, u.Username, "password checks", func() (bool, error) {
+		ok, _, err := a.hasher.verify(r.Context(), password, u.PasswordHash)
+		return ok, err
+	})
 	if err != nil {
 		return user{}, err
 	}
 	if !ok {
 		return user{}, errWrongPassword
 	}
-	a.signins.succeeded(u.Username, client)
-	a.authByAddr.refund(client)
 	return u, nil
 }
 

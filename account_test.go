@@ -272,8 +272,8 @@ func TestAccountDeletionSurvivesACrash(t *testing.T) {
 	}
 }
 
-// countRows runs a count query on the database at url.
-func countRows(t *testing.T, url, query string) int {
+// countRows runs query, which answers one integer (a count), on the database at url.
+func countRows(t *testing.T, url, query string, args ...any) int {
 	t.Helper()
 	db, err := pgx.Connect(context.Background(), url)
 	if err != nil {
@@ -281,7 +281,7 @@ func countRows(t *testing.T, url, query string) int {
 	}
 	defer db.Close(context.Background())
 	var n int
-	if err := db.QueryRow(context.Background(), query).Scan(&n); err != nil {
+	if err := db.QueryRow(context.Background(), query, args...).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n

@@ -144,18 +144,12 @@ func (a *app) token(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, errBadCredentials)
 		return
 	}
-	client := clientKey(r)
-	if ok, wait := a.authByAddr.allow(client); !ok {
-		a.fail(w, r, tooMany(w, wait, "failed sign-ins from your address"))
-		return
-	}
-	// Per account and network, whether or not the account exists (the answer must not tell).
-	if wait := a.signins.begin(c.Username, client); wait > 0 {
-		a.authByAddr.refund(client) // no password was tried
-		a.fail(w, r, tooMany(w, wait, "failed sign-ins for this username from your network"))
-		return
-	}
-	u, ok, err := a.checkPassword(r.Context(), c)
+	// Throttled per account and network whether or not the account exists (the answer must not tell).
+	var u user
+	ok, err := a.throttledPasswordCheck(w, r, c.Username, "sign-ins", func() (ok bool, err error) {
+		u, ok, err = a.checkPassword(r.Context(), c)
+		return ok, err
+	})
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -164,15 +158,29 @@ func (a *app) token(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, errBadCredentials)
 		return
 	}
-	a.signins.succeeded(c.Username, client)
-	a.authByAddr.refund(client)
-	tok, exp, err := a.tokens.issue(u.ID, u.Generation)
-	if err != nil {
-		a.fail(w, r, err)
-		return
+	a.answerToken(w, r, u.ID, u.Generation)
+}
+
+// throttledPasswordCheck runs check, a password check for username, under the sign-in limits: the
+// client address's failures (AUTH_RATE_PER_ADDR) and the account and network's (signinThrottle),
+// both before any hashing. A success clears both; a refusal is the 429 to answer. what names the
+// attempts in the refusal ("sign-ins", "password checks").
+func (a *app) throttledPasswordCheck(w http.ResponseWriter, r *http.Request, username, what string, check func() (bool, error)) (bool, error) {
+	client := clientKey(r)
+	if ok, wait := a.authByAddr.allow(client); !ok {
+		return false, tooMany(w, wait, "failed "+what+" from your address")
 	}
-	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, tokenResponse{AccessToken: tok, TokenType: "bearer", ExpiresIn: exp.Unix() - a.tokens.now().Unix()})
+	if wait := a.signins.begin(username, client); wait > 0 {
+		a.authByAddr.refund(client) // no password was tried
+		return false, tooMany(w, wait, "failed "+what+" for this username from your network")
+	}
+	ok, err := check()
+	if err != nil || !ok {
+		return false, err
+	}
+	a.signins.succeeded(username, client)
+	a.authByAddr.refund(client)
+	return true, nil
 }
 
 // checkPassword reports whether c names an account and its password. A wrong password and an

@@ -24,8 +24,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // The hostile corpus: files an attacker would upload, made here by the tests (nothing large is
@@ -511,7 +509,7 @@ func hostileUpload(t *testing.T, filename string, data []byte, want string) (str
 		if got.Error != nil {
 			outcome += ": " + *got.Error
 		}
-		if attempts := imageAttemptsIn(t, srv.dbURL, v.ID); attempts > 3 {
+		if attempts := countRows(t, srv.dbURL, "SELECT attempts FROM images WHERE id = $1", v.ID); attempts > 3 {
 			t.Errorf("%d attempts, past JOB_MAX_ATTEMPTS", attempts)
 		}
 		if got.Status != want {
@@ -636,16 +634,4 @@ func (c *binaryClient) wait(id int64, within time.Duration) imageView {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// imageAttemptsIn reads image id's attempts from the database at dbURL.
-func imageAttemptsIn(t *testing.T, dbURL string, id int64) int {
-	db, err := pgx.Connect(context.Background(), dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close(context.Background())
-	var attempts int
-	db.QueryRow(context.Background(), "SELECT attempts FROM images WHERE id = $1", id).Scan(&attempts)
-	return attempts
 }
