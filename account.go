@@ -134,13 +134,13 @@ func (a *app) revoke(ctx context.Context, id int64, hash string) (int64, error) 
 
 // answerToken answers 200 with a fresh token for account id at generation gen.
 func (a *app) answerToken(w http.ResponseWriter, r *http.Request, id, gen int64) {
-	tok, exp, err := a.tokens.issue(id, gen)
+	tok, _, err := a.tokens.issue(id, gen)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, tokenResponse{AccessToken: tok, TokenType: "bearer", ExpiresIn: exp.Unix() - a.tokens.now().Unix()})
+	writeJSON(w, http.StatusOK, tokenResponse{AccessToken: tok, TokenType: "bearer", ExpiresIn: int64(a.tokens.ttl / time.Second)})
 }
 
 // accountDeletion is the body of DELETE /auth/me.
