@@ -118,10 +118,21 @@ func tiffOrientation(t []byte) orientation {
 }
 
 // orientImage returns img turned upright for EXIF orientation o (img itself for 1). It handles the
-// types the pipeline makes (Gray, RGBA, NRGBA, Paletted); anything else is converted to RGBA first.
+// types the pipeline makes (Gray, RGBA, NRGBA, Paletted, 4:2:0 YCbCr plane by plane); anything else is
+// converted to RGBA first.
 func orientImage(img image.Image, o orientation) image.Image {
 	if o < 2 || o > 8 {
 		return img
+	}
+	if yc, ok := img.(*image.YCbCr); ok && yc.SubsampleRatio == image.YCbCrSubsampleRatio420 && yc.Rect.Min == (image.Point{}) {
+		plane := func(pix []byte, stride, w, h int) *image.Gray {
+			return orientImage(&image.Gray{Pix: pix, Stride: stride, Rect: image.Rect(0, 0, w, h)}, o).(*image.Gray)
+		}
+		w, h := yc.Rect.Dx(), yc.Rect.Dy()
+		y := plane(yc.Y, yc.YStride, w, h)
+		cb, cr := plane(yc.Cb, yc.CStride, (w+1)/2, (h+1)/2), plane(yc.Cr, yc.CStride, (w+1)/2, (h+1)/2)
+		return &image.YCbCr{Y: y.Pix, Cb: cb.Pix, Cr: cr.Pix, YStride: y.Stride, CStride: cb.Stride,
+			SubsampleRatio: image.YCbCrSubsampleRatio420, Rect: y.Rect}
 	}
 	var pix []byte
 	var stride, bpp int

@@ -141,108 +141,118 @@ func (img *dctImage) quarterImage() (image.Image, error) {
 	return yc, nil
 }
 
-// halfWeights[p][k] is how much coefficient k of an 8-point IDCT adds to the mean of samples 2p and
-// 2p+1: C(k)/2 · ½ (cos((4p+1)kπ/16) + cos((4p+3)kπ/16)). With it the 2×2 means of a block, 4×4 of
-// them, are a separable transform of its coefficients: a 1/2-scale image without a full IDCT.
-var halfWeights = func() (w [4][8]float64) {
-	for p := range 4 {
-		for k := range 8 {
-			c := 0.5
-			if k == 0 {
-				c = 0.5 / math.Sqrt2
+// scaledWeights[n-1][x][k] is C(k)/2 · cos((2x+1)kπ/2n): how much frequency k of an 8-point block adds
+// to sample x of its n-point rendering, the block's continuous IDCT read at the centres of n equal
+// parts. Frequencies at or above n are left out, as libjpeg's scaled IDCTs leave them (they would only
+// alias); for n = 8 it is the IDCT itself, for n = 1 the mean.
+var scaledWeights = func() (w [8][8][8]float64) {
+	for n := 1; n <= 8; n++ {
+		for x := range n {
+			for k := range n {
+				c := 0.5
+				if k == 0 {
+					c = 0.5 / math.Sqrt2
+				}
+				w[n-1][x][k] = c * math.Cos(float64(2*x+1)*float64(k)*math.Pi/float64(2*n))
 			}
-			x0, x1 := float64(2*p), float64(2*p+1)
-			w[p][k] = c * (math.Cos((2*x0+1)*float64(k)*math.Pi/16) + math.Cos((2*x1+1)*float64(k)*math.Pi/16)) / 2
 		}
 	}
 	return w
 }()
 
-// halfPlane is component c's 1/2-scale plane of w×h: the 2×2 means of its samples, from each
-// block's coefficients (zz: natural index → zigzag index).
-func (img *dctImage) halfPlane(c *dctComponent, w, h int, zz *[64]int) ([]byte, error) {
-	if c.dcOnly {
-		return nil, errors.New("jpeg: the 1/2 scale needs every coefficient")
+// scaledSize is how many samples n/8 scale makes of size samples.
+func scaledSize(size, n int) int { return (size*n + 7) / 8 }
+
+// scaleCovering is the smallest n (1 to 8) whose n/8 scale of a w×h image is at least tw×th.
+func scaleCovering(w, h, tw, th int) int {
+	n := 1
+	for n < 8 && (scaledSize(w, n) < tw || scaledSize(h, n) < th) {
+		n++
 	}
-	q := img.quant[c.tq]
-	out := make([]byte, w*h)
-	var rows [8][4]float64 // per vertical frequency u: the horizontal transform at 4 columns
+	return n
+}
+
+// scaledPlane returns component c's samples at n/8 scale (n from 1 to 8) as a Gray image: n×n samples
+// a block from its n×n lowest frequencies. A component kept at DC only takes n = 1 alone.
+func (img *dctImage) scaledPlane(c *dctComponent, n int) (*image.Gray, error) {
+	per := 64
+	if c.dcOnly {
+		if n > 1 {
+			return nil, errors.New("jpeg: a reduced image above 1/8 scale needs every coefficient")
+		}
+		per = 1
+	}
+	w := scaledSize((img.width*c.h+img.hmax-1)/img.hmax, n)
+	h := scaledSize((img.height*c.v+img.vmax-1)/img.vmax, n)
+	out := image.NewGray(image.Rect(0, 0, w, h))
+	q := &img.quant[c.tq]
+	wt := &scaledWeights[n-1]
+	var zz [64]int // natural index → zigzag index
+	for i, z := range zigzag {
+		zz[z] = i
+	}
+	var block [64]uint8
 	for by := range c.bh {
 		for bx := range c.bw {
-			blk := c.coef[(by*c.stride+bx)*64:][:64]
-			last := -1 // the highest vertical frequency with a coefficient: most blocks stop early
-			for u := range 8 {
-				var f [8]float64
-				zero := true
-				for v := range 8 {
-					i := zz[u*8+v]
-					f[v] = float64(blk[i]) * float64(q[i])
-					zero = zero && blk[i] == 0
+			b := by*c.stride + bx
+			blk := c.coef[b*per:][:per]
+			if per == 1 || c.last[b] == 0 {
+				// A flat block: its mean everywhere (the DC coefficient is 8 × (mean − 128)).
+				v := float64(blk[0])*float64(q[0])/8 + 128.5
+				fill := uint8(min(max(v, 0), 255))
+				for i := range block[:n*n] {
+					block[i] = fill
 				}
-				if zero {
-					rows[u] = [4]float64{}
-					continue
-				}
-				last = u
-				for col := range 4 {
-					s := 0.0
-					for v, fv := range f {
-						s += fv * halfWeights[col][v]
-					}
-					rows[u][col] = s
-				}
+			} else {
+				scaledBlock(blk, q, &zz, wt, n, &block)
 			}
-			for row := range 4 {
-				y := 4*by + row
-				if y >= h {
+			for y := range n {
+				py := by*n + y
+				if py >= h {
 					break
 				}
-				for col := range 4 {
-					x := 4*bx + col
-					if x >= w {
-						break
-					}
-					sum := 128.0
-					for u := 0; u <= last; u++ {
-						sum += halfWeights[row][u] * rows[u][col]
-					}
-					out[y*w+x] = uint8(min(max(math.Round(sum), 0), 255))
-				}
+				x0 := bx * n
+				copy(out.Pix[py*w+x0:py*w+min(x0+n, w)], block[y*n:(y+1)*n])
 			}
 		}
 	}
 	return out, nil
 }
 
-// halfImage returns the 1/2-scale image of 2×2 means, computed from each block's coefficients
-// (every component must have kept them all). Its type follows dcImage's.
-func (img *dctImage) halfImage() (image.Image, error) {
-	var zz [64]int // natural index → zigzag index
-	for i, z := range zigzag {
-		zz[z] = i
-	}
-	plane := func(c *dctComponent, w, h int) ([]byte, error) { return img.halfPlane(c, w, h, &zz) }
-	y := &img.comps[0]
-	r := image.Rect(0, 0, (img.width+1)/2, (img.height+1)/2)
-	yp, err := plane(y, r.Dx(), r.Dy())
-	if err != nil {
-		return nil, err
-	}
-	if len(img.comps) == 1 {
-		return &image.Gray{Pix: yp, Stride: r.Dx(), Rect: r}, nil
-	}
-	ratio, ok := subsampleRatio(img.comps)
-	if !ok {
-		return nil, errDCTUnsupported
-	}
-	yc := image.NewYCbCr(r, ratio)
-	yc.Y = yp
-	for i, dst := range []*[]byte{&yc.Cb, &yc.Cr} {
-		p, err := plane(&img.comps[1+i], yc.CStride, len(yc.Cb)/yc.CStride)
-		if err != nil {
-			return nil, err
+// scaledBlock renders one block's n×n samples (row by row into out) from its coefficients blk (zigzag
+// order) with quantization table q: a separable n-point IDCT of the n×n lowest frequencies, rows of
+// zeros skipped.
+func scaledBlock(blk []int16, q *[64]uint16, zz *[64]int, wt *[8][8]float64, n int, out *[64]uint8) {
+	var rows [8][8]float64 // per vertical frequency u: the horizontal transform at n columns
+	last := -1
+	for u := range n {
+		var f [8]float64
+		zero := true
+		for v := range n {
+			if i := zz[u*8+v]; blk[i] != 0 {
+				f[v] = float64(blk[i]) * float64(q[i])
+				zero = false
+			}
 		}
-		*dst = p
+		if zero {
+			continue // its row stays zero
+		}
+		last = u
+		for x := range n {
+			s := 0.0
+			for v := range n {
+				s += f[v] * wt[x][v]
+			}
+			rows[u][x] = s
+		}
 	}
-	return yc, nil
+	for y := range n {
+		for x := range n {
+			s := 128.5
+			for u := 0; u <= last; u++ {
+				s += wt[y][u] * rows[u][x]
+			}
+			out[y*n+x] = uint8(min(max(s, 0), 255))
+		}
+	}
 }

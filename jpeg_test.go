@@ -316,31 +316,39 @@ func TestPureDCTQuarterScale(t *testing.T) {
 	}
 }
 
-// TestPureDCTHalfScale: the 1/2-scale image from the coefficients matches the 2×2 means of a full
-// decode, for gray and for each chroma subsampling.
-func TestPureDCTHalfScale(t *testing.T) {
+// TestPureDCTScaledPlanes: each n/8-scale luma plane from the coefficients has ceil(n/8) of the
+// samples and the picture of the full decode: at 8/8 the decode itself, below it the full decode
+// scaled down (an n-point IDCT of the lowest frequencies is not any one resampling filter, so the bar
+// is a resemblance, not equality).
+func TestPureDCTScaledPlanes(t *testing.T) {
 	computeOnly(t)
 	for _, name := range []string{"mid.jpg", "jpeg/s1x1.jpg", "jpeg/s2x1.jpg", "jpeg/s4x1.jpg", "jpeg/gray.jpg"} {
-		data := readTestdata(t, name)
-		img, err := decodeDCT(context.Background(), data, 50_000_000, nil)
+		img, err := decodeDCT(context.Background(), readTestdata(t, name), 50_000_000, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		h, err := img.halfImage()
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		ref := boxShrink(decodeTestdata(t, name), 2)
-		if h.Bounds() != ref.Bounds() {
-			t.Fatalf("%s: %v, want %v", name, h.Bounds(), ref.Bounds())
-		}
-		p := lumaPSNR(ref, h)
-		t.Logf("%s: 1/2 scale %v, luma PSNR %.1f dB against 2×2 means of the full decode", name, h.Bounds(), p)
-		if p < 40 {
-			t.Errorf("%s: PSNR %.1f dB", name, p)
-		}
-		if mr, mh := meanColour(ref), meanColour(h); math.Abs(mr[0]-mh[0])+math.Abs(mr[1]-mh[1])+math.Abs(mr[2]-mh[2]) > 3 {
-			t.Errorf("%s: mean colour %v, want %v", name, mh, mr)
+		full := grayscale(decodeTestdata(t, name), false).(*stdimage.Gray)
+		for n := 1; n <= 8; n++ {
+			p, err := img.scaledPlane(&img.comps[0], n)
+			if err != nil {
+				t.Fatalf("%s at %d/8: %v", name, n, err)
+			}
+			w, h := scaledSize(img.width, n), scaledSize(img.height, n)
+			if p.Rect.Dx() != w || p.Rect.Dy() != h {
+				t.Fatalf("%s at %d/8: %v, want %d×%d", name, n, p.Rect, w, h)
+			}
+			ref := full
+			if n < 8 {
+				ref = &stdimage.Gray{Pix: resamplePlane(full.Pix, full.Stride, full.Rect.Dx(), full.Rect.Dy(), w, h), Stride: w, Rect: p.Rect}
+			}
+			psnr, want := lumaPSNR(ref, p), 35.0
+			if n == 8 {
+				want = 60
+			}
+			t.Logf("%s at %d/8: %v, luma PSNR %.1f dB against the full decode's", name, n, p.Rect, psnr)
+			if psnr < want {
+				t.Errorf("%s at %d/8: PSNR %.1f dB, want %.0f", name, n, psnr, want)
+			}
 		}
 	}
 }

@@ -194,8 +194,8 @@ func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string
 }
 
 // renderWidth decodes the image at path, turns it upright, takes its grayscale when gray, and scales
-// it to width pixels wide (the height in proportion), encoded as its variants are. A JPEG whose 1/8
-// or 1/4 scale is still as wide as that is reduced in the DCT domain (renderWidthDCT) instead of
+// it to width pixels wide (the height in proportion), encoded as its variants are. A JPEG is rendered
+// from its coefficients at the least n/8 scale that covers the size (renderWidthDCT) instead of
 // decoded whole.
 func renderWidth(ctx context.Context, sc *scratch, path, contentType, name string, width int, gray bool, opts processOptions) (encodedVariant, error) {
 	if contentType == "image/jpeg" && opts.dct {
@@ -219,9 +219,10 @@ func renderWidth(ctx context.Context, sc *scratch, path, contentType, name strin
 	return scaleToWidth(sc, src, name, width, outputType(contentType), opts.jpegQuality)
 }
 
-// renderWidthDCT renders a JPEG's display size from its reduced image (each block's mean at 1/8
-// scale, its 4×4 means at 1/4, its 2×2 means at 1/2) when that is at least width pixels wide as
-// displayed; otherwise, or for what the DCT path does not take, errDCTUnsupported.
+// renderWidthDCT renders a JPEG's display size the way libjpeg scales as it decodes: each block's
+// n×n lowest frequencies make n×n samples (scaledPlane), n/8 the least scale that still covers the
+// size, and each plane is then resampled to it (4:2:0) and turned upright. Anything the DCT path
+// does not take: errDCTUnsupported.
 func renderWidthDCT(ctx context.Context, sc *scratch, path, name string, width int, gray bool, opts processOptions) (encodedVariant, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -229,44 +230,41 @@ func renderWidthDCT(ctx context.Context, sc *scratch, path, name string, width i
 	}
 	orient := exifOrientation(bytes.NewReader(data))
 	cfg, err := jpeg.DecodeConfig(bytes.NewReader(data))
-	if err != nil {
+	if err != nil || cfg.Width < 1 || cfg.Height < 1 {
 		return encodedVariant{}, errDCTUnsupported
 	}
-	shown := cfg.Width
-	if orient.swapsAxes() {
-		shown = cfg.Height
+	tw, th := displayBox(cfg.Width, cfg.Height, width, orient)
+	n := scaleCovering(cfg.Width, cfg.Height, tw, th)
+	img, err := decodeDCT(ctx, data, opts.maxPixels, func(i int) bool { return n == 1 && i > 0 })
+	if err != nil {
+		return encodedVariant{}, err
 	}
-	scale := 0
-	for _, k := range []int{8, 4, 2} {
-		if shown/k >= width {
-			scale = k
+	var planes [3]*image.Gray
+	for i := range img.comps {
+		if i > 0 && gray {
 			break
 		}
+		if len(img.comps) != 1 && len(img.comps) != 3 {
+			return encodedVariant{}, errDCTUnsupported
+		}
+		if planes[i], err = img.scaledPlane(&img.comps[i], n); err != nil {
+			return encodedVariant{}, err
+		}
 	}
-	if scale == 0 {
-		return encodedVariant{}, errDCTUnsupported
-	}
-	img, err := decodeDCT(ctx, data, opts.maxPixels, func(i int) bool { return scale == 8 && i > 0 })
-	if err != nil {
+	if err := ctx.Err(); err != nil {
 		return encodedVariant{}, err
 	}
-	var reduced image.Image
-	switch scale {
-	case 8:
-		reduced, err = img.dcImage()
-	case 4:
-		reduced, err = img.quarterImage()
-	default:
-		reduced, err = img.halfImage()
+	out := resampleYCbCr(planes[0], planes[1], planes[2], tw, th)
+	return writeVariant(sc, name, orientImage(out, orient), "image/jpeg", opts.jpegQuality)
+}
+
+// displayBox is the size, as stored (before orient turns it), of a w×h image scaled to width pixels
+// wide as it is shown (upright), its height in proportion.
+func displayBox(w, h, width int, orient orientation) (int, int) {
+	if orient.swapsAxes() {
+		return max(1, (w*width+h/2)/h), width
 	}
-	if err != nil {
-		return encodedVariant{}, err
-	}
-	reduced = orientImage(reduced, orient)
-	if gray {
-		reduced = grayscale(reduced, false)
-	}
-	return scaleToWidth(sc, reduced, name, width, "image/jpeg", opts.jpegQuality)
+	return width, max(1, (h*width+w/2)/w)
 }
 
 // scaleToWidth scales src to width pixels wide (the height in proportion; a box pre-shrink first

@@ -4,7 +4,14 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	stdimage "image"
+	"io"
+	"log/slog"
+	"math"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -198,4 +205,131 @@ func firstRequestsOnce(t *testing.T, s *testServer, file func(int64, string, ...
 		t.Errorf("%d files for w640, want 1", n)
 	}
 	return answers[0]
+}
+
+// BenchmarkRenderWidth: a display size's render alone (read, decode, reduce, scale, encode into a temp
+// file) of the 13.4 MP photo, the DCT path against the standard one, and, where vipsthumbnail is on the
+// PATH, libvips' thumbnail of the same file to the same width: one vipsthumbnail process given many
+// copies of the file, so that its start-up is spread over them (libvips' time in-process). Run it on one
+// core:
+//
+//	taskset -c 0 go test -run '^$' -bench RenderWidth -cpu 1 -count 6 .
+func BenchmarkRenderWidth(b *testing.B) {
+	sc, err := newScratch(b.TempDir(), time.Hour, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	path := filepath.Join("testdata", "large.jpg")
+	for _, width := range []int{1280, 640} {
+		for _, dct := range []bool{true, false} {
+			name := fmt.Sprintf("w%d/%s", width, map[bool]string{true: "dct", false: "standard"}[dct])
+			b.Run(name, func(b *testing.B) {
+				opts := processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: dct}
+				start := time.Now()
+				for b.Loop() {
+					out, err := renderWidth(context.Background(), sc, path, "image/jpeg", "w", width, false, opts)
+					if err != nil {
+						b.Fatal(err)
+					}
+					os.Remove(out.tmpPath)
+				}
+				b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(b.N), "ms/render")
+			})
+		}
+		vips, err := exec.LookPath("vipsthumbnail")
+		if err != nil {
+			continue
+		}
+		b.Run(fmt.Sprintf("w%d/libvips", width), func(b *testing.B) {
+			dir := b.TempDir()
+			const batch = 20
+			args := []string{"-s", fmt.Sprint(width), "-o", filepath.Join(dir, "%s-out.jpg[Q=85]")}
+			for i := range batch {
+				copy := filepath.Join(dir, fmt.Sprintf("in%d.jpg", i))
+				if err := os.Link(path, copy); err != nil {
+					b.Fatal(err)
+				}
+				args = append(args, copy)
+			}
+			start := time.Now()
+			for b.Loop() {
+				if out, err := exec.Command(vips, args...).CombinedOutput(); err != nil {
+					b.Fatalf("vipsthumbnail: %v %s", err, out)
+				}
+			}
+			b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(b.N*batch), "ms/render")
+		})
+	}
+}
+
+// TestPureRenderWidth: a display size from the DCT path is the picture the standard path makes of the
+// whole decode, at the same size, upright, in the same colours, for each chroma subsampling, a
+// progressive file, a turned one, gray, and the grayscale of a colour one; and every size of the
+// ladder it can make comes from the DCT path.
+func TestPureRenderWidth(t *testing.T) {
+	computeOnly(t)
+	sc, err := newScratch(t.TempDir(), time.Hour, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	render := func(file string, width int, gray, dct bool) stdimage.Image {
+		t.Helper()
+		opts := processOptions{jpegQuality: 90, maxPixels: 50_000_000, dct: dct}
+		path := filepath.Join("testdata", file)
+		if dct {
+			out, err := renderWidthDCT(context.Background(), sc, path, "w", width, gray, opts)
+			if err != nil {
+				t.Fatalf("%s w%d: the DCT path: %v", file, width, err)
+			}
+			return decodeTemp(t, out)
+		}
+		out, err := renderWidth(context.Background(), sc, path, "image/jpeg", "w", width, gray, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return decodeTemp(t, out)
+	}
+	for _, tc := range []struct {
+		file  string
+		width int
+		gray  bool
+	}{
+		{"mid.jpg", 1280, false}, {"mid.jpg", 960, true}, {"mid-orient6.jpg", 640, false},
+		{"large-progressive.jpg", 1920, false}, {"jpeg/s2x1.jpg", 160, false}, {"jpeg/s4x1.jpg", 160, false},
+		{"jpeg/s1x1.jpg", 160, false}, {"jpeg/s1x2.jpg", 160, false}, {"jpeg/gray.jpg", 160, false},
+	} {
+		got, want := render(tc.file, tc.width, tc.gray, true), render(tc.file, tc.width, tc.gray, false)
+		if got.Bounds() != want.Bounds() {
+			t.Fatalf("%s w%d: %v, want %v", tc.file, tc.width, got.Bounds(), want.Bounds())
+		}
+		_, isGray := got.(*stdimage.Gray)
+		if isGray != (tc.gray || tc.file == "jpeg/gray.jpg") {
+			t.Errorf("%s w%d: %T", tc.file, tc.width, got)
+		}
+		p := lumaPSNR(want, got)
+		mg, mw := meanColour(got), meanColour(want)
+		t.Logf("%s w%d: %v, luma PSNR %.1f dB against the standard path's; mean colour %.1f, want %.1f", tc.file, tc.width, got.Bounds(), p, mg, mw)
+		if p < 30 {
+			t.Errorf("%s w%d: PSNR %.1f dB", tc.file, tc.width, p)
+		}
+		if math.Abs(mg[0]-mw[0])+math.Abs(mg[1]-mw[1])+math.Abs(mg[2]-mw[2]) > 3 {
+			t.Errorf("%s w%d: mean colour %.1f, want %.1f", tc.file, tc.width, mg, mw)
+		}
+	}
+}
+
+// decodeTemp decodes a rendered variant's temp file and removes it.
+func decodeTemp(t *testing.T, v encodedVariant) stdimage.Image {
+	t.Helper()
+	defer os.Remove(v.tmpPath)
+	f, err := os.Open(v.tmpPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, _, err := stdimage.Decode(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
 }
