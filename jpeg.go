@@ -91,6 +91,9 @@ type dctComponent struct {
 	coef   []int16
 	last   []uint8 // per block: the zigzag index of its last nonzero coefficient (0: DC only)
 	dcOnly bool
+	// held is how many rows of blocks coef holds: all of them, or, when the image is read row by
+	// row (decodeDCTRows, a sequential frame), one row of MCUs, reused for the next.
+	held int
 	// acFreq counts the AC symbols (run/size, ZRL, EOB) the scan coded for this component, when
 	// acCounted: the same symbols a re-encoding of these coefficients codes, in any block order.
 	acFreq    [256]int64
@@ -107,11 +110,40 @@ type dctImage struct {
 	restart       int // MCUs per restart interval; 0: none
 	adobe         int // APP14 colour transform; -1: no APP14
 	progressive   bool
+	// rows, when set, is given each row of MCUs as it is complete (decodeDCTRows); streaming: the
+	// rows are held one at a time.
+	rows      func(img *dctImage, mcuRow int) error
+	streaming bool
+}
+
+// mcuRows is how many rows of MCUs the frame has (of blocks, for a single component).
+func (img *dctImage) mcuRows() int {
+	if len(img.comps) == 1 {
+		return img.comps[0].bh
+	}
+	return (img.height + 8*img.vmax - 1) / (8 * img.vmax)
+}
+
+// blockRow returns block row by of c (held): its blocks' coefficients, 64 a block (1 when dcOnly),
+// and, unless dcOnly, their last indexes.
+func (c *dctComponent) blockRow(by int) ([]int16, []uint8) {
+	per := 64
+	if c.dcOnly {
+		per = 1
+	}
+	at := (by % c.held) * c.stride
+	if c.dcOnly {
+		return c.coef[at*per:][:c.stride*per], nil
+	}
+	return c.coef[at*per:][:c.stride*per], c.last[at:][:c.stride]
 }
 
 // dctHuffman is a Huffman table for decoding: a 9-bit lookup for short codes, then the F.2.2.3 search.
 type dctHuffman struct {
 	lut     [1 << 9]uint16 // value<<8 | code length; 0: longer than 9 bits
+	// fast decodes an AC symbol and its magnitude bits together when both fit in the next 9 bits:
+	// coefficient<<16 | run/size<<8 | bits used; 0: not so (longer, EOB, ZRL).
+	fast    [1 << 9]int32
 	maxcode [18]int32      // largest code of each length, -1 if none
 	valptr  [17]int32
 	mincode [17]int32

@@ -39,6 +39,18 @@ func (h *dctHuffman) build(counts [16]uint8, vals []uint8) error {
 		code <<= 1
 	}
 	h.maxcode[17] = 0x7fffffff
+	for p, e := range h.lut {
+		rs, l := uint8(e>>8), uint(e&0xff)
+		size := uint(rs & 15)
+		if e == 0 || size == 0 || l+size > 9 {
+			continue
+		}
+		v := int32(p>>(9-l-size)) & (1<<size - 1) // the magnitude bits after the code
+		if v < 1<<(size-1) {
+			v += -1<<size + 1
+		}
+		h.fast[p] = v<<16 | int32(rs)<<8 | int32(l+size)
+	}
 	return nil
 }
 
@@ -148,10 +160,19 @@ func nextSegment(data []byte, pos int) (marker byte, seg []byte, next int, err e
 // only their DC coefficients. Errors: errDCTUnsupported for what the standard path must do, an error
 // wrapping errBadImage for a JPEG that is broken.
 func decodeDCT(ctx context.Context, data []byte, maxPixels int64, dcOnly func(index int) bool) (*dctImage, error) {
+	return decodeDCTRows(ctx, data, maxPixels, dcOnly, nil)
+}
+
+// decodeDCTRows is decodeDCT that gives rows each row of MCUs once its coefficients are all read
+// (component c's block rows m·c.v to m·c.v+c.v−1 of MCU row m: blockRow). A sequential frame is
+// streamed: only one row of MCUs is held, handed to rows as soon as its blocks are decoded, then
+// reused, so memory stays at a row's worth; such a frame must code all its components in one
+// scan (else errDCTUnsupported). A progressive frame is held whole and given to rows at the end.
+func decodeDCTRows(ctx context.Context, data []byte, maxPixels int64, dcOnly func(index int) bool, rows func(img *dctImage, mcuRow int) error) (*dctImage, error) {
 	if len(data) < 4 || data[0] != 0xFF || data[1] != 0xD8 {
 		return nil, badImage("not a JPEG")
 	}
-	img := &dctImage{adobe: -1}
+	img := &dctImage{adobe: -1, rows: rows}
 	var dc, ac [4]dctHuffman
 	pos := 2
 	scanned := map[int]bool{}
@@ -189,6 +210,7 @@ func decodeDCT(ctx context.Context, data []byte, maxPixels int64, dcOnly func(in
 			}
 		case m == 0xC0 || m == 0xC1 || m == 0xC2: // SOF0, SOF1, SOF2
 			img.progressive = m == 0xC2
+			img.streaming = rows != nil && !img.progressive
 			if err := img.readFrame(seg, maxPixels, dcOnly); err != nil {
 				return nil, err
 			}
@@ -217,6 +239,13 @@ func decodeDCT(ctx context.Context, data []byte, maxPixels int64, dcOnly func(in
 	}
 	if err := img.complete(scanned); err != nil {
 		return nil, err
+	}
+	if rows != nil && !img.streaming {
+		for m := range img.mcuRows() {
+			if err := rows(img, m); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return img, nil
 }
@@ -359,10 +388,14 @@ func (img *dctImage) readFrame(seg []byte, maxPixels int64, dcOnly func(int) boo
 			c.stride = c.bw
 			mcusY = c.bh
 		}
-		rows := mcusY * c.v
+		c.held = mcusY * c.v
 		if n == 1 {
-			rows = c.bh
+			c.held = c.bh
 		}
+		if img.streaming {
+			c.held = c.v
+		}
+		rows := c.held
 		c.dcOnly = dcOnly != nil && dcOnly(i)
 		per := 64
 		if c.dcOnly {
@@ -475,6 +508,9 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 		return 0, err
 	}
 	end := scanExtent(data)
+	if img.streaming && len(h.comps) != len(img.comps) {
+		return 0, errDCTUnsupported // a sequential frame in several scans cannot be streamed
+	}
 	if img.progressive && h.ss > 0 && h.comps[0].c.dcOnly {
 		return end, nil // an AC band of a component kept at DC only: skipped, not decoded
 	}
@@ -496,6 +532,11 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 			if err := ctx.Err(); err != nil {
 				return 0, err
 			}
+			if mcu > 0 && img.streaming {
+				if err := img.passRow(mcu/perRow - 1); err != nil {
+					return 0, err
+				}
+			}
 		}
 		if img.restart > 0 && mcu > 0 && mcu%img.restart == 0 {
 			// Expect RSTn, then start afresh: predictions and EOB runs reset.
@@ -514,13 +555,23 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 			if interleaved {
 				bx0, by0, nx, ny = (mcu%perRow)*s.c.h, (mcu/perRow)*s.c.v, s.c.h, s.c.v
 			}
+			held := 0 // the first block row held: a streamed image holds this MCU row's alone
+			if img.streaming {
+				held = by0
+			}
 			for by := by0; by < by0+ny; by++ {
+				row := (by - held) * s.c.stride
 				for bx := bx0; bx < bx0+nx; bx++ {
-					if err := img.decodeScanBlock(br, s, by*s.c.stride+bx, &h, &eobrun, &scratch); err != nil {
+					if err := img.decodeScanBlock(br, s, row+bx, &h, &eobrun, &scratch); err != nil {
 						return 0, err
 					}
 				}
 			}
+		}
+	}
+	if img.streaming && total > 0 {
+		if err := img.passRow((total - 1) / perRow); err != nil {
+			return 0, err
 		}
 	}
 	for i := range h.comps {
@@ -528,6 +579,27 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 		h.comps[i].c.acCounted = !h.comps[i].c.dcOnly && !img.progressive
 	}
 	return end, nil
+}
+
+// passRow gives a streamed image's MCU row m to its rows function, then clears the row for the next
+// (decoding adds into zeroed blocks).
+func (img *dctImage) passRow(m int) error {
+	if err := img.rows(img, m); err != nil {
+		return err
+	}
+	for i := range img.comps {
+		c := &img.comps[i]
+		if c.dcOnly {
+			clear(c.coef)
+			continue
+		}
+		// Only up to each block's last nonzero coefficient: most of a block is zero already.
+		for b, end := range c.last {
+			clear(c.coef[b*64 : b*64+int(end)+1])
+		}
+		clear(c.last)
+	}
+	return nil
 }
 
 // decodeScanBlock decodes block b of scan component s: what the scan h codes of it (a sequential
@@ -703,6 +775,25 @@ func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk []int16, acFr
 	blk[0] = int16(*pred)
 	last := 0
 	for k := 1; k < 64; {
+		if br.n < 16 {
+			br.fill()
+		}
+		if e := ac.fast[br.acc>>(64-9)]; e != 0 {
+			rs := uint8(e >> 8)
+			if acFreq != nil {
+				acFreq[rs]++
+			}
+			if k += int(rs >> 4); k > 63 {
+				return 0, badImage("the jpeg data is corrupt: bad AC coefficient")
+			}
+			used := uint(e & 0xff)
+			br.acc <<= used
+			br.n -= used
+			blk[k] = int16(e >> 16)
+			last = k
+			k++
+			continue
+		}
 		rs, err := br.decode(ac)
 		if err != nil {
 			return 0, badImage("the jpeg data is corrupt or truncated: %v", err)

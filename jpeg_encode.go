@@ -232,68 +232,108 @@ func countSymbols(c *dctComponent) (dcFreq, acFreq [256]int64, err error) {
 	for by := range c.bh {
 		for bx := range c.bw {
 			b := by*c.stride + bx
-			blk := c.coef[b*64 : b*64+64]
-			dc := category(int32(blk[0]) - pred)
-			if dc > 11 {
-				// Only a corrupt file's predictions wander this far (an 8-bit JPEG's DC differences
-				// have at most 11 bits, F.1.2.1); libjpeg refuses to write it too. Pixels decide.
-				return dcFreq, acFreq, errDCTUnsupported
-			}
-			dcFreq[dc]++
-			pred = int32(blk[0])
-			if !countAC {
-				continue
-			}
-			run, end := 0, int(c.last[b])
-			for k := 1; k <= end; k++ {
-				if blk[k] == 0 {
-					run++
-					continue
-				}
-				ac := category(int32(blk[k]))
-				if ac > 10 {
-					return dcFreq, acFreq, errDCTUnsupported // likewise: AC coefficients have at most 10 bits
-				}
-				acFreq[0xF0] += int64(run >> 4)
-				acFreq[uint8(run&15)<<4|ac]++
-				run = 0
-			}
-			if end < 63 {
-				acFreq[0x00]++
+			if err := countBlock(c.coef[b*64:b*64+64], int(c.last[b]), &pred, &dcFreq, &acFreq, countAC); err != nil {
+				return dcFreq, acFreq, err
 			}
 		}
 	}
 	return dcFreq, acFreq, nil
 }
 
+// countBlock counts the symbols of one block (zigzag order, its last nonzero coefficient at end) as
+// dctWriter.block codes them, the DC difference from *pred; the AC ones only with countAC. It
+// refuses, with errDCTUnsupported, coefficients an 8-bit JPEG cannot code.
+func countBlock(blk []int16, end int, pred *int32, dcFreq, acFreq *[256]int64, countAC bool) error {
+	dc := category(int32(blk[0]) - *pred)
+	if dc > 11 {
+		// Only a corrupt file's predictions wander this far (an 8-bit JPEG's DC differences
+		// have at most 11 bits, F.1.2.1); libjpeg refuses to write it too. Pixels decide.
+		return errDCTUnsupported
+	}
+	dcFreq[dc]++
+	*pred = int32(blk[0])
+	if !countAC {
+		return nil
+	}
+	run := 0
+	for k := 1; k <= end; k++ {
+		if blk[k] == 0 {
+			run++
+			continue
+		}
+		ac := category(int32(blk[k]))
+		if ac > 10 {
+			return errDCTUnsupported // likewise: AC coefficients have at most 10 bits
+		}
+		acFreq[0xF0] += int64(run >> 4)
+		acFreq[uint8(run&15)<<4|ac]++
+		run = 0
+	}
+	if end < 63 {
+		acFreq[0x00]++
+	}
+	return nil
+}
+
 // grayHeaders is a one-component JPEG's start: SOI, DQT (8-bit, or 16-bit entries and then an
 // extended sequential SOF1), SOF, DHT of both tables, and the SOS of its one scan.
 func grayHeaders(width, height int, q [64]uint16, dcBits [16]uint8, dcVals []uint8, acBits [16]uint8, acVals []uint8) []byte {
+	return jpegHeaders(width, height, [][64]uint16{q}, []frameComp{{id: 1, hv: 0x11}},
+		[]huffTable{{class: 0x00, bits: dcBits, vals: dcVals}, {class: 0x10, bits: acBits, vals: acVals}})
+}
+
+// frameComp is a component as the frame and scan headers name it: its id, sampling factors (h<<4|v),
+// quantization table, and the Huffman tables (dc<<4|ac) its scan codes it with.
+type frameComp struct {
+	id, hv, tq, tables byte
+}
+
+// huffTable is a DHT entry: class and index (Tc<<4|Th), BITS and HUFFVAL.
+type huffTable struct {
+	class byte
+	bits  [16]uint8
+	vals  []uint8
+}
+
+// jpegHeaders is a JPEG's start up to its one scan's data: SOI, DQT of each table (8-bit, or 16-bit
+// entries and then an extended sequential SOF1), SOF, DHT of each table, and the SOS coding every
+// component (interleaved when there are several).
+func jpegHeaders(width, height int, quant [][64]uint16, comps []frameComp, tables []huffTable) []byte {
 	var out bytes.Buffer
 	seg := func(marker byte, body []byte) {
 		out.Write([]byte{0xFF, marker, byte((len(body) + 2) >> 8), byte(len(body) + 2)})
 		out.Write(body)
 	}
 	out.Write([]byte{0xFF, 0xD8})
-	sof, dqt := byte(0xC0), []byte{0}
-	if slices.ContainsFunc(q[:], func(v uint16) bool { return v > 255 }) {
-		sof, dqt = 0xC1, []byte{0x10}
-	}
-	for _, v := range q {
-		if sof == 0xC1 {
-			dqt = append(dqt, byte(v>>8))
+	sof := byte(0xC0)
+	for i, q := range quant {
+		dqt := []byte{byte(i)}
+		if slices.ContainsFunc(q[:], func(v uint16) bool { return v > 255 }) {
+			sof, dqt = 0xC1, []byte{0x10 | byte(i)}
 		}
-		dqt = append(dqt, byte(v))
+		for _, v := range q {
+			if dqt[0]&0x10 != 0 {
+				dqt = append(dqt, byte(v>>8))
+			}
+			dqt = append(dqt, byte(v))
+		}
+		seg(0xDB, dqt)
 	}
-	seg(0xDB, dqt)
-	seg(sof, []byte{8, byte(height >> 8), byte(height), byte(width >> 8), byte(width), 1, 1, 0x11, 0})
-	dht := append([]byte{0x00}, dcBits[:]...)
-	dht = append(dht, dcVals...)
-	dht = append(dht, 0x10)
-	dht = append(dht, acBits[:]...)
-	dht = append(dht, acVals...)
+	frame := []byte{8, byte(height >> 8), byte(height), byte(width >> 8), byte(width), byte(len(comps))}
+	scan := []byte{byte(len(comps))}
+	for _, c := range comps {
+		frame = append(frame, c.id, c.hv, c.tq)
+		scan = append(scan, c.id, c.tables)
+	}
+	seg(sof, frame)
+	var dht []byte
+	for _, t := range tables {
+		dht = append(dht, t.class)
+		dht = append(dht, t.bits[:]...)
+		dht = append(dht, t.vals...)
+	}
 	seg(0xC4, dht)
-	seg(0xDA, []byte{1, 1, 0x00, 0, 63, 0})
+	seg(0xDA, append(scan, 0, 63, 0))
 	return out.Bytes()
 }
 
@@ -301,6 +341,21 @@ func grayHeaders(width, height int, q [64]uint16, dcBits [16]uint8, dcVals []uin
 func codeBlocks(c *dctComponent, dcCode, acCode *huffCode) []byte {
 	// About 6 bytes a block for a photo at quality 85: start with room for 8.
 	bw := &dctWriter{buf: make([]byte, 0, c.bw*c.bh*8)}
+	var pred int32
+	for by := range c.bh {
+		for bx := range c.bw {
+			b := by*c.stride + bx
+			bw.block(c.coef[b*64:b*64+64], int(c.last[b]), &pred, dcCode, acCode)
+		}
+	}
+	bw.flush()
+	return bw.buf
+}
+
+// block codes one block (zigzag order, its last nonzero coefficient at end): the DC difference from
+// *pred, then run/size symbols and values, ZRL for each 16 zeros before a coefficient, EOB when the
+// block ends in zeros (F.1.2).
+func (bw *dctWriter) block(blk []int16, end int, pred *int32, dcCode, acCode *huffCode) {
 	// putValue writes the s low bits of v's code: v itself, or v-1 for negatives (F.1.2.1).
 	putValue := func(v int32, s uint8) {
 		if v < 0 {
@@ -308,39 +363,30 @@ func codeBlocks(c *dctComponent, dcCode, acCode *huffCode) []byte {
 		}
 		bw.put(uint32(v)&(1<<s-1), uint(s))
 	}
-	var pred int32
-	for by := range c.bh {
-		for bx := range c.bw {
-			b := by*c.stride + bx
-			blk := c.coef[b*64 : b*64+64]
-			diff := int32(blk[0]) - pred
-			pred = int32(blk[0])
-			s := category(diff)
-			bw.put(dcCode.code[s], uint(dcCode.size[s]))
-			if s > 0 {
-				putValue(diff, s)
-			}
-			run, end := 0, int(c.last[b])
-			for k := 1; k <= end; k++ {
-				v := int32(blk[k])
-				if v == 0 {
-					run++
-					continue
-				}
-				for ; run > 15; run -= 16 {
-					bw.put(acCode.code[0xF0], uint(acCode.size[0xF0]))
-				}
-				s := category(v)
-				sym := uint8(run)<<4 | s
-				bw.put(acCode.code[sym], uint(acCode.size[sym]))
-				putValue(v, s)
-				run = 0
-			}
-			if end < 63 {
-				bw.put(acCode.code[0x00], uint(acCode.size[0x00]))
-			}
-		}
+	diff := int32(blk[0]) - *pred
+	*pred = int32(blk[0])
+	s := category(diff)
+	bw.put(dcCode.code[s], uint(dcCode.size[s]))
+	if s > 0 {
+		putValue(diff, s)
 	}
-	bw.flush()
-	return bw.buf
+	run := 0
+	for k := 1; k <= end; k++ {
+		v := int32(blk[k])
+		if v == 0 {
+			run++
+			continue
+		}
+		for ; run > 15; run -= 16 {
+			bw.put(acCode.code[0xF0], uint(acCode.size[0xF0]))
+		}
+		s := category(v)
+		sym := uint8(run)<<4 | s
+		bw.put(acCode.code[sym], uint(acCode.size[sym]))
+		putValue(v, s)
+		run = 0
+	}
+	if end < 63 {
+		bw.put(acCode.code[0x00], uint(acCode.size[0x00]))
+	}
 }

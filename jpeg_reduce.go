@@ -141,118 +141,206 @@ func (img *dctImage) quarterImage() (image.Image, error) {
 	return yc, nil
 }
 
-// scaledWeights[n-1][x][k] is C(k)/2 · cos((2x+1)kπ/2n): how much frequency k of an 8-point block adds
-// to sample x of its n-point rendering, the block's continuous IDCT read at the centres of n equal
-// parts. Frequencies at or above n are left out, as libjpeg's scaled IDCTs leave them (they would only
-// alias); for n = 8 it is the IDCT itself, for n = 1 the mean.
-var scaledWeights = func() (w [8][8][8]float64) {
-	for n := 1; n <= 8; n++ {
-		for x := range n {
-			for k := range n {
-				c := 0.5
-				if k == 0 {
-					c = 0.5 / math.Sqrt2
-				}
-				w[n-1][x][k] = c * math.Cos(float64(2*x+1)*float64(k)*math.Pi/float64(2*n))
-			}
-		}
-	}
-	return w
-}()
-
-// scaledSize is how many samples n/8 scale makes of size samples.
-func scaledSize(size, n int) int { return (size*n + 7) / 8 }
-
-// scaleCovering is the smallest n (1 to 8) whose n/8 scale of a w×h image is at least tw×th.
-func scaleCovering(w, h, tw, th int) int {
-	n := 1
-	for n < 8 && (scaledSize(w, n) < tw || scaledSize(h, n) < th) {
-		n++
-	}
-	return n
+// dctAxis maps one axis of a component's blocks onto out output samples placed evenly over the
+// component's samples (centres aligned): output i lies in block blockOf, at a position whose first n
+// frequencies of the block's 8-point IDCT weigh weight[i·n:][:n]. The block's outputs are
+// from[b] ≤ i < from[b+1].
+type dctAxis struct {
+	n      int
+	from   []int
+	weight []float64
+	most   int // the most outputs one block has
 }
 
-// scaledPlane returns component c's samples at n/8 scale (n from 1 to 8) as a Gray image: n×n samples
-// a block from its n×n lowest frequencies. A component kept at DC only takes n = 1 alone.
-func (img *dctImage) scaledPlane(c *dctComponent, n int) (*image.Gray, error) {
-	per := 64
-	if c.dcOnly {
-		if n > 1 {
-			return nil, errors.New("jpeg: a reduced image above 1/8 scale needs every coefficient")
+// newDCTAxis lays out samples (in blocks of 8) onto out outputs. It keeps the frequencies below out/
+// samples of the block's eight, as libjpeg's scaled IDCTs do: the output samples that rate without
+// aliasing (a reduction to n/8 reads the n lowest, all eight from 8/8 up).
+func newDCTAxis(samples, blocks, out int) dctAxis {
+	r := float64(out) / float64(samples)
+	n := min(max(int(math.Ceil(8*r-1e-9)), 1), 8)
+	a := dctAxis{n: n, from: make([]int, blocks+1), weight: make([]float64, out*n)}
+	b := 0
+	for i := range out {
+		s := (float64(i)+0.5)/r - 0.5 // the output's centre in samples
+		blk := min(max(int(math.Floor((s+0.5)/8)), 0), blocks-1)
+		for b <= blk {
+			a.from[b] = i
+			b++
 		}
-		per = 1
+		t := s - float64(8*blk)
+		for k := range n {
+			c := 0.5
+			if k == 0 {
+				c = 0.5 / math.Sqrt2
+			}
+			a.weight[i*n+k] = c * math.Cos((2*t+1)*float64(k)*math.Pi/16)
+		}
 	}
-	w := scaledSize((img.width*c.h+img.hmax-1)/img.hmax, n)
-	h := scaledSize((img.height*c.v+img.vmax-1)/img.vmax, n)
-	out := image.NewGray(image.Rect(0, 0, w, h))
-	q := &img.quant[c.tq]
-	wt := &scaledWeights[n-1]
-	var zz [64]int // natural index → zigzag index
+	for ; b <= blocks; b++ {
+		a.from[b] = out
+	}
+	for b := range blocks {
+		a.most = max(a.most, a.from[b+1]-a.from[b])
+	}
+	return a
+}
+
+// planeResizer makes component c's samples resized to w×h (out), straight from its coefficients,
+// a row of blocks at a time: each output sample is its block's IDCT, of the frequencies the size
+// keeps, read at the output's place (no full-size decode, no resampling step).
+type planeResizer struct {
+	c          *dctComponent
+	cols, rows dctAxis
+	q          *[64]uint16
+	qf         [64]float64 // q, by natural index u·8+v
+	band       [64]int     // natural index u·8+v → zigzag index
+	across     []float64 // per kept vertical frequency: the block row transformed across, at every output column
+	acc        []float64
+	out        *image.Gray
+}
+
+// newPlaneResizer prepares component c's w×h plane. A component kept at DC only must keep one
+// frequency each way (at most 1/8 scale).
+func (img *dctImage) newPlaneResizer(c *dctComponent, w, h int) (*planeResizer, error) {
+	p := &planeResizer{
+		c:    c,
+		cols: newDCTAxis((img.width*c.h+img.hmax-1)/img.hmax, c.bw, w),
+		rows: newDCTAxis((img.height*c.v+img.vmax-1)/img.vmax, c.bh, h),
+		q:    &img.quant[c.tq],
+		acc:  make([]float64, w),
+		out:  image.NewGray(image.Rect(0, 0, w, h)),
+	}
+	if c.dcOnly && (p.cols.n > 1 || p.rows.n > 1) {
+		return nil, errors.New("jpeg: a size above 1/8 scale needs every coefficient")
+	}
 	for i, z := range zigzag {
-		zz[z] = i
+		p.band[z] = i
+		p.qf[z] = float64(p.q[i])
 	}
-	var block [64]uint8
-	for by := range c.bh {
-		for bx := range c.bw {
-			b := by*c.stride + bx
-			blk := c.coef[b*per:][:per]
-			if per == 1 || c.last[b] == 0 {
-				// A flat block: its mean everywhere (the DC coefficient is 8 × (mean − 128)).
-				v := float64(blk[0])*float64(q[0])/8 + 128.5
-				fill := uint8(min(max(v, 0), 255))
-				for i := range block[:n*n] {
-					block[i] = fill
-				}
-			} else {
-				scaledBlock(blk, q, &zz, wt, n, &block)
-			}
-			for y := range n {
-				py := by*n + y
-				if py >= h {
-					break
-				}
-				x0 := bx * n
-				copy(out.Pix[py*w+x0:py*w+min(x0+n, w)], block[y*n:(y+1)*n])
-			}
-		}
-	}
-	return out, nil
+	p.across = make([]float64, p.rows.n*w)
+	return p, nil
 }
 
-// scaledBlock renders one block's n×n samples (row by row into out) from its coefficients blk (zigzag
-// order) with quantization table q: a separable n-point IDCT of the n×n lowest frequencies, rows of
-// zeros skipped.
-func scaledBlock(blk []int16, q *[64]uint16, zz *[64]int, wt *[8][8]float64, n int, out *[64]uint8) {
-	var rows [8][8]float64 // per vertical frequency u: the horizontal transform at n columns
-	last := -1
-	for u := range n {
-		var f [8]float64
-		zero := true
-		for v := range n {
-			if i := zz[u*8+v]; blk[i] != 0 {
-				f[v] = float64(blk[i]) * float64(q[i])
-				zero = false
+// mcuRow makes the output rows of MCU row m's block rows.
+func (p *planeResizer) mcuRow(m int) {
+	for by := m * p.c.v; by < min((m+1)*p.c.v, p.c.bh); by++ {
+		p.blockRow(by)
+	}
+}
+
+// blockRow makes the output rows that lie in block row by: each block's kept frequencies
+// transformed across at its output columns' places (across), then every output row down at once.
+func (p *planeResizer) blockRow(by int) {
+	y0, y1 := p.rows.from[by], p.rows.from[by+1]
+	if y0 == y1 {
+		return
+	}
+	coef, last := p.c.blockRow(by)
+	w := len(p.acc)
+	for bx := range p.c.bw {
+		x0, x1 := p.cols.from[bx], p.cols.from[bx+1]
+		if x0 == x1 {
+			continue
+		}
+		if p.c.dcOnly || last[bx] == 0 {
+			// DC alone: its weight is the same at every place, C(0)/2 = 1/(2√2) each way.
+			per := 64
+			if p.c.dcOnly {
+				per = 1
+			}
+			dc := float64(coef[bx*per]) * float64(p.q[0]) / (2 * math.Sqrt2)
+			for u := range p.rows.n {
+				row := p.across[u*w+x0 : u*w+x1]
+				for x := range row {
+					row[x] = dc
+				}
+				dc = 0
+			}
+			continue
+		}
+		blockAcross(coef[bx*64:][:64], &p.qf, &p.band, &p.cols, p.rows.n, p.across, w, x0, x1)
+	}
+	for y := y0; y < y1; y++ {
+		wy := p.rows.weight[y*p.rows.n:][:p.rows.n]
+		a := wy[0]
+		for x, v := range p.across[:w] {
+			p.acc[x] = 128.5 + a*v
+		}
+		for u := 1; u < p.rows.n; u++ {
+			a := wy[u]
+			for x, v := range p.across[u*w:][:w] {
+				p.acc[x] += a * v
 			}
 		}
-		if zero {
-			continue // its row stays zero
-		}
-		last = u
-		for x := range n {
-			s := 0.0
-			for v := range n {
-				s += f[v] * wt[x][v]
-			}
-			rows[u][x] = s
+		line := p.out.Pix[y*w:][:w]
+		for x, v := range p.acc {
+			line[x] = uint8(min(max(v, 0), 255))
 		}
 	}
-	for y := range n {
-		for x := range n {
-			s := 128.5
-			for u := 0; u <= last; u++ {
-				s += wt[y][u] * rows[u][x]
+}
+
+// blockAcross transforms one block's kept frequencies across, at its output columns x0 to x1: for
+// each kept vertical frequency u, row u of across (rows of stride) gets the sum over the kept
+// horizontal frequencies v of coefficient (u, v) of blk (zigzag order, band: where each is) times
+// qf (its quantizer), weighted for each column's place.
+func blockAcross(blk []int16, qf *[64]float64, band *[64]int, cols *dctAxis, nu int, across []float64, stride, x0, x1 int) {
+	nv := cols.n
+	weights := cols.weight[x0*nv : x1*nv]
+	for u := range nu {
+		row := across[u*stride+x0 : u*stride+x1]
+		b := band[u*8 : u*8+8]
+		q := qf[u*8 : u*8+8]
+		if nv <= 3 {
+			// The common sizes (w640 to w1280 of a phone's photo) keep two or three frequencies:
+			// unrolled, with the zero test on all three at once.
+			var c0, c1, c2 int16
+			c0 = blk[b[0]&63]
+			if nv > 1 {
+				c1 = blk[b[1]&63]
 			}
-			out[y*n+x] = uint8(min(max(s, 0), 255))
+			if nv > 2 {
+				c2 = blk[b[2]&63]
+			}
+			if c0|c1|c2 == 0 {
+				clear(row)
+				continue
+			}
+			f0, f1, f2 := float64(c0)*q[0], float64(c1)*q[1], float64(c2)*q[2]
+			switch nv {
+			case 3:
+				for x := range row {
+					w := weights[x*3 : x*3+3 : x*3+3]
+					row[x] = f0*w[0] + f1*w[1] + f2*w[2]
+				}
+			case 2:
+				for x := range row {
+					w := weights[x*2 : x*2+2 : x*2+2]
+					row[x] = f0*w[0] + f1*w[1]
+				}
+			default:
+				for x := range row {
+					row[x] = f0 * weights[x]
+				}
+			}
+			continue
+		}
+		var f [8]float64
+		var any int16
+		for v := range nv {
+			c := blk[b[v]&63]
+			any |= c
+			f[v] = float64(c) * q[v]
+		}
+		if any == 0 {
+			clear(row)
+			continue
+		}
+		for x := range row {
+			s := 0.0
+			for v, wt := range weights[x*nv:][:nv] {
+				s += f[v&7] * wt
+			}
+			row[x] = s
 		}
 	}
 }

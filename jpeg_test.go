@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	stdimage "image"
+	"image/color"
 	"image/jpeg"
 	"io"
 	"log/slog"
@@ -329,17 +330,20 @@ func TestPureDCTScaledPlanes(t *testing.T) {
 		}
 		full := grayscale(decodeTestdata(t, name), false).(*stdimage.Gray)
 		for n := 1; n <= 8; n++ {
-			p, err := img.scaledPlane(&img.comps[0], n)
+			w, h := (img.width*n+7)/8, (img.height*n+7)/8
+			r, err := img.newPlaneResizer(&img.comps[0], w, h)
 			if err != nil {
 				t.Fatalf("%s at %d/8: %v", name, n, err)
 			}
-			w, h := scaledSize(img.width, n), scaledSize(img.height, n)
-			if p.Rect.Dx() != w || p.Rect.Dy() != h {
-				t.Fatalf("%s at %d/8: %v, want %d×%d", name, n, p.Rect, w, h)
+			for by := range img.comps[0].bh {
+				r.blockRow(by)
 			}
+			p := r.out
 			ref := full
 			if n < 8 {
-				ref = &stdimage.Gray{Pix: resamplePlane(full.Pix, full.Stride, full.Rect.Dx(), full.Rect.Dy(), w, h), Stride: w, Rect: p.Rect}
+				scaled := stdimage.NewGray(p.Rect)
+				draw.CatmullRom.Scale(scaled, p.Rect, full, full.Rect, draw.Src, nil)
+				ref = scaled
 			}
 			psnr, want := lumaPSNR(ref, p), 35.0
 			if n == 8 {
@@ -520,4 +524,55 @@ func (img *dctImage) encodeGrayJPEG(w io.Writer, ci int) error {
 	width := (img.width*c.h + img.hmax - 1) / img.hmax
 	height := (img.height*c.v + img.vmax - 1) / img.vmax
 	return encodeGray(w, c, width, height, img.quant[c.tq])
+}
+
+// TestPureEncodeJPEG: what encodeJPEG writes decodes (image/jpeg) to the picture it was given, gray
+// and colour, at sizes that are and are not whole MCUs, as closely as image/jpeg's encoding at the
+// same quality does, and in fewer bytes.
+func TestPureEncodeJPEG(t *testing.T) {
+	computeOnly(t)
+	photo := decodeTestdata(t, "mid.jpg").(*stdimage.YCbCr)
+	for _, size := range []stdimage.Point{{1280, 800}, {641, 399}, {17, 9}, {1, 1}} {
+		r := stdimage.Rect(0, 0, size.X, size.Y)
+		colour := stdimage.NewYCbCr(r, stdimage.YCbCrSubsampleRatio420)
+		draw.CatmullRom.Scale(&ycbcrDrawer{colour}, r, photo, photo.Rect, draw.Src, nil)
+		for _, img := range []stdimage.Image{colour, grayscale(colour, false)} {
+			var ours, theirs bytes.Buffer
+			if err := encodeJPEG(&ours, img, 85); err != nil {
+				t.Fatal(err)
+			}
+			if err := jpeg.Encode(&theirs, img, &jpeg.Options{Quality: 85}); err != nil {
+				t.Fatal(err)
+			}
+			back, err := jpeg.Decode(bytes.NewReader(ours.Bytes()))
+			if err != nil {
+				t.Fatalf("%v %T: %v", size, img, err)
+			}
+			if back.Bounds() != r {
+				t.Fatalf("%v %T: decodes to %v", size, img, back.Bounds())
+			}
+			ref, err := jpeg.Decode(bytes.NewReader(theirs.Bytes()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, pRef := lumaPSNR(img, back), lumaPSNR(img, ref)
+			mi, mb := meanColour(img), meanColour(back)
+			t.Logf("%v %T: %d bytes (image/jpeg %d), luma PSNR %.1f dB (image/jpeg %.1f), mean colour %.1f, was %.1f", size, img, ours.Len(), theirs.Len(), p, pRef, mb, mi)
+			if p < pRef-0.5 || math.Abs(mi[0]-mb[0])+math.Abs(mi[1]-mb[1])+math.Abs(mi[2]-mb[2]) > 3 {
+				t.Errorf("%v %T: PSNR %.1f dB (image/jpeg's %.1f), mean colour %.1f, want %.1f", size, img, p, pRef, mb, mi)
+			}
+			if size.X > 100 && ours.Len() > theirs.Len() {
+				t.Errorf("%v %T: %d bytes, image/jpeg's %d", size, img, ours.Len(), theirs.Len())
+			}
+		}
+	}
+}
+
+// ycbcrDrawer lets draw scale into a YCbCr image (converting each pixel).
+type ycbcrDrawer struct{ *stdimage.YCbCr }
+
+func (d *ycbcrDrawer) Set(x, y int, c color.Color) {
+	r, g, b, _ := c.RGBA()
+	yy, cb, cr := color.RGBToYCbCr(uint8(r>>8), uint8(g>>8), uint8(b>>8))
+	d.Y[d.YOffset(x, y)], d.Cb[d.COffset(x, y)], d.Cr[d.COffset(x, y)] = yy, cb, cr
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"image"
 	"image/jpeg"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -219,10 +220,10 @@ func renderWidth(ctx context.Context, sc *scratch, path, contentType, name strin
 	return scaleToWidth(sc, src, name, width, outputType(contentType), opts.jpegQuality)
 }
 
-// renderWidthDCT renders a JPEG's display size the way libjpeg scales as it decodes: each block's
-// n×n lowest frequencies make n×n samples (scaledPlane), n/8 the least scale that still covers the
-// size, and each plane is then resampled to it (4:2:0) and turned upright. Anything the DCT path
-// does not take: errDCTUnsupported.
+// renderWidthDCT renders a JPEG's display size from its coefficients: each plane of the size (4:2:0)
+// read straight off the blocks' IDCTs, of the frequencies below the size's sampling rate
+// (planeResizer), row by row as the decoder reads them (a sequential file is never held whole), then
+// turned upright. Anything the DCT path does not take: errDCTUnsupported.
 func renderWidthDCT(ctx context.Context, sc *scratch, path, name string, width int, gray bool, opts processOptions) (encodedVariant, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -234,28 +235,62 @@ func renderWidthDCT(ctx context.Context, sc *scratch, path, name string, width i
 		return encodedVariant{}, errDCTUnsupported
 	}
 	tw, th := displayBox(cfg.Width, cfg.Height, width, orient)
-	n := scaleCovering(cfg.Width, cfg.Height, tw, th)
-	img, err := decodeDCT(ctx, data, opts.maxPixels, func(i int) bool { return n == 1 && i > 0 })
+	// At 1/8 scale or below, chroma needs only its DC coefficients.
+	dcChroma := 8*tw <= cfg.Width && 8*th <= cfg.Height
+	var planes []*planeResizer
+	_, err = decodeDCTRows(ctx, data, opts.maxPixels, func(i int) bool { return dcChroma && i > 0 }, func(img *dctImage, m int) error {
+		if planes == nil {
+			var err error
+			if planes, err = resizers(img, tw, th, gray); err != nil {
+				return err
+			}
+		}
+		for _, p := range planes {
+			p.mcuRow(m)
+		}
+		return nil
+	})
 	if err != nil {
 		return encodedVariant{}, err
-	}
-	var planes [3]*image.Gray
-	for i := range img.comps {
-		if i > 0 && gray {
-			break
-		}
-		if len(img.comps) != 1 && len(img.comps) != 3 {
-			return encodedVariant{}, errDCTUnsupported
-		}
-		if planes[i], err = img.scaledPlane(&img.comps[i], n); err != nil {
-			return encodedVariant{}, err
-		}
 	}
 	if err := ctx.Err(); err != nil {
 		return encodedVariant{}, err
 	}
-	out := resampleYCbCr(planes[0], planes[1], planes[2], tw, th)
-	return writeVariant(sc, name, orientImage(out, orient), "image/jpeg", opts.jpegQuality)
+	var out image.Image = planes[0].out
+	if len(planes) == 3 {
+		yc := image.NewYCbCr(image.Rect(0, 0, tw, th), image.YCbCrSubsampleRatio420)
+		yc.Y, yc.Cb, yc.Cr = planes[0].out.Pix, planes[1].out.Pix, planes[2].out.Pix
+		out = yc
+	}
+	out = orientImage(out, orient)
+	b := out.Bounds()
+	return writeTemp(sc, name, b.Dx(), b.Dy(), "image/jpeg", func(w io.Writer) error {
+		return encodeJPEG(w, out, opts.jpegQuality)
+	})
+}
+
+// resizers prepares the planes of a tw×th rendering of img: its luma, and for a colour image
+// wanted in colour, its chroma at 4:2:0.
+func resizers(img *dctImage, tw, th int, gray bool) ([]*planeResizer, error) {
+	if len(img.comps) != 1 && len(img.comps) != 3 {
+		return nil, errDCTUnsupported
+	}
+	y, err := img.newPlaneResizer(&img.comps[0], tw, th)
+	if err != nil {
+		return nil, err
+	}
+	planes := []*planeResizer{y}
+	if gray || len(img.comps) == 1 {
+		return planes, nil
+	}
+	for i := 1; i < 3; i++ {
+		p, err := img.newPlaneResizer(&img.comps[i], (tw+1)/2, (th+1)/2)
+		if err != nil {
+			return nil, err
+		}
+		planes = append(planes, p)
+	}
+	return planes, nil
 }
 
 // displayBox is the size, as stored (before orient turns it), of a w×h image scaled to width pixels
