@@ -140,11 +140,11 @@ func (c *dctComponent) blockRow(by int) ([]int16, []uint8) {
 
 // dctHuffman is a Huffman table for decoding: a 9-bit lookup for short codes, then the F.2.2.3 search.
 type dctHuffman struct {
-	lut     [1 << 9]uint16 // value<<8 | code length; 0: longer than 9 bits
+	lut [1 << 9]uint16 // value<<8 | code length; 0: longer than 9 bits
 	// fast decodes an AC symbol and its magnitude bits together when both fit in the next 9 bits:
 	// coefficient<<16 | run/size<<8 | bits used; 0: not so (longer, EOB, ZRL).
 	fast    [1 << 9]int32
-	maxcode [18]int32      // largest code of each length, -1 if none
+	maxcode [18]int32 // largest code of each length, -1 if none
 	valptr  [17]int32
 	mincode [17]int32
 	vals    [256]uint8

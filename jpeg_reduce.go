@@ -194,7 +194,7 @@ type planeResizer struct {
 	q          *[64]uint16
 	qf         [64]float64 // q, by natural index u·8+v
 	band       [64]int     // natural index u·8+v → zigzag index
-	across     []float64 // per kept vertical frequency: the block row transformed across, at every output column
+	across     []float64   // per kept vertical frequency: the block row transformed across, at every output column
 	acc        []float64
 	out        *image.Gray
 }
