@@ -42,12 +42,15 @@ func (h *dctHuffman) build(counts [16]uint8, vals []uint8) error {
 	for p, e := range h.lut {
 		rs, l := uint8(e>>8), uint(e&0xff)
 		size := uint(rs & 15)
-		if e == 0 || size == 0 || l+size > 9 {
+		if e == 0 || l+size > 9 {
 			continue
 		}
-		v := int32(p>>(9-l-size)) & (1<<size - 1) // the magnitude bits after the code
-		if v < 1<<(size-1) {
-			v += -1<<size + 1
+		var v int32
+		if size > 0 {
+			v = int32(p>>(9-l-size)) & (1<<size - 1) // the magnitude bits after the code
+			if v < 1<<(size-1) {
+				v += -1<<size + 1
+			}
 		}
 		h.fast[p] = v<<16 | int32(rs)<<8 | int32(l+size)
 	}
@@ -59,6 +62,17 @@ func (b *dctBits) overrun() bool { return b.padded > b.n }
 
 // fill tops acc up to at least 57 valid bits (zeros past a marker or the end).
 func (b *dctBits) fill() {
+	if !b.marker && b.pos+8 <= len(b.data) {
+		// Eight bytes at once when none of them is 0xFF (no stuffing, no marker): the common case.
+		v := binary.BigEndian.Uint64(b.data[b.pos:])
+		if x := ^v; (x-0x0101010101010101)&^x&0x8080808080808080 == 0 {
+			k := (64 - b.n) / 8 // whole bytes that fit
+			b.acc |= v &^ (1<<(64-8*k) - 1) >> b.n
+			b.pos += int(k)
+			b.n += 8 * k
+			return
+		}
+	}
 	for b.n <= 56 {
 		var c byte
 		if !b.marker && b.pos < len(b.data) {
@@ -764,14 +778,24 @@ func decodeACRefine(br *dctBits, ac *dctHuffman, blk []int16, ss, se, al int, eo
 // returns the index of its last nonzero coefficient; pred is the DC prediction. With acFreq, it
 // counts the AC symbols it reads there.
 func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk []int16, acFreq *[256]int64) (uint8, error) {
-	t, err := br.decode(dc)
-	if err != nil {
-		return 0, badImage("the jpeg data is corrupt or truncated: %v", err)
+	if br.n < 16 {
+		br.fill()
 	}
-	if t > 11 {
-		return 0, badImage("the jpeg data is corrupt: bad DC difference")
+	if e := dc.fast[br.acc>>(64-9)]; e != 0 && uint8(e>>8) <= 11 {
+		used := uint(e & 0xff)
+		br.acc <<= used
+		br.n -= used
+		*pred += e >> 16
+	} else {
+		t, err := br.decode(dc)
+		if err != nil {
+			return 0, badImage("the jpeg data is corrupt or truncated: %v", err)
+		}
+		if t > 11 {
+			return 0, badImage("the jpeg data is corrupt: bad DC difference")
+		}
+		*pred += br.receiveExtend(t)
 	}
-	*pred += br.receiveExtend(t)
 	blk[0] = int16(*pred)
 	last := 0
 	for k := 1; k < 64; {
@@ -779,16 +803,24 @@ func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk []int16, acFr
 			br.fill()
 		}
 		if e := ac.fast[br.acc>>(64-9)]; e != 0 {
+			// A symbol and its bits in one lookup: a coefficient, or (size 0) EOB or ZRL.
 			rs := uint8(e >> 8)
 			if acFreq != nil {
 				acFreq[rs]++
 			}
-			if k += int(rs >> 4); k > 63 {
-				return 0, badImage("the jpeg data is corrupt: bad AC coefficient")
-			}
 			used := uint(e & 0xff)
 			br.acc <<= used
 			br.n -= used
+			if rs&15 == 0 {
+				if rs != 0xF0 {
+					break // end of block
+				}
+				k += 16
+				continue
+			}
+			if k += int(rs >> 4); k > 63 {
+				return 0, badImage("the jpeg data is corrupt: bad AC coefficient")
+			}
 			blk[k] = int16(e >> 16)
 			last = k
 			k++

@@ -260,21 +260,45 @@ func (p *planeResizer) blockRow(by int) {
 		}
 		blockAcross(coef[bx*64:][:64], &p.qf, &p.band, &p.cols, p.rows.n, p.across, w, x0, x1)
 	}
+	p.down(y0, y1)
+}
+
+// down makes output rows y0 to y1 from across: each the sum of across's rows weighted for its place,
+// the usual one to three kept frequencies in one pass.
+func (p *planeResizer) down(y0, y1 int) {
+	w := len(p.acc)
+	r0 := p.across[:w]
 	for y := y0; y < y1; y++ {
 		wy := p.rows.weight[y*p.rows.n:][:p.rows.n]
-		a := wy[0]
-		for x, v := range p.across[:w] {
-			p.acc[x] = 128.5 + a*v
-		}
-		for u := 1; u < p.rows.n; u++ {
-			a := wy[u]
-			for x, v := range p.across[u*w:][:w] {
-				p.acc[x] += a * v
-			}
-		}
 		line := p.out.Pix[y*w:][:w]
-		for x, v := range p.acc {
-			line[x] = uint8(min(max(v, 0), 255))
+		switch len(wy) {
+		case 1:
+			for x, v := range r0 {
+				line[x] = uint8(min(max(128.5+wy[0]*v, 0), 255))
+			}
+		case 2:
+			r1 := p.across[w : 2*w]
+			for x, v := range r0 {
+				line[x] = uint8(min(max(128.5+wy[0]*v+wy[1]*r1[x], 0), 255))
+			}
+		case 3:
+			r1, r2 := p.across[w:2*w], p.across[2*w:3*w]
+			for x, v := range r0 {
+				line[x] = uint8(min(max(128.5+wy[0]*v+wy[1]*r1[x]+wy[2]*r2[x], 0), 255))
+			}
+		default:
+			for x, v := range r0 {
+				p.acc[x] = 128.5 + wy[0]*v
+			}
+			for u := 1; u < len(wy); u++ {
+				a := wy[u]
+				for x, v := range p.across[u*w:][:w] {
+					p.acc[x] += a * v
+				}
+			}
+			for x, v := range p.acc {
+				line[x] = uint8(min(max(v, 0), 255))
+			}
 		}
 	}
 }
