@@ -589,8 +589,9 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 		}
 	}
 	for i := range h.comps {
-		// Progressive scans code other symbols than a sequential re-encoding: those are counted then.
-		h.comps[i].c.acCounted = !h.comps[i].c.dcOnly && !img.progressive
+		// Progressive scans code other symbols than a sequential re-encoding, and a streamed scan
+		// counts none: those are counted when needed.
+		h.comps[i].c.acCounted = !h.comps[i].c.dcOnly && !img.progressive && !img.streaming
 	}
 	return end, nil
 }
@@ -650,7 +651,12 @@ func (img *dctImage) decodeScanBlock(br *dctBits, s *scanComp, b int, h *scanHea
 		clear(scratch[:])
 		return nil
 	}
-	last, err := decodeBlock(br, s.dc, s.ac, &s.pred, s.c.coef[b*64:b*64+64], &s.c.acFreq)
+	// The symbols are counted for a re-encoding of the coefficients; a streamed image has none.
+	freq := &s.c.acFreq
+	if img.streaming {
+		freq = nil
+	}
+	last, err := decodeBlock(br, s.dc, s.ac, &s.pred, s.c.coef[b*64:b*64+64], freq)
 	if err != nil {
 		return err
 	}
