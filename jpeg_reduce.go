@@ -237,6 +237,7 @@ func (p *planeResizer) blockRow(by int) {
 	}
 	coef, last := p.c.blockRow(by)
 	w := len(p.acc)
+	nu, nv := p.rows.n, p.cols.n
 	for bx := range p.c.bw {
 		x0, x1 := p.cols.from[bx], p.cols.from[bx+1]
 		if x0 == x1 {
@@ -249,7 +250,7 @@ func (p *planeResizer) blockRow(by int) {
 				per = 1
 			}
 			dc := float64(coef[bx*per]) * float64(p.q[0]) / (2 * math.Sqrt2)
-			for u := range p.rows.n {
+			for u := range nu {
 				row := p.across[u*w+x0 : u*w+x1]
 				for x := range row {
 					row[x] = dc
@@ -258,7 +259,46 @@ func (p *planeResizer) blockRow(by int) {
 			}
 			continue
 		}
-		blockAcross(coef[bx*64:][:64], &p.qf, &p.band, &p.cols, p.rows.n, p.across, w, x0, x1)
+		blk := coef[bx*64:][:64]
+		if nv > 3 {
+			blockAcross(blk, &p.qf, &p.band, &p.cols, nu, p.across, w, x0, x1)
+			continue
+		}
+		// The common sizes (w640 to w1280 of a phone's photo) keep one to three frequencies each
+		// way: unrolled, a row of zeros found by one test.
+		weights := p.cols.weight[x0*nv : x1*nv]
+		for u := range nu {
+			row := p.across[u*w+x0 : u*w+x1]
+			b, q := p.band[u*8:u*8+3], p.qf[u*8:u*8+3]
+			c0, c1, c2 := blk[b[0]&63], blk[b[1]&63], blk[b[2]&63]
+			switch nv {
+			case 1:
+				c1, c2 = 0, 0
+			case 2:
+				c2 = 0
+			}
+			if c0|c1|c2 == 0 {
+				clear(row)
+				continue
+			}
+			f0, f1, f2 := float64(c0)*q[0], float64(c1)*q[1], float64(c2)*q[2]
+			switch nv {
+			case 3:
+				for x := range row {
+					wt := weights[x*3 : x*3+3 : x*3+3]
+					row[x] = f0*wt[0] + f1*wt[1] + f2*wt[2]
+				}
+			case 2:
+				for x := range row {
+					wt := weights[x*2 : x*2+2 : x*2+2]
+					row[x] = f0*wt[0] + f1*wt[1]
+				}
+			default:
+				for x := range row {
+					row[x] = f0 * weights[x]
+				}
+			}
+		}
 	}
 	p.down(y0, y1)
 }
@@ -312,48 +352,12 @@ func blockAcross(blk []int16, qf *[64]float64, band *[64]int, cols *dctAxis, nu 
 	weights := cols.weight[x0*nv : x1*nv]
 	for u := range nu {
 		row := across[u*stride+x0 : u*stride+x1]
-		b := band[u*8 : u*8+8]
-		q := qf[u*8 : u*8+8]
-		if nv <= 3 {
-			// The common sizes (w640 to w1280 of a phone's photo) keep two or three frequencies:
-			// unrolled, with the zero test on all three at once.
-			var c0, c1, c2 int16
-			c0 = blk[b[0]&63]
-			if nv > 1 {
-				c1 = blk[b[1]&63]
-			}
-			if nv > 2 {
-				c2 = blk[b[2]&63]
-			}
-			if c0|c1|c2 == 0 {
-				clear(row)
-				continue
-			}
-			f0, f1, f2 := float64(c0)*q[0], float64(c1)*q[1], float64(c2)*q[2]
-			switch nv {
-			case 3:
-				for x := range row {
-					w := weights[x*3 : x*3+3 : x*3+3]
-					row[x] = f0*w[0] + f1*w[1] + f2*w[2]
-				}
-			case 2:
-				for x := range row {
-					w := weights[x*2 : x*2+2 : x*2+2]
-					row[x] = f0*w[0] + f1*w[1]
-				}
-			default:
-				for x := range row {
-					row[x] = f0 * weights[x]
-				}
-			}
-			continue
-		}
 		var f [8]float64
 		var any int16
 		for v := range nv {
-			c := blk[b[v]&63]
+			c := blk[band[u*8+v]&63]
 			any |= c
-			f[v] = float64(c) * q[v]
+			f[v] = float64(c) * qf[(u*8+v)&63]
 		}
 		if any == 0 {
 			clear(row)
