@@ -125,14 +125,13 @@ func fdctComponent(pix []byte, stride, w, h, bw, bh int, q *[64]uint16) *dctComp
 			// Rounded half up (floor of v + ½, kept positive by the offset); an 8-bit sample's DC
 			// stays within ±1024 and its AC within ±1023.
 			blk[0] = int16(min(max(int32(d[0]*div[0]+2048.5)-2048, -1024), 1024))
-			last := 0
 			for i := 1; i < 64; i++ {
-				n := zigzag[i]
-				r := int16(min(max(int32(d[n]*div[n]+2048.5)-2048, -1023), 1023))
-				blk[i] = r
-				if r != 0 {
-					last = i
-				}
+				n := zigzag[i] & 63
+				blk[i] = int16(min(max(int32(d[n]*div[n]+2048.5)-2048, -1023), 1023))
+			}
+			last := 63
+			for last > 0 && blk[last] == 0 {
+				last--
 			}
 			c.last[b] = uint8(last)
 		}
