@@ -686,7 +686,9 @@ func (a *app) serveFile(w http.ResponseWriter, r *http.Request, im imageRecord, 
 		return
 	}
 	defer b.Close()
-	http.ServeContent(&rangeProblems{ResponseWriter: w, r: r}, r, "", b.modTime, b)
+	// The file itself (for the filesystem store, an *os.File) goes to ServeContent, and every writer
+	// on the way passes ReadFrom down: the kernel sends the bytes (sendfile), not a copy loop.
+	http.ServeContent(&rangeProblems{ResponseWriter: w, r: r}, r, "", b.modTime, b.ReadSeekCloser)
 }
 
 // maxRanges is the most ranges one download may ask for; with more, the Range header is ignored
@@ -759,8 +761,16 @@ func (p *rangeProblems) Write(b []byte) (int, error) {
 	return p.ResponseWriter.Write(b)
 }
 
-// ReadFrom keeps the connection's sendfile path for the file's bytes.
-func (p *rangeProblems) ReadFrom(r io.Reader) (int64, error) { return io.Copy(p.ResponseWriter, r) }
+// ReadFrom keeps the underlying writer's sendfile path for http.ServeContent.
+func (p *rangeProblems) ReadFrom(src io.Reader) (int64, error) {
+	if p.replaced {
+		return io.Copy(io.Discard, src)
+	}
+	if rf, ok := p.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(src)
+	}
+	return io.Copy(struct{ io.Writer }{p.ResponseWriter}, src)
+}
 
 // Unwrap lets http.ResponseController reach the connection.
 func (p *rangeProblems) Unwrap() http.ResponseWriter { return p.ResponseWriter }

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -127,6 +128,9 @@ func BenchmarkDisplaySize(b *testing.B) {
 	startWorker(b, s)
 	_, auth := s.signupAndLogin()
 	photo := readTestdata(b, "large.jpg")
+	// A load generator's client: a kept-alive connection per client, the body read and dropped.
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
+	defer client.CloseIdleConnections()
 	throughput := func(path string) float64 {
 		const n = 400
 		start := time.Now()
@@ -138,9 +142,19 @@ func BenchmarkDisplaySize(b *testing.B) {
 		close(next)
 		for range 8 {
 			wg.Go(func() {
+				buf := make([]byte, 512<<10) // read as a load generator does: in large pieces
 				for range next {
-					if r := s.do("GET", path, nil, "Authorization", auth); r.status != 200 {
-						b.Errorf("%s: %d", path, r.status)
+					req, _ := http.NewRequest("GET", s.srv.URL+path, nil)
+					req.Header.Set("Authorization", auth)
+					resp, err := client.Do(req)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.CopyBuffer(struct{ io.Writer }{io.Discard}, resp.Body, buf)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						b.Errorf("%s: %d", path, resp.StatusCode)
 						return
 					}
 				}
@@ -150,7 +164,23 @@ func BenchmarkDisplaySize(b *testing.B) {
 		return n / time.Since(start).Seconds()
 	}
 	var first, firstSmall []time.Duration
-	var sized, thumb float64
+	// With wrk on the PATH the same comparison is made from a second process, as in docs/benchmarks.md.
+	wrk, _ := exec.LookPath("wrk")
+	wrkRate := func(path string) float64 {
+		out, err := exec.Command(wrk, "-t1", "-c8", "-d2s", "-H", "Authorization: "+auth, s.srv.URL+path).CombinedOutput()
+		if err != nil {
+			b.Fatalf("wrk: %v %s", err, out)
+		}
+		var rate float64
+		for _, line := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(line); len(f) == 2 && f[0] == "Requests/sec:" {
+				rate, _ = strconv.ParseFloat(f[1], 64)
+			}
+		}
+		return rate
+	}
+	var wrkSized, wrkThumb float64
+	var sized, thumb, sizedKB, thumbKB float64
 	for b.Loop() {
 		v := s.mustUpload(auth, "p", "", "large.jpg", photo)
 		s.waitStatus(auth, v.ID, time.Minute, statusReady)
@@ -165,7 +195,15 @@ func BenchmarkDisplaySize(b *testing.B) {
 			b.Fatalf("w640: %d %s", r.status, r.body)
 		}
 		firstSmall = append(firstSmall, time.Since(start))
+		if r := s.do("GET", fmt.Sprint("/api/v1/images/", v.ID), nil, "Authorization", auth); r.status == 200 {
+			var got imageView
+			r.json(b, &got)
+			sizedKB, thumbKB = float64(got.Variants["w1280"].Size)/1000, float64(got.Variants["thumb_500"].Size)/1000
+		}
 		sized, thumb = throughput(path+"w1280"), throughput(path+"thumb_500")
+		if wrk != "" {
+			wrkSized, wrkThumb = wrkRate(path+"w1280"), wrkRate(path+"thumb_500")
+		}
 	}
 	slices.Sort(first)
 	slices.Sort(firstSmall)
@@ -174,6 +212,11 @@ func BenchmarkDisplaySize(b *testing.B) {
 	b.ReportMetric(sized, "w1280-req/s")
 	b.ReportMetric(thumb, "thumb500-req/s")
 	b.ReportMetric(thumb/sized, "thumb/w1280")
+	if wrk != "" {
+		b.ReportMetric(wrkThumb/wrkSized, "wrk-thumb/w1280")
+	}
+	b.ReportMetric(sizedKB, "w1280-kB")
+	b.ReportMetric(thumbKB, "thumb500-kB")
 }
 
 // firstRequestsOnce asks for w640 of image id six times at once, and checks that one render made one
