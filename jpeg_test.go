@@ -204,7 +204,54 @@ func FuzzDecodeDCT(f *testing.F) {
 		if tc, tw, th, tq, err := img.orientComponent(0, 6); err == nil {
 			roundTrip("turned grayscale", tc, tw, th, tq)
 		}
+		streamedLikeHeld(t, img, data)
 	})
+}
+
+// streamedLikeHeld checks that a display size of data made while decoding (a sequential file
+// streamed row by row) has the luma the same resizing of the held coefficients img has, and that
+// encodeJPEG writes it as a JPEG image/jpeg reads at its size.
+func streamedLikeHeld(t *testing.T, img *dctImage, data []byte) {
+	t.Helper()
+	if img.width*img.height > 1<<22 {
+		return // a frame of many megapixels from a few bytes: decoding it twice more would slow the fuzzer to a crawl
+	}
+	tw, th := max(1, img.width/3), max(1, img.height/3)
+	out, err := resizeDCT(context.Background(), data, 50_000_000, tw, th, false)
+	if errors.Is(err, errDCTUnsupported) {
+		return // a sequential file in several scans is not streamed: the standard path takes it
+	}
+	if err != nil {
+		t.Fatalf("streamed: %v (held: decoded)", err)
+	}
+	held, err := resizers(img, tw, th, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range img.mcuRows() {
+		for _, p := range held {
+			p.mcuRow(m)
+		}
+	}
+	luma := out.(interface{ Bounds() stdimage.Rectangle })
+	var y []byte
+	switch o := out.(type) {
+	case *stdimage.Gray:
+		y = o.Pix
+	case *stdimage.YCbCr:
+		y = o.Y
+	}
+	if luma.Bounds() != held[0].out.Rect || !bytes.Equal(y, held[0].out.Pix) {
+		t.Fatalf("streamed luma (%v) differs from the held coefficients' (%v)", luma.Bounds(), held[0].out.Rect)
+	}
+	var enc bytes.Buffer
+	if err := encodeJPEG(&enc, out, 85); err != nil {
+		t.Fatal(err)
+	}
+	back, err := jpeg.Decode(&enc)
+	if err != nil || back.Bounds() != out.Bounds() {
+		t.Fatalf("encodeJPEG wrote what image/jpeg reads as %v, %v", back, err)
+	}
 }
 
 // TestPureDCTOrientation: turning the luma coefficients for each EXIF orientation gives exactly the

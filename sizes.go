@@ -220,10 +220,8 @@ func renderWidth(ctx context.Context, sc *scratch, path, contentType, name strin
 	return scaleToWidth(sc, src, name, width, outputType(contentType), opts.jpegQuality)
 }
 
-// renderWidthDCT renders a JPEG's display size from its coefficients: each plane of the size (4:2:0)
-// read straight off the blocks' IDCTs, of the frequencies below the size's sampling rate
-// (planeResizer), row by row as the decoder reads them (a sequential file is never held whole), then
-// turned upright. Anything the DCT path does not take: errDCTUnsupported.
+// renderWidthDCT renders a JPEG's display size from its coefficients (resizeDCT), turned upright and
+// written by our encoder (encodeJPEG). Anything the DCT path does not take: errDCTUnsupported.
 func renderWidthDCT(ctx context.Context, sc *scratch, path, name string, width int, gray bool, opts processOptions) (encodedVariant, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -235,10 +233,28 @@ func renderWidthDCT(ctx context.Context, sc *scratch, path, name string, width i
 		return encodedVariant{}, errDCTUnsupported
 	}
 	tw, th := displayBox(cfg.Width, cfg.Height, width, orient)
-	// At 1/8 scale or below, chroma needs only its DC coefficients.
-	dcChroma := 8*tw <= cfg.Width && 8*th <= cfg.Height
+	out, err := resizeDCT(ctx, data, opts.maxPixels, tw, th, gray)
+	if err != nil {
+		return encodedVariant{}, err
+	}
+	out = orientImage(out, orient)
+	b := out.Bounds()
+	return writeTemp(sc, name, b.Dx(), b.Dy(), "image/jpeg", func(w io.Writer) error {
+		return encodeJPEG(w, out, opts.jpegQuality)
+	})
+}
+
+// resizeDCT decodes the JPEG data resized to tw×th as it is stored (not turned): a Gray image when
+// gray or when it has one component, else 4:2:0 YCbCr, each plane straight from the coefficients
+// (planeResizer), row by row as the decoder reads them (a sequential file is never held whole).
+func resizeDCT(ctx context.Context, data []byte, maxPixels int64, tw, th int, gray bool) (image.Image, error) {
 	var planes []*planeResizer
-	_, err = decodeDCTRows(ctx, data, opts.maxPixels, func(i int) bool { return dcChroma && i > 0 }, func(img *dctImage, m int) error {
+	// At 1/8 scale or below, chroma needs only its DC coefficients.
+	dcChroma := false
+	if cfg, err := jpeg.DecodeConfig(bytes.NewReader(data)); err == nil {
+		dcChroma = 8*tw <= cfg.Width && 8*th <= cfg.Height
+	}
+	_, err := decodeDCTRows(ctx, data, maxPixels, func(i int) bool { return dcChroma && i > 0 }, func(img *dctImage, m int) error {
 		if planes == nil {
 			var err error
 			if planes, err = resizers(img, tw, th, gray); err != nil {
@@ -251,22 +267,20 @@ func renderWidthDCT(ctx context.Context, sc *scratch, path, name string, width i
 		return nil
 	})
 	if err != nil {
-		return encodedVariant{}, err
+		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
-		return encodedVariant{}, err
+		return nil, err
 	}
-	var out image.Image = planes[0].out
-	if len(planes) == 3 {
-		yc := image.NewYCbCr(image.Rect(0, 0, tw, th), image.YCbCrSubsampleRatio420)
-		yc.Y, yc.Cb, yc.Cr = planes[0].out.Pix, planes[1].out.Pix, planes[2].out.Pix
-		out = yc
+	if planes == nil {
+		return nil, badImage("the jpeg has no rows")
 	}
-	out = orientImage(out, orient)
-	b := out.Bounds()
-	return writeTemp(sc, name, b.Dx(), b.Dy(), "image/jpeg", func(w io.Writer) error {
-		return encodeJPEG(w, out, opts.jpegQuality)
-	})
+	if len(planes) == 1 {
+		return planes[0].out, nil
+	}
+	yc := image.NewYCbCr(image.Rect(0, 0, tw, th), image.YCbCrSubsampleRatio420)
+	yc.Y, yc.Cb, yc.Cr = planes[0].out.Pix, planes[1].out.Pix, planes[2].out.Pix
+	return yc, nil
 }
 
 // resizers prepares the planes of a tw×th rendering of img: its luma, and for a colour image
