@@ -274,6 +274,33 @@ func (h imageHeader) jobBytes(dct bool) int64 {
 	return n
 }
 
+// renderBytes estimates the peak bytes of rendering the image width pixels wide (a display size,
+// sizes.go). On the DCT path, which takes a YCbCr or gray JPEG in one sequential scan or progressive:
+// the file, the coefficients when progressive (held whole; a sequential file is streamed a row of
+// MCUs at a time), and the size made. On the standard path: a job's peak (the decode), the box-shrunk
+// copy (at most 1/4 of the pixels, 4 bytes each), Catmull-Rom's buffer (x/image/draw keeps 32 bytes
+// a source row at each output column, the source under twice the output's height) and the size made.
+// The size made: its pixels (at most 4 bytes each), its coefficients as they are encoded (3) and
+// the file in memory (at most 1.5).
+func (h imageHeader) renderBytes(dct bool, width int) int64 {
+	shownW, shownH := h.width, h.height
+	if h.orient.swapsAxes() {
+		shownW, shownH = shownH, shownW
+	}
+	out := int64(width) * int64(width*shownH/max(shownW, 1)+1)
+	px := int64(h.width) * int64(h.height)
+	made := out * 9
+	j := h.jpeg
+	if dct && h.format == "jpeg" && (j.components == 1 || j.components == 3 && !j.rgb) && (j.progressive || j.scans == 1) {
+		held := int64(0)
+		if j.progressive {
+			held = int64(float64(px) * 2 * j.samples)
+		}
+		return h.fileSize + held + made + jobBaseBytes
+	}
+	return h.standardBytes() + px + (out+int64(width))*2*32 + made
+}
+
 // systemMemory is the memory this process may use: the cgroup's limit when it has one (a container),
 // else the machine's; 0 when neither can be read.
 func systemMemory() int64 {

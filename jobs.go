@@ -318,24 +318,29 @@ func placeholderOfVariants(log *slog.Logger, outs []encodedVariant) string {
 // jobMemory estimates the peak bytes of processing the image file at path, from its header alone.
 // Its errors are imageErrors (not an image, a broken header, too many scans) or the file's.
 func jobMemory(ctx context.Context, path string, dct bool) (int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	im, ok := sniffFile(f, st.Size())
-	if !ok {
-		return 0, badImage("not an image format this service decodes")
-	}
-	h, err := readImageHeader(ctx, im)
+	h, err := headerOf(ctx, path)
 	if err != nil {
 		return 0, err
 	}
 	return h.jobBytes(dct), nil
+}
+
+// headerOf reads the header of the image file at path.
+func headerOf(ctx context.Context, path string) (imageHeader, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return imageHeader{}, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return imageHeader{}, err
+	}
+	im, ok := sniffFile(f, st.Size())
+	if !ok {
+		return imageHeader{}, badImage("not an image format this service decodes")
+	}
+	return readImageHeader(ctx, im)
 }
 
 // dropUnreferenced removes the files of keys after a write that should have recorded them failed

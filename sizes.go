@@ -158,12 +158,11 @@ func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string
 		return err
 	}
 	defer done()
-	need, err := jobMemory(fctx, path, a.cfg.JPEGDCT)
+	h, err := headerOf(fctx, path)
 	if err != nil {
 		return err
 	}
-	// Beside a job's peak: the reduced image (at most 1/2 scale, 3 bytes a pixel) and the size made.
-	need += int64(im.Width)*int64(im.Height)*3/4 + int64(width)*int64(width*im.Height/max(im.Width, 1)+1)*4
+	need := h.renderBytes(a.cfg.JPEGDCT, width)
 	release, err := a.budget.acquire(fctx, need)
 	if err != nil {
 		return err
@@ -316,12 +315,13 @@ func displayBox(w, h, width int, orient orientation) (int, int) {
 	return width, max(1, (h*width+w/2)/w)
 }
 
-// scaleToWidth scales src to width pixels wide (the height in proportion; a box pre-shrink first
-// when it is over twice as wide, then Catmull-Rom) and encodes it as contentType.
+// scaleToWidth scales src to width pixels wide (the height in proportion; a box pre-shrink first to
+// within twice the size, then Catmull-Rom) and encodes it as contentType. The pre-shrink bounds
+// Catmull-Rom's buffer too: x/image/draw keeps 32 bytes for each source row at each output column.
 func scaleToWidth(sc *scratch, src image.Image, name string, width int, contentType string, quality int) (encodedVariant, error) {
 	b := src.Bounds()
 	height := max(1, (b.Dy()*width+b.Dx()/2)/b.Dx())
-	if k := b.Dx() / width / 2; k >= 2 {
+	if k := b.Dx() / width; k >= 2 {
 		src = boxShrink(src, k)
 	}
 	var dst draw.Image = image.NewRGBA(image.Rect(0, 0, width, height))

@@ -376,3 +376,48 @@ func decodeTemp(t *testing.T, v encodedVariant) stdimage.Image {
 	}
 	return img
 }
+
+// TestPureRenderMemoryEstimate: the heap a display size's render grows by at its peak stays within
+// renderBytes's estimate, for the largest size and a middle one, sequential (streamed) and
+// progressive (held), turned, and on the standard path; and the estimate is not absurdly loose.
+func TestPureRenderMemoryEstimate(t *testing.T) {
+	computeOnly(t)
+	sc, err := newScratch(t.TempDir(), 0, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		file  string
+		width int
+		dct   bool
+	}{
+		{"large.jpg", 2560, true},
+		{"large.jpg", 1280, true},
+		{"large-progressive.jpg", 2560, true},
+		{"mid-orient6.jpg", 1280, true},
+		{"large.jpg", 1280, false},
+		{"large.jpg", 2560, false},
+	} {
+		path := filepath.Join("testdata", tc.file)
+		h, err := headerOf(context.Background(), path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := h.renderBytes(tc.dct, tc.width)
+		stop := sampleHeap()
+		out, err := renderWidth(context.Background(), sc, path, "image/jpeg", "w", tc.width, false, processOptions{jpegQuality: 85, maxPixels: 50_000_000, dct: tc.dct})
+		grew := stop()
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.Remove(out.tmpPath)
+		est := float64(want) / (1 << 20)
+		t.Logf("%s w%d dct=%v: peak heap +%.1f MiB, estimate %.1f MiB", tc.file, tc.width, tc.dct, grew, est)
+		if grew > est {
+			t.Errorf("%s w%d dct=%v: the render grew the heap by %.1f MiB, over its estimate of %.1f MiB", tc.file, tc.width, tc.dct, grew, est)
+		}
+		if est > 4*grew+float64(jobBaseBytes>>20) {
+			t.Errorf("%s w%d dct=%v: estimate %.1f MiB for a render of %.1f MiB: too loose to be useful", tc.file, tc.width, tc.dct, est, grew)
+		}
+	}
+}
