@@ -138,12 +138,15 @@ func (c *dctComponent) blockRow(by int) ([]int16, []uint8) {
 	return c.coef[at*per:][:c.stride*per], c.last[at:][:c.stride]
 }
 
+// fastBits is the window of dctHuffman's one-lookup decoding.
+const fastBits = 11
+
 // dctHuffman is a Huffman table for decoding: a 9-bit lookup for short codes, then the F.2.2.3 search.
 type dctHuffman struct {
 	lut [1 << 9]uint16 // value<<8 | code length; 0: longer than 9 bits
-	// fast decodes an AC symbol and its magnitude bits together when both fit in the next 9 bits:
-	// coefficient<<16 | run/size<<8 | bits used; 0: not so (longer, EOB, ZRL).
-	fast    [1 << 9]int32
+	// fast decodes a symbol and its magnitude bits together when both fit in the next fastBits
+	// bits: coefficient<<16 | run/size<<8 | bits used; 0: not so.
+	fast    [1 << fastBits]int32
 	maxcode [18]int32 // largest code of each length, -1 if none
 	valptr  [17]int32
 	mincode [17]int32

@@ -39,20 +39,28 @@ func (h *dctHuffman) build(counts [16]uint8, vals []uint8) error {
 		code <<= 1
 	}
 	h.maxcode[17] = 0x7fffffff
-	for p, e := range h.lut {
-		rs, l := uint8(e>>8), uint(e&0xff)
-		size := uint(rs & 15)
-		if e == 0 || l+size > 9 {
-			continue
-		}
-		var v int32
-		if size > 0 {
-			v = int32(p>>(9-l-size)) & (1<<size - 1) // the magnitude bits after the code
-			if v < 1<<(size-1) {
-				v += -1<<size + 1
+	// The fast table: each fastBits-bit window whose code (and the bits after it) fit, decoded.
+	for p := range h.fast {
+		for l := 1; l <= fastBits; l++ {
+			code := int32(p >> (fastBits - l))
+			if h.maxcode[l] < 0 || code > h.maxcode[l] {
+				continue
 			}
+			rs := h.vals[h.valptr[l]+code-h.mincode[l]]
+			size := int(rs & 15)
+			if l+size > fastBits {
+				break
+			}
+			var v int32
+			if size > 0 {
+				v = int32(p>>(fastBits-l-size)) & (1<<size - 1) // the magnitude bits after the code
+				if v < 1<<(size-1) {
+					v += -1<<size + 1
+				}
+			}
+			h.fast[p] = v<<16 | int32(rs)<<8 | int32(l+size)
+			break
 		}
-		h.fast[p] = v<<16 | int32(rs)<<8 | int32(l+size)
 	}
 	return nil
 }
@@ -787,7 +795,7 @@ func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk []int16, acFr
 	if br.n < 16 {
 		br.fill()
 	}
-	if e := dc.fast[br.acc>>(64-9)]; e != 0 && uint8(e>>8) <= 11 {
+	if e := dc.fast[br.acc>>(64-fastBits)]; e != 0 && uint8(e>>8) <= 11 {
 		used := uint(e & 0xff)
 		br.acc <<= used
 		br.n -= used
@@ -808,7 +816,7 @@ func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk []int16, acFr
 		if br.n < 16 {
 			br.fill()
 		}
-		if e := ac.fast[br.acc>>(64-9)]; e != 0 {
+		if e := ac.fast[br.acc>>(64-fastBits)]; e != 0 {
 			// A symbol and its bits in one lookup: a coefficient, or (size 0) EOB or ZRL.
 			rs := uint8(e >> 8)
 			if acFreq != nil {
