@@ -546,6 +546,14 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 		total = perRow * ((img.height + 8*img.vmax - 1) / (8 * img.vmax))
 	}
 	br := &dctBits{data: data[:end]}
+	// The symbols of a sequential scan are counted for a re-encoding of the coefficients; a streamed
+	// image has none.
+	freq := func(s *scanComp) *[256]int64 {
+		if img.streaming {
+			return nil
+		}
+		return &s.c.acFreq
+	}
 	var scratch [64]int16
 	rst, eobrun := 0, 0
 	for mcu := 0; mcu < total; mcu++ {
@@ -584,7 +592,14 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 			for by := by0; by < by0+ny; by++ {
 				row := (by - held) * s.c.stride
 				for bx := bx0; bx < bx0+nx; bx++ {
-					if err := img.decodeScanBlock(br, s, row+bx, &h, &eobrun, &scratch); err != nil {
+					if b := row + bx; !img.progressive && !s.c.dcOnly {
+						// A sequential block kept whole, the common case, decoded here directly.
+						last, err := decodeBlock(br, s.dc, s.ac, &s.pred, s.c.coef[b*64:b*64+64], freq(s))
+						if err != nil {
+							return 0, err
+						}
+						s.c.last[b] = last
+					} else if err := img.decodeScanBlock(br, s, b, &h, &eobrun, &scratch); err != nil {
 						return 0, err
 					}
 				}
@@ -625,8 +640,9 @@ func (img *dctImage) passRow(m int) error {
 	return nil
 }
 
-// decodeScanBlock decodes block b of scan component s: what the scan h codes of it (a sequential
-// block, or a progressive scan's band and bits), into the component's coefficients.
+// decodeScanBlock decodes block b of scan component s, for what readScan does not decode itself (a
+// sequential block kept whole): what the scan h codes of it (a progressive scan's band and bits, or
+// a sequential block of which only DC is kept), into the component's coefficients.
 func (img *dctImage) decodeScanBlock(br *dctBits, s *scanComp, b int, h *scanHeader, eobrun *int, scratch *[64]int16) error {
 	if img.progressive {
 		var blk []int16
@@ -651,24 +667,11 @@ func (img *dctImage) decodeScanBlock(br *dctBits, s *scanComp, b int, h *scanHea
 		}
 		return err
 	}
-	if s.c.dcOnly {
-		if _, err := decodeBlock(br, s.dc, s.ac, &s.pred, scratch[:], nil); err != nil {
-			return err
-		}
-		s.c.coef[b] = scratch[0]
-		clear(scratch[:])
-		return nil
-	}
-	// The symbols are counted for a re-encoding of the coefficients; a streamed image has none.
-	freq := &s.c.acFreq
-	if img.streaming {
-		freq = nil
-	}
-	last, err := decodeBlock(br, s.dc, s.ac, &s.pred, s.c.coef[b*64:b*64+64], freq)
-	if err != nil {
+	if _, err := decodeBlock(br, s.dc, s.ac, &s.pred, scratch[:], nil); err != nil {
 		return err
 	}
-	s.c.last[b] = last
+	s.c.coef[b] = scratch[0]
+	clear(scratch[:])
 	return nil
 }
 
