@@ -186,6 +186,7 @@ func BenchmarkDisplaySize(b *testing.B) {
 		v := s.mustUpload(auth, "p", "", "large.jpg", photo)
 		s.waitStatus(auth, v.ID, time.Minute, statusReady)
 		path := fmt.Sprintf("/api/v1/images/%d/file?variant=", v.ID)
+		time.Sleep(500 * time.Millisecond)
 		start := time.Now()
 		if r := s.do("GET", path+"w1280", nil, "Authorization", auth); r.status != 200 {
 			b.Fatalf("w1280: %d %s", r.status, r.body)
