@@ -90,7 +90,7 @@ func fdct8(d []float64, stride int) {
 // bw×bh blocks (edge samples repeated past the plane's right and bottom), quantized by q (zigzag
 // order).
 func fdctComponent(pix []byte, stride, w, h, bw, bh int, q *[64]uint16) *dctComponent {
-	c := &dctComponent{bw: bw, bh: bh, stride: bw, held: bh, coef: make([]int16, bw*bh*64), last: make([]uint8, bw*bh)}
+	c := &dctComponent{bw: bw, bh: bh, stride: bw, held: bh, coef: make([]int16, bw*bh*64), last: make([]uint8, bw*bh), acCounted: true}
 	// The AAN outputs are F·aanScale[u]·aanScale[v]·8: fold that into each quantizer's reciprocal.
 	var div [64]float64
 	for i, n := range zigzag {
@@ -134,6 +134,20 @@ func fdctComponent(pix []byte, stride, w, h, bw, bh int, q *[64]uint16) *dctComp
 				last--
 			}
 			c.last[b] = uint8(last)
+			// The AC symbols, counted while the block is at hand (their order does not matter).
+			run := 0
+			for _, v := range blk[1 : last+1] {
+				if v == 0 {
+					run++
+					continue
+				}
+				c.acFreq[0xF0] += int64(run >> 4)
+				c.acFreq[uint8(run&15)<<4|category(int32(v))]++
+				run = 0
+			}
+			if last < 63 {
+				c.acFreq[0x00]++
+			}
 		}
 	}
 	return c
@@ -192,10 +206,15 @@ func encodeYCbCr420(w io.Writer, m *image.YCbCr, quality int) error {
 		return nil
 	}
 	var freq [4][256]int64 // luma DC, luma AC, chroma DC, chroma AC
+	for i, c := range comps {
+		for s, n := range c.acFreq {
+			freq[min(i, 1)*2+1][s] += n
+		}
+	}
 	var pred [3]int32
 	err := each(func(i int, blk []int16, end int) error {
 		t := min(i, 1) * 2
-		return countBlock(blk, end, &pred[i], &freq[t], &freq[t+1], true)
+		return countBlock(blk, end, &pred[i], &freq[t], &freq[t+1], false) // DC: in MCU order
 	})
 	if err != nil {
 		return err
