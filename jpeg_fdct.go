@@ -10,6 +10,7 @@ import (
 	"image"
 	"io"
 	"math"
+	"sync"
 )
 
 // Annex K's quantization tables for luminance and chrominance, in natural (row-major) order.
@@ -90,7 +91,7 @@ func fdct8(d []float64, stride int) {
 // bw×bh blocks (edge samples repeated past the plane's right and bottom), quantized by q (zigzag
 // order).
 func fdctComponent(pix []byte, stride, w, h, bw, bh int, q *[64]uint16) *dctComponent {
-	c := &dctComponent{bw: bw, bh: bh, stride: bw, held: bh, coef: make([]int16, bw*bh*64), last: make([]uint8, bw*bh), acCounted: true}
+	c := &dctComponent{bw: bw, bh: bh, stride: bw, held: bh, coef: coefBuffer(bw * bh * 64), last: make([]uint8, bw*bh), acCounted: true}
 	// The AAN outputs are F·aanScale[u]·aanScale[v]·8: fold that into each quantizer's reciprocal.
 	var div [64]float64
 	for i, n := range zigzag {
@@ -153,6 +154,25 @@ func fdctComponent(pix []byte, stride, w, h, bw, bh int, q *[64]uint16) *dctComp
 	return c
 }
 
+// coefBuffers keeps the coefficient buffers of finished encodes for the next (a display size's are
+// megabytes: made afresh each time, the collector would zero and sweep them every render).
+var coefBuffers sync.Pool
+
+// coefBuffer returns n int16s, not zeroed: fdctComponent writes every one.
+func coefBuffer(n int) []int16 {
+	if b, ok := coefBuffers.Get().(*[]int16); ok && cap(*b) >= n {
+		return (*b)[:n]
+	}
+	return make([]int16, n)
+}
+
+// releaseCoef hands c's coefficients back for the next encode; c must not be used after.
+func releaseCoef(c *dctComponent) {
+	b := c.coef
+	c.coef = nil
+	coefBuffers.Put(&b)
+}
+
 // encodeJPEG writes img, a Gray image or a 4:2:0 YCbCr one at the origin, as a JPEG at quality (1–100)
 // with Huffman tables made for it.
 func encodeJPEG(w io.Writer, img image.Image, quality int) error {
@@ -161,6 +181,7 @@ func encodeJPEG(w io.Writer, img image.Image, quality int) error {
 		r := m.Rect
 		q := scaledQuant(&lumaQuant, quality)
 		c := fdctComponent(m.Pix, m.Stride, r.Dx(), r.Dy(), (r.Dx()+7)/8, (r.Dy()+7)/8, &q)
+		defer releaseCoef(c)
 		return encodeGray(w, c, r.Dx(), r.Dy(), q)
 	case *image.YCbCr:
 		if m.SubsampleRatio != image.YCbCrSubsampleRatio420 || m.Rect.Min != (image.Point{}) {
@@ -183,6 +204,11 @@ func encodeYCbCr420(w io.Writer, m *image.YCbCr, quality int) error {
 		fdctComponent(m.Cb, m.CStride, cw, ch, mx, my, &cq),
 		fdctComponent(m.Cr, m.CStride, cw, ch, mx, my, &cq),
 	}
+	defer func() {
+		for _, c := range comps {
+			releaseCoef(c)
+		}
+	}()
 	// Blocks go in MCU order: each MCU's 2×2 luma blocks, then its Cb and Cr blocks.
 	each := func(visit func(i int, blk []int16, end int) error) error {
 		for y := range my {
