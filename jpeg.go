@@ -1,9 +1,10 @@
 // JPEG in the DCT domain: a decoder that stops at the quantized coefficients (jpeg_decode.go), and an
 // encoder that writes a single-component JPEG from them (jpeg_encode.go); reductions for thumbnails
-// (jpeg_reduce.go) and lossless turns (jpeg_orient.go) between. This file holds their shared types
-// and the header scan both paths use (scanJPEG). Together they make a JPEG's grayscale losslessly (its
-// luma coefficients, re-Huffman-coded) and its thumbnails from the DC coefficients (each block's mean:
-// a 1/8-scale image with no IDCT).
+// and display sizes (jpeg_reduce.go) and lossless turns (jpeg_orient.go) between, and an encoder of
+// pixels (jpeg_fdct.go). This file holds their shared types and the header scan both paths use
+// (scanJPEG). Together they make a JPEG's grayscale losslessly (its luma coefficients,
+// re-Huffman-coded), its thumbnails from the DC coefficients (each block's mean: a 1/8-scale image with
+// no IDCT), and its display sizes straight from the coefficients, a row at a time.
 //
 // What of ITU T.81 is implemented here:
 //
@@ -12,8 +13,11 @@
 //     progressive Huffman, 8-bit samples, 1 or 3 components, any sampling factors 1–4), SOS, RSTn, EOI.
 //
 //   - F.2.2: sequential Huffman decoding of interleaved and non-interleaved scans, with restart
-//     intervals (F.2.2.5 receive/extend; F.2.2.3 with a 9-bit lookup table before the code-length
-//     search of F.2.2.3's DECODE).
+//     intervals (F.2.2.5 receive/extend; F.2.2.3 with an 11-bit lookup of a symbol and its bits
+//     together, and a 9-bit one before the code-length search of F.2.2.3's DECODE).
+//
+//   - A.3.3 and F.1.2 to F.1.4 (encoding pixels, jpeg_fdct.go): the forward DCT, quantization, and
+//     one interleaved 4:2:0 scan or one gray scan.
 //
 //   - F.1.2 and Annex C: Huffman encoding of one component, with tables from symbol frequencies
 //     (Annex K.2, code lengths limited to 16 bits as K.3 adjusts them).

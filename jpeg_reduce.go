@@ -1,5 +1,6 @@
-// The DCT path's reductions: a 1/8-scale image from the DC coefficients (each block's mean), and a
-// 1/4-scale one from each block's lowest frequencies (a reduced IDCT), for thumbnails.
+// The DCT path's reductions: for thumbnails, a 1/8-scale image from the DC coefficients (each block's
+// mean) and a 1/4-scale one from each block's lowest frequencies (a reduced IDCT); for display sizes,
+// any size straight from the coefficients (planeResizer).
 package main
 
 import (
