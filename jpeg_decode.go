@@ -262,14 +262,23 @@ func decodeDCTRows(ctx context.Context, data []byte, maxPixels int64, dcOnly fun
 	if err := img.complete(scanned); err != nil {
 		return nil, err
 	}
-	if rows != nil && !img.streaming {
-		for m := range img.mcuRows() {
-			if err := rows(img, m); err != nil {
-				return nil, err
-			}
-		}
+	if err := img.passHeld(); err != nil {
+		return nil, err
 	}
 	return img, nil
+}
+
+// passHeld gives every MCU row of an image held whole (not streamed) to its rows function, if any.
+func (img *dctImage) passHeld() error {
+	if img.rows == nil || img.streaming {
+		return nil
+	}
+	for m := range img.mcuRows() {
+		if err := img.rows(img, m); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // complete checks, after the last segment, that img has a frame and every component was coded
@@ -546,14 +555,6 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 		total = perRow * ((img.height + 8*img.vmax - 1) / (8 * img.vmax))
 	}
 	br := &dctBits{data: data[:end]}
-	// The symbols of a sequential scan are counted for a re-encoding of the coefficients; a streamed
-	// image has none.
-	freq := func(s *scanComp) *[256]int64 {
-		if img.streaming {
-			return nil
-		}
-		return &s.c.acFreq
-	}
 	var scratch [64]int16
 	rst, eobrun := 0, 0
 	for mcu := 0; mcu < total; mcu++ {
@@ -579,31 +580,8 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 				h.comps[i].pred = 0
 			}
 		}
-		for i := range h.comps {
-			s := &h.comps[i]
-			bx0, by0, nx, ny := mcu%perRow, mcu/perRow, 1, 1
-			if interleaved {
-				bx0, by0, nx, ny = (mcu%perRow)*s.c.h, (mcu/perRow)*s.c.v, s.c.h, s.c.v
-			}
-			held := 0 // the first block row held: a streamed image holds this MCU row's alone
-			if img.streaming {
-				held = by0
-			}
-			for by := by0; by < by0+ny; by++ {
-				row := (by - held) * s.c.stride
-				for bx := bx0; bx < bx0+nx; bx++ {
-					if b := row + bx; !img.progressive && !s.c.dcOnly {
-						// A sequential block kept whole, the common case, decoded here directly.
-						last, err := decodeBlock(br, s.dc, s.ac, &s.pred, s.c.coef[b*64:b*64+64], freq(s))
-						if err != nil {
-							return 0, err
-						}
-						s.c.last[b] = last
-					} else if err := img.decodeScanBlock(br, s, b, &h, &eobrun, &scratch); err != nil {
-						return 0, err
-					}
-				}
-			}
+		if err := img.decodeMCU(br, &h, mcu, perRow, interleaved, &eobrun, &scratch); err != nil {
+			return 0, err
 		}
 	}
 	if img.streaming && total > 0 {
@@ -617,6 +595,43 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 		h.comps[i].c.acCounted = !h.comps[i].c.dcOnly && !img.progressive && !img.streaming
 	}
 	return end, nil
+}
+
+// decodeMCU decodes MCU mcu of scan h (perRow a row; for a scan of one component, a block).
+func (img *dctImage) decodeMCU(br *dctBits, h *scanHeader, mcu, perRow int, interleaved bool, eobrun *int, scratch *[64]int16) error {
+	for i := range h.comps {
+		s := &h.comps[i]
+		bx0, by0, nx, ny := mcu%perRow, mcu/perRow, 1, 1
+		if interleaved {
+			bx0, by0, nx, ny = (mcu%perRow)*s.c.h, (mcu/perRow)*s.c.v, s.c.h, s.c.v
+		}
+		held := 0 // the first block row held: a streamed image holds this MCU row's alone
+		if img.streaming {
+			held = by0
+		}
+		// The symbols of a sequential scan are counted for a re-encoding of the coefficients; a
+		// streamed image has none.
+		freq := &s.c.acFreq
+		if img.streaming {
+			freq = nil
+		}
+		for by := by0; by < by0+ny; by++ {
+			row := (by - held) * s.c.stride
+			for bx := bx0; bx < bx0+nx; bx++ {
+				if b := row + bx; !img.progressive && !s.c.dcOnly {
+					// A sequential block kept whole, the common case, decoded here directly.
+					last, err := decodeBlock(br, s.dc, s.ac, &s.pred, s.c.coef[b*64:b*64+64], freq)
+					if err != nil {
+						return err
+					}
+					s.c.last[b] = last
+				} else if err := img.decodeScanBlock(br, s, b, h, eobrun, scratch); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // passRow gives a streamed image's MCU row m to its rows function, then clears the row for the next
