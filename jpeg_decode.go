@@ -504,13 +504,17 @@ func (img *dctImage) readScanHeader(seg []byte, dc, ac *[4]dctHuffman, scanned m
 // that is not a restart (RSTn).
 func scanExtent(data []byte) int {
 	end := 0
-	for end < len(data) {
-		if data[end] == 0xFF && end+1 < len(data) && data[end+1] != 0 && (data[end+1] < 0xD0 || data[end+1] > 0xD7) {
-			break
+	for {
+		i := bytes.IndexByte(data[end:], 0xFF) // 0xFF bytes are rare in the data: skip to the next
+		if i < 0 {
+			return len(data)
+		}
+		end += i
+		if end+1 < len(data) && data[end+1] != 0 && (data[end+1] < 0xD0 || data[end+1] > 0xD7) {
+			return end
 		}
 		end++
 	}
-	return end
 }
 
 // restart moves br past restart marker RSTn (n = rst mod 8), discarding the current byte's
@@ -557,14 +561,18 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 	br := &dctBits{data: data[:end]}
 	var scratch [64]int16
 	rst, eobrun := 0, 0
-	for mcu := 0; mcu < total; mcu++ {
-		if mcu%perRow == 0 {
+	mx, my := 0, 0 // the MCU's column and row, counted (no division per MCU)
+	for mcu := 0; mcu < total; mcu, mx = mcu+1, mx+1 {
+		if mx == perRow {
+			mx, my = 0, my+1
+		}
+		if mx == 0 {
 			// Once a row: a deadline or a shutdown stops even the largest scan within milliseconds.
 			if err := ctx.Err(); err != nil {
 				return 0, err
 			}
-			if mcu > 0 && img.streaming {
-				if err := img.passRow(mcu/perRow - 1); err != nil {
+			if my > 0 && img.streaming {
+				if err := img.passRow(my - 1); err != nil {
 					return 0, err
 				}
 			}
@@ -580,7 +588,7 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 				h.comps[i].pred = 0
 			}
 		}
-		if err := img.decodeMCU(br, &h, mcu, perRow, interleaved, &eobrun, &scratch); err != nil {
+		if err := img.decodeMCU(br, &h, mx, my, interleaved, &eobrun, &scratch); err != nil {
 			return 0, err
 		}
 	}
@@ -597,13 +605,13 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 	return end, nil
 }
 
-// decodeMCU decodes MCU mcu of scan h (perRow a row; for a scan of one component, a block).
-func (img *dctImage) decodeMCU(br *dctBits, h *scanHeader, mcu, perRow int, interleaved bool, eobrun *int, scratch *[64]int16) error {
+// decodeMCU decodes the MCU at column mx, row my of scan h (for a scan of one component, a block).
+func (img *dctImage) decodeMCU(br *dctBits, h *scanHeader, mx, my int, interleaved bool, eobrun *int, scratch *[64]int16) error {
 	for i := range h.comps {
 		s := &h.comps[i]
-		bx0, by0, nx, ny := mcu%perRow, mcu/perRow, 1, 1
+		bx0, by0, nx, ny := mx, my, 1, 1
 		if interleaved {
-			bx0, by0, nx, ny = (mcu%perRow)*s.c.h, (mcu/perRow)*s.c.v, s.c.h, s.c.v
+			bx0, by0, nx, ny = mx*s.c.h, my*s.c.v, s.c.h, s.c.v
 		}
 		held := 0 // the first block row held: a streamed image holds this MCU row's alone
 		if img.streaming {
