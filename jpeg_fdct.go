@@ -104,14 +104,14 @@ func fdctComponent(pix []byte, stride, w, h, bw, bh int, q *[64]uint16) *dctComp
 				for y := range 8 {
 					row := pix[(y0+y)*stride+x0:][:8]
 					for x, v := range row {
-						d[y*8+x] = float64(v) - 128
+						d[y*8+x] = float64(v)
 					}
 				}
 			} else {
 				for y := range 8 {
 					row := pix[min(y0+y, h-1)*stride:][:w]
 					for x := range 8 {
-						d[y*8+x] = float64(row[min(x0+x, w-1)]) - 128
+						d[y*8+x] = float64(row[min(x0+x, w-1)])
 					}
 				}
 			}
@@ -121,6 +121,8 @@ func fdctComponent(pix []byte, stride, w, h, bw, bh int, q *[64]uint16) *dctComp
 			for i := range 8 {
 				fdct8(d[i:], 8)
 			}
+			// The level shift (samples less 128) touches only DC, which AAN leaves as the samples' sum.
+			d[0] -= 64 * 128
 			b := by*bw + bx
 			blk := c.coef[b*64:][:64]
 			// Rounded half up (floor of v + ½, kept positive by the offset); an 8-bit sample's DC
