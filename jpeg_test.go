@@ -217,7 +217,7 @@ func streamedLikeHeld(t *testing.T, img *dctImage, data []byte) {
 		return // a frame of many megapixels from a few bytes: decoding it twice more would slow the fuzzer to a crawl
 	}
 	tw, th := max(1, img.width/3), max(1, img.height/3)
-	out, err := resizeDCT(context.Background(), data, 50_000_000, tw, th, false)
+	out, err := resizeDCT(context.Background(), data, 50_000_000, img.width, img.height, tw, th, false)
 	if errors.Is(err, errDCTUnsupported) {
 		return // a sequential file in several scans is not streamed: the standard path takes it
 	}
@@ -317,12 +317,7 @@ func TestPureDCTPathTurnsPhotos(t *testing.T) {
 		t.Fatalf("via %s: %v", via, err)
 	}
 	for _, v := range out {
-		b, _ := os.ReadFile(v.tmpPath)
-		os.Remove(v.tmpPath)
-		img, _, err := stdimage.Decode(bytes.NewReader(b))
-		if err != nil {
-			t.Fatal(err)
-		}
+		img := decodeTemp(t, v)
 		if r := img.Bounds(); r.Dx() >= r.Dy() || r.Dx() != v.file.Width || r.Dy() != v.file.Height {
 			t.Errorf("%s is %v (recorded %dx%d): want portrait", v.name, r, v.file.Width, v.file.Height)
 		}

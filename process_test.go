@@ -171,13 +171,7 @@ func testVariantsLookRight(t *testing.T, dct bool) {
 		t.Logf("%s: the %s path", file, via)
 		m := map[string]stdimage.Image{}
 		for _, v := range out {
-			b, _ := os.ReadFile(v.tmpPath)
-			os.Remove(v.tmpPath)
-			img, _, err := stdimage.Decode(bytes.NewReader(b))
-			if err != nil {
-				t.Fatal(err)
-			}
-			m[v.name] = img
+			m[v.name] = decodeTemp(t, v)
 		}
 		return m
 	}

@@ -232,7 +232,7 @@ func renderWidthDCT(ctx context.Context, sc *scratch, path, name string, width i
 		return encodedVariant{}, errDCTUnsupported
 	}
 	tw, th := displayBox(cfg.Width, cfg.Height, width, orient)
-	out, err := resizeDCT(ctx, data, opts.maxPixels, tw, th, gray)
+	out, err := resizeDCT(ctx, data, opts.maxPixels, cfg.Width, cfg.Height, tw, th, gray)
 	if err != nil {
 		return encodedVariant{}, err
 	}
@@ -243,16 +243,13 @@ func renderWidthDCT(ctx context.Context, sc *scratch, path, name string, width i
 	})
 }
 
-// resizeDCT decodes the JPEG data resized to tw×th as it is stored (not turned): a Gray image when
+// resizeDCT decodes the JPEG data, of w×h as stored, resized to tw×th (not turned): a Gray image when
 // gray or when it has one component, else 4:2:0 YCbCr, each plane straight from the coefficients
 // (planeResizer), row by row as the decoder reads them (a sequential file is never held whole).
-func resizeDCT(ctx context.Context, data []byte, maxPixels int64, tw, th int, gray bool) (image.Image, error) {
+func resizeDCT(ctx context.Context, data []byte, maxPixels int64, w, h, tw, th int, gray bool) (image.Image, error) {
 	var planes []*planeResizer
 	// At 1/8 scale or below, chroma needs only its DC coefficients.
-	dcChroma := false
-	if cfg, err := jpeg.DecodeConfig(bytes.NewReader(data)); err == nil {
-		dcChroma = 8*tw <= cfg.Width && 8*th <= cfg.Height
-	}
+	dcChroma := 8*tw <= w && 8*th <= h
 	_, err := decodeDCTRows(ctx, data, maxPixels, func(i int) bool { return dcChroma && i > 0 }, func(img *dctImage, m int) error {
 		if planes == nil {
 			var err error

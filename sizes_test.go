@@ -383,19 +383,15 @@ func TestPureRenderWidth(t *testing.T) {
 	}
 }
 
-// decodeTemp decodes a rendered variant's temp file and removes it.
-func decodeTemp(t *testing.T, v encodedVariant) stdimage.Image {
+// decodeTemp decodes a variant's temp file and removes it.
+func decodeTemp(t testing.TB, v encodedVariant) stdimage.Image {
 	t.Helper()
-	defer os.Remove(v.tmpPath)
-	f, err := os.Open(v.tmpPath)
+	b, err := os.ReadFile(v.tmpPath)
+	os.Remove(v.tmpPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	img, _, err := stdimage.Decode(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, _ := decodeBody(t, b)
 	return img
 }
 
