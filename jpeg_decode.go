@@ -31,6 +31,7 @@ func (h *dctHuffman) build(counts [16]uint8, vals []uint8) error {
 						h.lut[first+j] = uint16(vals[k+i])<<8 | uint16(l)
 					}
 				}
+				h.fillFast(code+i, l, vals[k+i])
 			}
 			code += n
 			k += n
@@ -39,30 +40,28 @@ func (h *dctHuffman) build(counts [16]uint8, vals []uint8) error {
 		code <<= 1
 	}
 	h.maxcode[17] = 0x7fffffff
-	// The fast table: each fastBits-bit window whose code (and the bits after it) fit, decoded.
-	for p := range h.fast {
-		for l := 1; l <= fastBits; l++ {
-			code := int32(p >> (fastBits - l))
-			if h.maxcode[l] < 0 || code > h.maxcode[l] {
-				continue
-			}
-			rs := h.vals[h.valptr[l]+code-h.mincode[l]]
-			size := int(rs & 15)
-			if l+size > fastBits {
-				break
-			}
-			var v int32
-			if size > 0 {
-				v = int32(p>>(fastBits-l-size)) & (1<<size - 1) // the magnitude bits after the code
-				if v < 1<<(size-1) {
-					v += -1<<size + 1
-				}
-			}
-			h.fast[p] = v<<16 | int32(rs)<<8 | int32(l+size)
-			break
-		}
-	}
 	return nil
+}
+
+// fillFast enters code (of l bits, for symbol rs) in the fast table: every fastBits-bit window that
+// starts with it and holds its magnitude bits too, decoded. Each window is one code's, so a table's
+// entries are written at most once: the work is bounded by the table's size, not the codes'.
+func (h *dctHuffman) fillFast(code int32, l int, rs uint8) {
+	size := int(rs & 15)
+	if l+size > fastBits {
+		return
+	}
+	first := int(code) << (fastBits - l)
+	for p := first; p < first+1<<(fastBits-l); p++ {
+		var v int32
+		if size > 0 {
+			v = int32(p>>(fastBits-l-size)) & (1<<size - 1) // the magnitude bits after the code
+			if v < 1<<(size-1) {
+				v += -1<<size + 1
+			}
+		}
+		h.fast[p] = v<<16 | int32(rs)<<8 | int32(l+size)
+	}
 }
 
 // overrun reports whether decoding has consumed bits past the end of the data: the scan is truncated.
