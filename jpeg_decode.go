@@ -627,7 +627,7 @@ func (img *dctImage) decodeMCU(br *dctBits, h *scanHeader, mx, my int, interleav
 			for bx := bx0; bx < bx0+nx; bx++ {
 				if b := row + bx; !img.progressive && !s.c.dcOnly {
 					// A sequential block kept whole, the common case, decoded here directly.
-					last, err := decodeBlock(br, s.dc, s.ac, &s.pred, s.c.coef[b*64:b*64+64], freq)
+					last, err := decodeBlock(br, s.dc, s.ac, &s.pred, (*[64]int16)(s.c.coef[b*64:]), freq)
 					if err != nil {
 						return err
 					}
@@ -641,25 +641,11 @@ func (img *dctImage) decodeMCU(br *dctBits, h *scanHeader, mx, my int, interleav
 	return nil
 }
 
-// passRow gives a streamed image's MCU row m to its rows function, then clears the row for the next
-// (decoding adds into zeroed blocks).
+// passRow gives a streamed image's MCU row m to its rows function. The next row is decoded over it:
+// a streamed (sequential, single-scan) frame's row has every block coded in it, and decodeBlock
+// writes each whole.
 func (img *dctImage) passRow(m int) error {
-	if err := img.rows(img, m); err != nil {
-		return err
-	}
-	for i := range img.comps {
-		c := &img.comps[i]
-		if c.dcOnly {
-			clear(c.coef)
-			continue
-		}
-		// Only up to each block's last nonzero coefficient: most of a block is zero already.
-		for b, end := range c.last {
-			clear(c.coef[b*64 : b*64+int(end)+1])
-		}
-		clear(c.last)
-	}
-	return nil
+	return img.rows(img, m)
 }
 
 // decodeScanBlock decodes block b of scan component s, for what readScan does not decode itself (a
@@ -689,11 +675,10 @@ func (img *dctImage) decodeScanBlock(br *dctBits, s *scanComp, b int, h *scanHea
 		}
 		return err
 	}
-	if _, err := decodeBlock(br, s.dc, s.ac, &s.pred, scratch[:], nil); err != nil {
+	if _, err := decodeBlock(br, s.dc, s.ac, &s.pred, scratch, nil); err != nil {
 		return err
 	}
 	s.c.coef[b] = scratch[0]
-	clear(scratch[:])
 	return nil
 }
 
@@ -813,10 +798,12 @@ func decodeACRefine(br *dctBits, ac *dctHuffman, blk []int16, ss, se, al int, eo
 	return nil
 }
 
-// decodeBlock reads one block's coefficients (zigzag order) into blk, which must be zero, and
-// returns the index of its last nonzero coefficient; pred is the DC prediction. With acFreq, it
+// decodeBlock reads one block's coefficients (zigzag order) into blk, zeroing it first (a streamed
+// row's blocks are reused, a held one's written once), and returns the index of its last nonzero
+// coefficient; pred is the DC prediction. With acFreq, it
 // counts the AC symbols it reads there.
-func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk []int16, acFreq *[256]int64) (uint8, error) {
+func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk *[64]int16, acFreq *[256]int64) (uint8, error) {
+	*blk = [64]int16{}
 	if br.n < 16 {
 		br.fill()
 	}
