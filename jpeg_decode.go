@@ -824,19 +824,24 @@ func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk *[64]int16, a
 	}
 	blk[0] = int16(*pred)
 	last := 0
+	// The fast path works on the bits in locals (through br, each symbol would load and store them),
+	// written back before anything else reads br.
+	acc, n := br.acc, br.n
 	for k := 1; k < 64; {
-		if br.n < 16 {
+		if n < 16 {
+			br.acc, br.n = acc, n
 			br.fill()
+			acc, n = br.acc, br.n
 		}
-		if e := ac.fast[br.acc>>(64-fastBits)]; e != 0 {
+		if e := ac.fast[acc>>(64-fastBits)]; e != 0 {
 			// A symbol and its bits in one lookup: a coefficient, or (size 0) EOB or ZRL.
 			rs := uint8(e >> 8)
 			if acFreq != nil {
 				acFreq[rs]++
 			}
 			used := uint(e & 0xff)
-			br.acc <<= used
-			br.n -= used
+			acc <<= used
+			n -= used
 			if rs&15 == 0 {
 				if rs != 0xF0 {
 					break // end of block
@@ -852,6 +857,7 @@ func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk *[64]int16, a
 			k++
 			continue
 		}
+		br.acc, br.n = acc, n
 		rs, err := br.decode(ac)
 		if err != nil {
 			return 0, badImage("the jpeg data is corrupt or truncated: %v", err)
@@ -861,6 +867,7 @@ func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk *[64]int16, a
 		}
 		r, s := int(rs>>4), rs&15
 		if s == 0 {
+			acc, n = br.acc, br.n
 			if r != 15 {
 				break // end of block
 			}
@@ -872,9 +879,11 @@ func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk *[64]int16, a
 			return 0, badImage("the jpeg data is corrupt: bad AC coefficient")
 		}
 		blk[k] = int16(br.receiveExtend(s))
+		acc, n = br.acc, br.n
 		last = k
 		k++
 	}
+	br.acc, br.n = acc, n
 	if br.overrun() {
 		return 0, badImage("the jpeg data is truncated")
 	}
