@@ -4,20 +4,23 @@ package main
 
 import (
 	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
+	"hash"
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync"
 	"time"
 )
 
 // urlSigner makes and checks signed download URLs. Its key is derived from SECRET_KEY (or the key
 // kept in the database) apart from the JWT's: a token's signature is never a URL's, nor the reverse.
 type urlSigner struct {
-	key []byte
-	ttl time.Duration // SIGNED_URL_TTL
-	now func() time.Time
+	key  []byte
+	ttl  time.Duration // SIGNED_URL_TTL
+	now  func() time.Time
+	macs sync.Pool // of keyed hmac hashes, reset before each use
 }
 
 // signedURLDomain separates this key's derivation from every other use of the secret.
@@ -36,26 +39,55 @@ func (s *urlSigner) expiry() int64 {
 	return (s.now().Unix() + ttl) / step * step
 }
 
-// mac is the signature of a link to variant of image id, owned by owner, until expires (Unix seconds).
+// mac is the signature of a link to variant of image id, owned by owner, until expires (Unix seconds),
+// in hex. A page lists a dozen links for each of its images: the keyed hash is reused (hmac keeps its
+// keyed state after the first use) and nothing is formatted through fmt.
 func (s *urlSigner) mac(id int64, variant string, owner, expires int64) string {
-	return hex.EncodeToString(hmacSHA256(s.key, fmt.Sprintf("%d\n%s\n%d\n%d", id, variant, owner, expires)))
+	var buf [128]byte
+	return string(s.appendMAC(buf[:0], id, variant, owner, expires))
+}
+
+// appendMAC appends mac's hex signature to b.
+func (s *urlSigner) appendMAC(b []byte, id int64, variant string, owner, expires int64) []byte {
+	m, _ := s.macs.Get().(hash.Hash)
+	if m == nil {
+		m = hmac.New(sha256.New, s.key)
+	}
+	defer s.macs.Put(m)
+	var msg [96]byte
+	data := strconv.AppendInt(msg[:0], id, 10)
+	data = append(append(data, '\n'), variant...)
+	data = strconv.AppendInt(append(data, '\n'), owner, 10)
+	data = strconv.AppendInt(append(data, '\n'), expires, 10)
+	m.Reset()
+	m.Write(data)
+	var sum [sha256.Size]byte
+	return hex.AppendEncode(b, m.Sum(sum[:0]))
 }
 
 // url is the signed link to variant of im (variantOriginal for the upload itself).
 func (s *urlSigner) url(im imageRecord, variant string) string {
 	exp := s.expiry()
-	return fmt.Sprintf("/api/v1/images/%d/file/signed?%s", im.ID, signedQuery(variant, im.OwnerID, exp, s.mac(im.ID, variant, im.OwnerID, exp)))
+	b := make([]byte, 0, 160)
+	b = strconv.AppendInt(append(b, "/api/v1/images/"...), im.ID, 10)
+	b = appendSignedQuery(append(b, "/file/signed?"...), variant, im.OwnerID, exp, func(b []byte) []byte {
+		return s.appendMAC(b, im.ID, variant, im.OwnerID, exp)
+	})
+	return string(b)
 }
 
 // signedQuery is the one spelling of a signed link's query: these four parameters, in this order
-// (url.Values.Encode sorts them), integers in canonical decimal.
+// (url.Values.Encode's: sorted), integers in canonical decimal, the variant query-escaped.
 func signedQuery(variant string, owner, expires int64, signature string) string {
-	return url.Values{
-		"variant":   {variant},
-		"owner":     {strconv.FormatInt(owner, 10)},
-		"expires":   {strconv.FormatInt(expires, 10)},
-		"signature": {signature},
-	}.Encode()
+	return string(appendSignedQuery(nil, variant, owner, expires, func(b []byte) []byte { return append(b, signature...) }))
+}
+
+// appendSignedQuery appends signedQuery to b, the signature appended by sign.
+func appendSignedQuery(b []byte, variant string, owner, expires int64, sign func([]byte) []byte) []byte {
+	b = strconv.AppendInt(append(b, "expires="...), expires, 10)
+	b = strconv.AppendInt(append(b, "&owner="...), owner, 10)
+	b = sign(append(b, "&signature="...))
+	return append(append(b, "&variant="...), url.QueryEscape(variant)...)
 }
 
 // errBadSignature answers a signed link that was altered, made for another image or variant, or

@@ -138,3 +138,30 @@ func flipHex(s string) string {
 	}
 	return string(c) + s[1:]
 }
+
+// TestPureSignedURLSpelling: a link is spelled as url.Values would spell it (the one spelling check
+// accepts), its signature the HMAC-SHA256 of its parts under the signer's key, from any goroutine.
+func TestPureSignedURLSpelling(t *testing.T) {
+	s := newURLSigner([]byte("secret"), time.Hour)
+	s.now = func() time.Time { return time.Unix(1_700_000_100, 0) }
+	var wg sync.WaitGroup
+	for _, variant := range []string{variantOriginal, "thumb_500", "gray-w1280", "a b&c=d/é"} {
+		wg.Go(func() {
+			for range 50 {
+				for _, im := range []imageRecord{{ID: 1, OwnerID: 1}, {ID: 9_007_199_254_740_993, OwnerID: 42}} {
+					exp := s.expiry()
+					sig := fmt.Sprintf("%x", hmacSHA256(s.key, fmt.Sprintf("%d\n%s\n%d\n%d", im.ID, variant, im.OwnerID, exp)))
+					want := fmt.Sprintf("/api/v1/images/%d/file/signed?%s", im.ID, url.Values{
+						"variant": {variant}, "owner": {strconv.FormatInt(im.OwnerID, 10)},
+						"expires": {strconv.FormatInt(exp, 10)}, "signature": {sig},
+					}.Encode())
+					if got := s.url(im, variant); got != want {
+						t.Errorf("%q: %s, want %s", variant, got, want)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
