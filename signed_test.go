@@ -165,3 +165,13 @@ func TestPureSignedURLSpelling(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// BenchmarkPureSignURL: one signed link (an Image in a list carries up to a dozen).
+func BenchmarkPureSignURL(b *testing.B) {
+	s := newURLSigner([]byte("secret"), time.Hour)
+	im := imageRecord{ID: 123456, OwnerID: 42}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = s.url(im, "w1280")
+	}
+}
