@@ -277,17 +277,17 @@ func (h imageHeader) jobBytes(dct bool) int64 {
 // renderBytes estimates the peak bytes of rendering the image width pixels wide (a display size,
 // sizes.go). On the DCT path, which takes a YCbCr or gray JPEG in one sequential scan or progressive:
 // the file, the coefficients when progressive (held whole; a sequential file is streamed a row of
-// MCUs at a time), and the size made. On the standard path: a job's peak (the decode), the box-shrunk
-// copy (at most 1/4 of the pixels, 4 bytes each), Catmull-Rom's buffer (x/image/draw keeps 32 bytes
-// a source row at each output column, the source under twice the output's height) and the size made.
-// The size made: its pixels (at most 4 bytes each), its coefficients as they are encoded (3) and
-// the file in memory (at most 1.5).
+// MCUs at a time), and the size made. On the standard path: a job's peak (the decode), the turned
+// copy an orientation makes (at most 4 bytes a pixel), resizeRows's rows and the size made. The size
+// made: its pixels (at most 4 bytes each), its coefficients as they are encoded (3) and the file in
+// memory (at most 1.5).
 func (h imageHeader) renderBytes(dct bool, width int) int64 {
 	shownW, shownH := h.width, h.height
 	if h.orient.swapsAxes() {
 		shownW, shownH = shownH, shownW
 	}
-	out := int64(width) * int64(width*shownH/max(shownW, 1)+1)
+	outH := max(1, (shownH*width+shownW/2)/max(shownW, 1))
+	out := int64(width) * int64(outH)
 	px := int64(h.width) * int64(h.height)
 	made := out * 9
 	j := h.jpeg
@@ -298,7 +298,27 @@ func (h imageHeader) renderBytes(dct bool, width int) int64 {
 		}
 		return h.fileSize + held + made + jobBaseBytes
 	}
-	return h.standardBytes() + px + (out+int64(width))*2*32 + made
+	turned := int64(0)
+	if h.orient != 1 {
+		turned = px * 4
+	}
+	return h.standardBytes() + turned + resizeRowsBytes(shownW, shownH, width, outH) + made
+}
+
+// largestRenderBytes is renderBytes of the widest display size the image has (the widest ladder
+// width under its own): what an upload must fit, beside its job, so that every size can be made.
+func (h imageHeader) largestRenderBytes(dct bool) int64 {
+	shown := h.width
+	if h.orient.swapsAxes() {
+		shown = h.height
+	}
+	var most int64
+	for _, w := range displayWidths {
+		if w < shown {
+			most = max(most, h.renderBytes(dct, w))
+		}
+	}
+	return most
 }
 
 // systemMemory is the memory this process may use: the cgroup's limit when it has one (a container),

@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"mime"
 	"net"
 	"net/http"
+	"os"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -116,8 +118,15 @@ const retryAfterOutage = 5
 func databaseUnavailable(err error) bool {
 	var ce *pgconn.ConnectError
 	var ne net.Error
+	var pe *fs.PathError
+	var le *os.LinkError
 	switch code := pgCode(err); {
-	case errors.As(err, &ce), errors.As(err, &ne), pgconn.Timeout(err):
+	case errors.As(err, &ce):
+		return true
+	case errors.As(err, &pe), errors.As(err, &le):
+		// A file's error (a *fs.PathError is a net.Error too: it has Timeout and Temporary).
+		return false
+	case errors.As(err, &ne), pgconn.Timeout(err):
 		return true
 	case strings.HasPrefix(code, "08"), code == "57P01", code == "57P02", code == "57P03", code == "53300":
 		return true

@@ -27,7 +27,9 @@ func TestPureOutageClassification(t *testing.T) {
 			t.Errorf("%v: not an outage", err)
 		}
 	}
-	for _, err := range []error{wrap(&pgconn.PgError{Code: "23505"}), wrap(errors.New("bug")), wrap(readError{io.ErrUnexpectedEOF})} {
+	_, missing := os.Open("/no/such/file")
+	for _, err := range []error{wrap(&pgconn.PgError{Code: "23505"}), wrap(errors.New("bug")), wrap(readError{io.ErrUnexpectedEOF}),
+		wrap(missing), wrap(&os.LinkError{Op: "rename", Err: syscall.ENOENT})} {
 		if databaseUnavailable(err) {
 			t.Errorf("%v: taken for an outage", err)
 		}

@@ -155,7 +155,9 @@ func inspectImage(f *os.File, up *upload, lim uploadLimits) error {
 	if err := checkPixels(h.width, h.height, lim.maxPixels); err != nil {
 		return newError(http.StatusRequestEntityTooLarge, "%s", err.(*imageError).reason)
 	}
-	if need := h.jobBytes(lim.dct); need > lim.maxJobBytes {
+	// Its job, and the render of its widest display size, must each fit: an image taken is shown at
+	// every size.
+	if need := max(h.jobBytes(lim.dct), h.largestRenderBytes(lim.dct)); need > lim.maxJobBytes {
 		return newError(http.StatusRequestEntityTooLarge, "processing this %d×%d %s needs about %s of memory, over this server's limit of %s: send it with fewer pixels or fewer bits per pixel",
 			h.width, h.height, name, formatMiB(need), formatMiB(lim.maxJobBytes))
 	}

@@ -798,12 +798,8 @@ func decodeACRefine(br *dctBits, ac *dctHuffman, blk []int16, ss, se, al int, eo
 	return nil
 }
 
-// decodeBlock reads one block's coefficients (zigzag order) into blk, zeroing it first (a streamed
-// row's blocks are reused, a held one's written once), and returns the index of its last nonzero
-// coefficient; pred is the DC prediction. With acFreq, it
-// counts the AC symbols it reads there.
-func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk *[64]int16, acFreq *[256]int64) (uint8, error) {
-	*blk = [64]int16{}
+// decodeDC reads a block's DC difference and adds it to the prediction pred (F.2.2.1).
+func decodeDC(br *dctBits, dc *dctHuffman, pred *int32) error {
 	if br.n < 16 {
 		br.fill()
 	}
@@ -812,15 +808,26 @@ func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk *[64]int16, a
 		br.acc <<= used
 		br.n -= used
 		*pred += e >> 16
-	} else {
-		t, err := br.decode(dc)
-		if err != nil {
-			return 0, badImage("the jpeg data is corrupt or truncated: %v", err)
-		}
-		if t > 11 {
-			return 0, badImage("the jpeg data is corrupt: bad DC difference")
-		}
-		*pred += br.receiveExtend(t)
+		return nil
+	}
+	t, err := br.decode(dc)
+	if err != nil {
+		return badImage("the jpeg data is corrupt or truncated: %v", err)
+	}
+	if t > 11 {
+		return badImage("the jpeg data is corrupt: bad DC difference")
+	}
+	*pred += br.receiveExtend(t)
+	return nil
+}
+
+// decodeBlock reads one block's coefficients (zigzag order) into blk, zeroing it first (a streamed
+// row's blocks are reused, a held one's written once), and returns the index of its last nonzero
+// coefficient; pred is the DC prediction. With acFreq, it counts the AC symbols it reads there.
+func decodeBlock(br *dctBits, dc, ac *dctHuffman, pred *int32, blk *[64]int16, acFreq *[256]int64) (uint8, error) {
+	*blk = [64]int16{}
+	if err := decodeDC(br, dc, pred); err != nil {
+		return 0, err
 	}
 	blk[0] = int16(*pred)
 	last := 0

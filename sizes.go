@@ -12,6 +12,7 @@ import (
 	"image"
 	"image/jpeg"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
@@ -19,8 +20,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-
-	"golang.org/x/image/draw"
 )
 
 // displayWidths is the ladder of display widths. A fixed ladder, not any width: nobody can make the
@@ -162,14 +161,7 @@ func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string
 	if err != nil {
 		return err
 	}
-	need := h.renderBytes(a.cfg.JPEGDCT, width)
-	release, err := a.budget.acquire(fctx, need)
-	if err != nil {
-		return err
-	}
-	defer release()
-	out, err := renderWidth(fctx, a.scratch, path, im.ContentType, name, width, gray,
-		processOptions{jpegQuality: a.cfg.JPEGQuality, maxPixels: a.cfg.MaxPixels, dct: a.cfg.JPEGDCT})
+	out, err := a.renderUnderBudget(fctx, h, path, im.ContentType, name, width, gray)
 	if err != nil {
 		return err
 	}
@@ -191,6 +183,33 @@ func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string
 	a.cache.invalidateOnce(ctx, im.OwnerID)
 	log.Info("display size made", slog.Int("width", placed[name].Width), slog.Int64("bytes", placed[name].Size))
 	return nil
+}
+
+// renderUnderBudget renders display size name of the image at path (renderWidth) with the memory
+// its path needs reserved in the jobs' budget: the DCT path's estimate, and if that path does not
+// take the file, the standard path's.
+func (a *app) renderUnderBudget(ctx context.Context, h imageHeader, path, contentType, name string, width int, gray bool) (encodedVariant, error) {
+	opts := processOptions{jpegQuality: a.cfg.JPEGQuality, maxPixels: a.cfg.MaxPixels, dct: a.cfg.JPEGDCT}
+	under := func(need int64, render func() (encodedVariant, error)) (encodedVariant, error) {
+		release, err := a.budget.acquire(ctx, need)
+		if err != nil {
+			return encodedVariant{}, err
+		}
+		defer release()
+		return render()
+	}
+	if contentType == "image/jpeg" && opts.dct {
+		out, err := under(h.renderBytes(true, width), func() (encodedVariant, error) {
+			return renderWidthDCT(ctx, a.scratch, path, name, width, gray, opts)
+		})
+		if err == nil || ctx.Err() != nil || errors.Is(err, errOverBudget) {
+			return out, err
+		}
+	}
+	opts.dct = false
+	return under(h.renderBytes(false, width), func() (encodedVariant, error) {
+		return renderWidth(ctx, a.scratch, path, contentType, name, width, gray, opts)
+	})
 }
 
 // renderWidth decodes the image at path, turns it upright, takes its grayscale when gray, and scales
@@ -216,7 +235,7 @@ func renderWidth(ctx context.Context, sc *scratch, path, contentType, name strin
 	if gray {
 		src = grayscale(src, true)
 	}
-	return scaleToWidth(sc, src, name, width, outputType(contentType), opts.jpegQuality)
+	return scaleToWidth(ctx, sc, src, name, width, outputType(contentType), opts.jpegQuality)
 }
 
 // renderWidthDCT renders a JPEG's display size from its coefficients (resizeDCT), turned upright and
@@ -312,20 +331,16 @@ func displayBox(w, h, width int, orient orientation) (int, int) {
 	return width, max(1, (h*width+w/2)/w)
 }
 
-// scaleToWidth scales src to width pixels wide (the height in proportion; a box pre-shrink first to
-// within twice the size, then Catmull-Rom) and encodes it as contentType. The pre-shrink bounds
-// Catmull-Rom's buffer too: x/image/draw keeps 32 bytes for each source row at each output column.
-func scaleToWidth(sc *scratch, src image.Image, name string, width int, contentType string, quality int) (encodedVariant, error) {
+// scaleToWidth scales src to width pixels wide (the height in proportion) with resizeRows (a box
+// pre-shrink to within twice the size, then Catmull-Rom, in a few rows of memory) and encodes it as
+// contentType.
+func scaleToWidth(ctx context.Context, sc *scratch, src image.Image, name string, width int, contentType string, quality int) (encodedVariant, error) {
 	b := src.Bounds()
 	height := max(1, (b.Dy()*width+b.Dx()/2)/b.Dx())
-	if k := b.Dx() / width; k >= 2 {
-		src = boxShrink(src, k)
+	dst, err := resizeRows(ctx, src, width, height)
+	if err != nil {
+		return encodedVariant{}, err
 	}
-	var dst draw.Image = image.NewRGBA(image.Rect(0, 0, width, height))
-	if _, ok := src.(*image.Gray); ok {
-		dst = image.NewGray(image.Rect(0, 0, width, height))
-	}
-	draw.CatmullRom.Scale(dst, dst.Bounds(), src, src.Bounds(), draw.Src, nil)
 	return writeVariant(sc, name, dst, contentType, quality)
 }
 
@@ -339,7 +354,7 @@ func (a *app) serveDisplaySize(w http.ResponseWriter, r *http.Request, im imageR
 	}
 	made, err := a.displayImage(r.Context(), im, variant, width, gray)
 	if err != nil {
-		a.fail(w, r, err)
+		a.fail(w, r, a.renderFailure(r.Context(), w, err))
 		return
 	}
 	if made.Variants[variant].Key == "" {
@@ -347,4 +362,25 @@ func (a *app) serveDisplaySize(w http.ResponseWriter, r *http.Request, im imageR
 		return
 	}
 	a.serveFile(w, r, made, variant, cacheControl)
+}
+
+// renderFailure is the answer to a render that failed with err: an original gone (the image deleted
+// meanwhile) is 404 as the image is; a file that turns out not to decode
+// or a size over WORKER_MEMORY is 422 (nothing a retry changes; the image and its other files stay as
+// they were), a render that ran out of JOB_TIMEOUT (waiting for memory while the worker is busy, or
+// too slow) 503 with Retry-After; anything else is answered as any failure is.
+func (a *app) renderFailure(ctx context.Context, w http.ResponseWriter, err error) error {
+	var bad *imageError
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, errNotFound):
+		return errImageNotFound // the image was deleted meanwhile
+	case errors.As(err, &bad):
+		return newError(http.StatusUnprocessableEntity, "this size cannot be made from the image: %s", bad.reason)
+	case errors.Is(err, errOverBudget):
+		return newError(http.StatusUnprocessableEntity, "making this size of the image needs more memory than this server allows (WORKER_MEMORY %s): ask a smaller size", formatMiB(a.cfg.WorkerMemory))
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterOutage))
+		return newError(http.StatusServiceUnavailable, "the server is too busy to make this size now; try again shortly")
+	}
+	return err
 }

@@ -7,6 +7,7 @@ import (
 	stdimage "image"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -562,4 +563,78 @@ func median(xs []float64) float64 {
 func medianDuration(ds []time.Duration) time.Duration {
 	slices.Sort(ds)
 	return ds[len(ds)/2]
+}
+
+// TestDisplaySizeFailures: a size that cannot be made answers 4xx or 503, never 500, and leaves the
+// image ready with its files: over WORKER_MEMORY (a replica with less than the one that took the
+// upload) 422, out of JOB_TIMEOUT (waiting for a busy replica's memory) 503 with Retry-After, an
+// original that no longer decodes 422. An
+// upload whose widest size would not fit WORKER_MEMORY is refused (413), though its job would fit.
+func TestDisplaySizeFailures(t *testing.T) {
+	env := map[string]string{"DATABASE_URL": freshDatabase(t), "JPEG_DCT": "off", "UPLOAD_DIR": t.TempDir()}
+	s := newTestServer(t, env)
+	startWorker(t, s)
+	_, auth := s.signupAndLogin()
+	photo := readTestdata(t, "large.jpg")
+	v := s.mustUpload(auth, "p", "", "large.jpg", photo)
+	s.waitStatus(auth, v.ID, time.Minute, statusReady)
+	file := func(srv *testServer, variant string) response {
+		return srv.do("GET", fmt.Sprintf("/api/v1/images/%d/file?variant=%s", v.ID, variant), nil, "Authorization", auth)
+	}
+	h, err := headerOf(context.Background(), filepath.Join("testdata", "large.jpg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	job, widest := h.jobBytes(false), h.renderBytes(false, 2560)
+	if widest <= job || h.renderBytes(false, 1280) >= (job+widest)/2 {
+		t.Fatalf("the premise: job %d, w1280 %d, w2560 %d bytes", job, h.renderBytes(false, 1280), widest)
+	}
+	small := newTestServer(t, with(env, "WORKER_MEMORY", fmt.Sprint((job+widest)/2)))
+	if p := file(small, "w2560").problem(t, http.StatusUnprocessableEntity); !strings.Contains(p.Detail, "WORKER_MEMORY") {
+		t.Errorf("over WORKER_MEMORY: %q", p.Detail)
+	}
+	if r := file(small, "w1280"); r.status != 200 {
+		t.Errorf("w1280 within WORKER_MEMORY: %d %s", r.status, r.body)
+	}
+	small.upload(auth, "again", "", "large.jpg", photo).problem(t, http.StatusRequestEntityTooLarge)
+
+	// A busy replica: all of its memory budget taken, so the render waits out JOB_TIMEOUT.
+	slow := newTestServer(t, with(env, "JOB_TIMEOUT", "100ms"))
+	release, err := slow.budget.acquire(context.Background(), slow.cfg.WorkerMemory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := file(slow, "w1920")
+	release()
+	r.problem(t, http.StatusServiceUnavailable)
+	if r.header.Get("Retry-After") == "" {
+		t.Error("503 without Retry-After")
+	}
+
+	var key string
+	s.pool.QueryRow(context.Background(), "SELECT file_key FROM images WHERE id = $1", v.ID).Scan(&key)
+	path, err := s.blobs.(*fsBlobs).path(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, photo[:len(photo)/3], 0o600); err != nil { // the data cut short
+		t.Fatal(err)
+	}
+	file(s, "w640").problem(t, http.StatusUnprocessableEntity)
+	var after imageView
+	s.do("GET", fmt.Sprint("/api/v1/images/", v.ID), nil, "Authorization", auth).json(t, &after)
+	for part := range strings.SplitSeq(after.Srcset, ", ") {
+		if strings.Contains(part, "variant=w320") {
+			s.do("GET", strings.Fields(part)[0], nil).problem(t, http.StatusUnprocessableEntity) // by its signed link
+		}
+	}
+	s.do("GET", fmt.Sprint("/api/v1/images/", v.ID), nil, "Authorization", auth).json(t, &after)
+	if after.Status != statusReady || len(after.Variants) < 4 {
+		t.Errorf("after the failures: %s, variants %v", after.Status, slices.Collect(maps.Keys(after.Variants)))
+	}
+	for _, name := range []string{"thumb_500", "w1280"} {
+		if r := file(s, name); r.status != 200 {
+			t.Errorf("%s after the failures: %d", name, r.status)
+		}
+	}
 }
