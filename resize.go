@@ -62,9 +62,8 @@ func newFilterAxis(in, out int) filterAxis {
 	return a
 }
 
-// first is the lowest input index output i reads; last the highest.
-func (a *filterAxis) first(i int) int { return int(a.index[i*a.taps]) }
-func (a *filterAxis) last(i int) int  { return int(a.index[i*a.taps+a.taps-1]) }
+// last is the highest input index output i reads.
+func (a *filterAxis) last(i int) int { return int(a.index[i*a.taps+a.taps-1]) }
 
 // resizeRows scales src to w×h: a Gray image stays gray, anything else becomes RGBA (premultiplied,
 // as draw scales). Memory beside the output: a source row, k rows' sums and the ring of filtered rows
