@@ -125,12 +125,15 @@ func fdctComponent(pix []byte, stride, w, h, bw, bh int, q *[64]uint16) *dctComp
 			d[0] -= 64 * 128
 			b := by*bw + bx
 			blk := c.coef[b*64:][:64]
-			// Rounded half up (floor of v + ½, kept positive by the offset); an 8-bit sample's DC
-			// stays within ±1024 and its AC within ±1023.
+			// DC rounded half up (floor of v + ½, kept positive by the offset), within ±1024. AC
+			// rounded with a dead zone (acRounding), within ±1023.
 			blk[0] = int16(min(max(int32(d[0]*div[0]+2048.5)-2048, -1024), 1024))
 			for i := 1; i < 64; i++ {
 				n := zigzag[i] & 63
-				blk[i] = int16(min(max(int32(d[n]*div[n]+2048.5)-2048, -1023), 1023))
+				x := d[n] * div[n]
+				a := min(int32(math.Abs(x)+acRounding), 1023)
+				neg := int32(math.Float64bits(x) >> 63) // 1 for a negative x
+				blk[i] = int16(a ^ -neg + neg)
 			}
 			last := 63
 			for last > 0 && blk[last] == 0 {
@@ -155,6 +158,14 @@ func fdctComponent(pix []byte, stride, w, h, bw, bh int, q *[64]uint16) *dctComp
 	}
 	return c
 }
+
+// acRounding is what is added to an AC coefficient's magnitude, in quantizer steps, before it is
+// truncated: a coefficient goes up to the next level past 0.6 of a step instead of half (a dead zone,
+// as jpegli's and video encoders' quantizers have). The small coefficients it zeroes cost more bits
+// than they add: on w1280 of the 13.4 MP photo at quality 85, 6 % fewer bytes (187 kB, was 200)
+// for 0.26 dB less luma PSNR (42.07 dB), where plain rounding at a lower quality of the same bytes
+// gives 41.83. TestPureEncodeJPEG checks our file is at least as good for its bytes as image/jpeg's.
+const acRounding = 0.4
 
 // coefBuffers keeps the coefficient buffers of finished encodes for the next (a display size's are
 // megabytes: made afresh each time, the collector would zero and sweep them every render).

@@ -569,8 +569,8 @@ func (img *dctImage) encodeGrayJPEG(w io.Writer, ci int) error {
 }
 
 // TestPureEncodeJPEG: what encodeJPEG writes decodes (image/jpeg) to the picture it was given, gray
-// and colour, at sizes that are and are not whole MCUs, as closely as image/jpeg's encoding at the
-// same quality does, and in fewer bytes.
+// and colour, at sizes that are and are not whole MCUs, about as closely as image/jpeg's encoding at
+// the same quality does, in fewer bytes, and more closely than image/jpeg's of the same bytes.
 func TestPureEncodeJPEG(t *testing.T) {
 	computeOnly(t)
 	photo := decodeTestdata(t, "mid.jpg").(*stdimage.YCbCr)
@@ -600,13 +600,40 @@ func TestPureEncodeJPEG(t *testing.T) {
 			p, pRef := lumaPSNR(img, back), lumaPSNR(img, ref)
 			mi, mb := meanColour(img), meanColour(back)
 			t.Logf("%v %T: %d bytes (image/jpeg %d), luma PSNR %.1f dB (image/jpeg %.1f), mean colour %.1f, was %.1f", size, img, ours.Len(), theirs.Len(), p, pRef, mb, mi)
-			if p < pRef-0.5 || math.Abs(mi[0]-mb[0])+math.Abs(mi[1]-mb[1])+math.Abs(mi[2]-mb[2]) > 3 {
+			// The dead zone (acRounding) trades a little PSNR for bytes: a tenth of a dB at display
+			// sizes; a few blocks (17×9) lose more of theirs.
+			lose := 0.5
+			if size.X < 100 {
+				lose = 1
+			}
+			if p < pRef-lose || math.Abs(mi[0]-mb[0])+math.Abs(mi[1]-mb[1])+math.Abs(mi[2]-mb[2]) > 3 {
 				t.Errorf("%v %T: PSNR %.1f dB (image/jpeg's %.1f), mean colour %.1f, want %.1f", size, img, p, pRef, mb, mi)
 			}
 			if size.X > 100 && ours.Len() > theirs.Len() {
 				t.Errorf("%v %T: %d bytes, image/jpeg's %d", size, img, ours.Len(), theirs.Len())
 			}
+			if size.X > 100 {
+				equalBytesPSNR(t, img, ours.Len(), p)
+			}
 		}
+	}
+}
+
+// equalBytesPSNR checks that image/jpeg, at the highest quality whose file of img is no larger than
+// ours (size bytes, PSNR p), decodes no closer to img: our file is at least as good for its bytes.
+func equalBytesPSNR(t *testing.T, img stdimage.Image, size int, p float64) {
+	t.Helper()
+	for q := 85; q >= 30; q-- {
+		var theirs bytes.Buffer
+		jpeg.Encode(&theirs, img, &jpeg.Options{Quality: q})
+		if theirs.Len() > size {
+			continue
+		}
+		back, _ := jpeg.Decode(&theirs)
+		if pq := lumaPSNR(img, back); pq > p {
+			t.Errorf("%T: image/jpeg at quality %d is %.2f dB in %d bytes; ours %.2f dB in %d", img, q, pq, theirs.Len(), p, size)
+		}
+		return
 	}
 }
 
