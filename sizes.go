@@ -144,12 +144,26 @@ func (a *app) displayImage(ctx context.Context, im imageRecord, name string, wid
 	return latest, nil
 }
 
+// errDisplayQuota answers a display size that would take its owner past quota bytes.
+func errDisplayQuota(quota int64) error {
+	return newError(http.StatusRequestEntityTooLarge, "storing this size would take your images past your storage quota of %d bytes", quota)
+}
+
 // renderDisplaySize makes display size name of im (width pixels wide, of the grayscale when gray)
 // from its original, under the memory budget and JOB_TIMEOUT like a job, stores it under a fresh
 // key recorded as an intent, and records it in the row (counted against the quota). A render that
 // fails marks nothing failed: the image and its variants stay as they were.
 func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string, width int, gray bool) error {
 	log := a.log.With(slog.Int64("image_id", im.ID), slog.String("variant", name))
+	if a.cfg.UserQuota > 0 {
+		// An owner with no room left is refused before the render, not after it: else each request
+		// of theirs would cost a render only to be thrown away.
+		if _, used, err := a.store.accountUsage(ctx, im.OwnerID); err != nil {
+			return err
+		} else if used >= a.cfg.UserQuota {
+			return errDisplayQuota(a.cfg.UserQuota)
+		}
+	}
 	fctx, cancel := context.WithTimeout(ctx, a.cfg.JobTimeout)
 	defer cancel()
 	path, done, err := a.blobs.localCopy(fctx, im.FileKey)
@@ -173,7 +187,7 @@ func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string
 	recorded, err := a.store.addVariant(ctx, im.ID, name, placed[name], a.cfg.UserQuota)
 	if errors.Is(err, errQuota) {
 		a.removeVariants(log, placed)
-		return newError(http.StatusRequestEntityTooLarge, "storing this size would take your images past your storage quota of %d bytes", a.cfg.UserQuota)
+		return errDisplayQuota(a.cfg.UserQuota)
 	}
 	if err != nil || !recorded {
 		// Not recorded: another replica's render won, or the image changed. Ours is nobody's.

@@ -105,6 +105,15 @@ func TestDisplaySizes(t *testing.T) {
 		s.pool.QueryRow(context.Background(), "SELECT bytes FROM image_counts WHERE tag = '' AND n > 0").Scan(&used)
 		tight := newTestServer(t, with(env, "USER_QUOTA_BYTES", fmt.Sprint(used+100)))
 		tight.do("GET", fmt.Sprintf("/api/v1/images/%d/file?variant=w960", v.ID), nil, "Authorization", auth).problem(t, http.StatusRequestEntityTooLarge)
+		// With no room at all, refused before rendering: a render would wait for this replica's
+		// memory, all taken, and run out of JOB_TIMEOUT (503).
+		full := newTestServer(t, with(env, "USER_QUOTA_BYTES", fmt.Sprint(used), "JOB_TIMEOUT", "100ms"))
+		release, err := full.budget.acquire(context.Background(), full.cfg.WorkerMemory)
+		if err != nil {
+			t.Fatal(err)
+		}
+		full.do("GET", fmt.Sprintf("/api/v1/images/%d/file?variant=w960", v.ID), nil, "Authorization", auth).problem(t, http.StatusRequestEntityTooLarge)
+		release()
 		// Counted, and removed with the image.
 		var variantBytes int64
 		s.pool.QueryRow(context.Background(), "SELECT variant_bytes FROM images WHERE id = $1", v.ID).Scan(&variantBytes)
