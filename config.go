@@ -63,6 +63,7 @@ type config struct {
 	UploadsPerAddr     int           // uploads one client address (IPv6: its /64) may have in flight
 	UploadsTotal       int           // uploads the process takes in flight
 	JobsPerUser        int           // images one user may have waiting for or in processing
+	RendersPerUser     int           // display sizes one user's requests may have rendering at once
 	MinUploadRate      int64         // bytes per second an upload must keep on average over each window; 0: off
 	UploadRateWindow   time.Duration // the span MIN_UPLOAD_RATE is judged over
 	AuthAddrRate       int           // failed sign-ins per minute per client address
@@ -126,6 +127,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 	c.UploadsPerUser = int(r.int("UPLOADS_PER_USER", 4, 1, 1024))
 	c.UploadsPerAddr = int(r.int("UPLOADS_PER_ADDR", 16, 1, 65536))
 	c.JobsPerUser = int(r.int("JOBS_PER_USER", 500, 1, 1_000_000))
+	c.RendersPerUser = int(r.int("RENDERS_PER_USER", 2, 1, 1024))
 	c.UploadsTotal = int(r.int("UPLOADS_IN_FLIGHT", 64, 1, 65536))
 	c.MinUploadRate = r.size("MIN_UPLOAD_RATE", 10<<10, 0, 1<<30)
 	c.UploadRateWindow = r.duration("UPLOAD_RATE_WINDOW", 10*time.Second, time.Second, 10*time.Minute)

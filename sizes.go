@@ -78,10 +78,47 @@ func fullSizeOf(gray bool) string {
 }
 
 // renders is the single flight of display-size renders in this process: concurrent requests for
-// one size of one image wait on one render.
+// one size of one image wait on one render; and the slots that keep each owner to RENDERS_PER_USER
+// renders at once, so that one user's page of new sizes waits in its own line, not ahead of others'.
 type renders struct {
 	mu      sync.Mutex
 	running map[string]*render
+	owners  map[int64]*ownerSlots // owners with renders running or waiting
+}
+
+// ownerSlots is one owner's render slots, and how many renders hold or wait for one.
+type ownerSlots struct {
+	slots chan struct{}
+	users int
+}
+
+// slot waits for one of owner's n render slots (or ctx) and returns its release.
+func (r *renders) slot(ctx context.Context, owner int64, n int) (func(), error) {
+	r.mu.Lock()
+	if r.owners == nil {
+		r.owners = map[int64]*ownerSlots{}
+	}
+	o := r.owners[owner]
+	if o == nil {
+		o = &ownerSlots{slots: make(chan struct{}, n)}
+		r.owners[owner] = o
+	}
+	o.users++
+	r.mu.Unlock()
+	leave := func() {
+		r.mu.Lock()
+		if o.users--; o.users == 0 {
+			delete(r.owners, owner)
+		}
+		r.mu.Unlock()
+	}
+	select {
+	case o.slots <- struct{}{}:
+		return func() { <-o.slots; leave() }, nil
+	case <-ctx.Done():
+		leave()
+		return nil, ctx.Err()
+	}
 }
 
 // render is one render in flight; done is closed when err is set.
@@ -150,7 +187,8 @@ func errDisplayQuota(quota int64) error {
 }
 
 // renderDisplaySize makes display size name of im (width pixels wide, of the grayscale when gray)
-// from its original, under the memory budget and JOB_TIMEOUT like a job, stores it under a fresh
+// from its original, in one of its owner's render slots and under the memory budget and JOB_TIMEOUT
+// like a job (the wait for either counted in it), stores it under a fresh
 // key recorded as an intent, and records it in the row (counted against the quota). A render that
 // fails marks nothing failed: the image and its variants stay as they were.
 func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string, width int, gray bool) error {
@@ -166,6 +204,11 @@ func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string
 	}
 	fctx, cancel := context.WithTimeout(ctx, a.cfg.JobTimeout)
 	defer cancel()
+	leave, err := a.renders.slot(fctx, im.OwnerID, a.cfg.RendersPerUser)
+	if err != nil {
+		return err
+	}
+	defer leave()
 	path, done, err := a.blobs.localCopy(fctx, im.FileKey)
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	stdimage "image"
 	"io"
@@ -645,5 +646,41 @@ func TestDisplaySizeFailures(t *testing.T) {
 		if r := file(s, name); r.status != 200 {
 			t.Errorf("%s after the failures: %d", name, r.status)
 		}
+	}
+}
+
+// TestPureRenderSlots: an owner's renders past RENDERS_PER_USER wait for one of theirs to end,
+// while another owner's start at once; a wait ends with its context; nothing is kept once all end.
+func TestPureRenderSlots(t *testing.T) {
+	var r renders
+	ctx := context.Background()
+	var held []func()
+	for range 2 {
+		leave, err := r.slot(ctx, 1, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, leave)
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := r.slot(short, 1, 2); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a third render of owner 1: %v, want it to wait", err)
+	}
+	other, err := r.slot(ctx, 2, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan func())
+	go func() {
+		leave, _ := r.slot(ctx, 1, 2)
+		got <- leave
+	}()
+	held[0]()
+	(<-got)()
+	held[1]()
+	other()
+	if len(r.owners) != 0 {
+		t.Errorf("%d owners kept after every render ended", len(r.owners))
 	}
 }
