@@ -684,3 +684,58 @@ func TestPureRenderSlots(t *testing.T) {
 		t.Errorf("%d owners kept after every render ended", len(r.owners))
 	}
 }
+
+// BenchmarkRenderFairness: one user asks for w1280 of 20 new photos at once (a page of new sizes),
+// then another user for w1280 of one: the second user's time, against the same request on an idle
+// server, with RENDERS_PER_USER at its default (2) and unlimited, on one core:
+//
+//	taskset -c 0 go test -run '^$' -bench RenderFairness -cpu 1 -benchtime 3x .
+func BenchmarkRenderFairness(b *testing.B) {
+	env := map[string]string{"DATABASE_URL": freshDatabase(b), "UPLOAD_DIR": b.TempDir(), "LOG_LEVEL": "error"}
+	s := newTestServer(b, env)
+	startWorker(b, s)
+	_, heavy := s.signupAndLogin()
+	_, other := s.signupAndLogin()
+	photo := readTestdata(b, "large.jpg")
+	upload := func(auth string, n int) []int64 {
+		var ids []int64
+		for range n {
+			v := s.mustUpload(auth, "p", "", "large.jpg", photo)
+			ids = append(ids, s.waitStatus(auth, v.ID, time.Minute, statusReady).ID)
+		}
+		return ids
+	}
+	sizes := []string{"w1280", "w960", "w640", "gray-w1280", "gray-w960", "gray-w640", "w320", "gray-w320"}
+	pages, mine := upload(heavy, 20), upload(other, 2)
+	run := 0
+	for _, slots := range []string{"2", "1024"} {
+		replica := newTestServer(b, with(env, "RENDERS_PER_USER", slots))
+		get := func(auth string, id int64, size string) time.Duration {
+			start := time.Now()
+			if r := replica.do("GET", fmt.Sprintf("/api/v1/images/%d/file?variant=%s", id, size), nil, "Authorization", auth); r.status != 200 {
+				b.Fatalf("%s: %d %s", size, r.status, r.body)
+			}
+			return time.Since(start)
+		}
+		b.Run("slots="+slots, func(b *testing.B) {
+			var solo, behind []time.Duration
+			for b.Loop() {
+				if run >= len(sizes) {
+					b.Fatal("out of sizes: at most 8 runs in all")
+				}
+				size := sizes[run]
+				run++
+				solo = append(solo, get(other, mine[0], size))
+				var wg sync.WaitGroup
+				for _, id := range pages {
+					wg.Go(func() { get(heavy, id, size) })
+				}
+				time.Sleep(20 * time.Millisecond) // the page's requests are in
+				behind = append(behind, get(other, mine[1], size))
+				wg.Wait()
+			}
+			b.ReportMetric(float64(medianDuration(solo).Microseconds())/1000, "idle-ms")
+			b.ReportMetric(float64(medianDuration(behind).Microseconds())/1000, "behind-page-ms")
+		})
+	}
+}
