@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"image/color"
 	stddraw "image/draw"
 	"math"
 
@@ -144,18 +145,31 @@ type shrunkRows struct {
 	src      image.Image
 	k, w, h  int
 	channels int
-	line     *image.RGBA // one source row converted, for types other than Gray and RGBA
+	line     *image.RGBA // one source row converted, for types other than Gray, RGBA and YCbCr
 	sums     []uint32
 	out      []byte
+	chroma   []int32 // a YCbCr source's chroma sample of each column, from its row's first
 }
 
 func newShrunkRows(src image.Image, k int) *shrunkRows {
 	b := src.Bounds()
 	r := &shrunkRows{src: src, k: k, w: (b.Dx() + k - 1) / k, h: (b.Dy() + k - 1) / k, channels: 4}
-	switch src.(type) {
+	switch yc := src.(type) {
 	case *image.Gray:
 		r.channels = 1
 	case *image.RGBA:
+	case *image.YCbCr:
+		if k == 1 {
+			r.line = image.NewRGBA(image.Rect(0, 0, b.Dx(), 1))
+			break
+		}
+		// Averaged as planes (each pixel's luma and its chroma sample), converted once a shrunk
+		// pixel: a fraction of converting every source pixel.
+		hs, _ := chromaScale(yc.SubsampleRatio)
+		r.chroma = make([]int32, b.Dx())
+		for x := range r.chroma {
+			r.chroma[x] = int32((b.Min.X+x)/hs - yc.Rect.Min.X/hs)
+		}
 	default:
 		r.line = image.NewRGBA(image.Rect(0, 0, b.Dx(), 1))
 	}
@@ -183,6 +197,9 @@ func (r *shrunkRows) row(y int) []byte {
 	b := r.src.Bounds()
 	if r.k == 1 {
 		return r.sourceRow(y)
+	}
+	if r.chroma != nil {
+		return r.ycbcrRow(y)
 	}
 	clear(r.sums)
 	y0, y1 := y*r.k, min(y*r.k+r.k, b.Dy())
@@ -212,6 +229,43 @@ func (r *shrunkRows) row(y int) []byte {
 		for c := range ch {
 			r.out[x*ch+c] = uint8((r.sums[x*ch+c] + n/2) / n)
 		}
+	}
+	return r.out
+}
+
+// ycbcrRow is row for a YCbCr source: its luma and chroma averaged over each k×k block, then
+// converted to RGBA.
+func (r *shrunkRows) ycbcrRow(y int) []byte {
+	yc := r.src.(*image.YCbCr)
+	b := yc.Bounds()
+	clear(r.sums)
+	y0, y1 := y*r.k, min(y*r.k+r.k, b.Dy())
+	_, vs := chromaScale(yc.SubsampleRatio)
+	for sy := b.Min.Y + y0; sy < b.Min.Y+y1; sy++ {
+		luma := yc.Y[(sy-yc.Rect.Min.Y)*yc.YStride+(b.Min.X-yc.Rect.Min.X):][:b.Dx()]
+		c0 := (sy/vs - yc.Rect.Min.Y/vs) * yc.CStride
+		cb, cr := yc.Cb[c0:], yc.Cr[c0:]
+		for x := range r.w {
+			x0, x1 := x*r.k, min(x*r.k+r.k, b.Dx())
+			var ys, cbs, crs uint32
+			for sx := x0; sx < x1; sx++ {
+				c := r.chroma[sx]
+				ys += uint32(luma[sx])
+				cbs += uint32(cb[c])
+				crs += uint32(cr[c])
+			}
+			sum := r.sums[x*4:][:3]
+			sum[0] += ys
+			sum[1] += cbs
+			sum[2] += crs
+		}
+	}
+	for x := range r.w {
+		n := uint32((y1 - y0) * (min(x*r.k+r.k, b.Dx()) - x*r.k))
+		sum := r.sums[x*4:][:3]
+		red, green, blue := color.YCbCrToRGB(uint8((sum[0]+n/2)/n), uint8((sum[1]+n/2)/n), uint8((sum[2]+n/2)/n))
+		o := r.out[x*4:][:4]
+		o[0], o[1], o[2], o[3] = red, green, blue, 255
 	}
 	return r.out
 }

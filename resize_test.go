@@ -30,7 +30,8 @@ func TestPureResizeRows(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		src  stdimage.Image
-	}{{"ycbcr", photo}, {"rgba", rgba}, {"nrgba", nrgba}, {"gray", gray}, {"rgba-sub", sub}} {
+	}{{"ycbcr", photo}, {"rgba", rgba}, {"nrgba", nrgba}, {"gray", gray}, {"rgba-sub", sub},
+		{"ycbcr-sub", photo.SubImage(stdimage.Rect(101, 51, 2001, 1501))}} {
 		for _, w := range []int{2000, 1280, 641, 160, 80} {
 			b := tc.src.Bounds()
 			if w >= b.Dx() {
