@@ -638,15 +638,8 @@ func (a *app) serveFile(w http.ResponseWriter, r *http.Request, im imageRecord, 
 		// A variant's key is new each time it is written, so it names this content.
 		key, contentType, etag = vf.Key, vf.ContentType, keyETag(vf.Key)
 	}
-	filename := im.Name
-	if variant != variantOriginal {
-		filename += "." + variant
-	}
-	if ext := extensionFor(contentType); !strings.HasSuffix(strings.ToLower(filename), ext) {
-		filename += ext
-	}
 	if p, ok := a.blobs.(presigner); ok && a.cfg.DownloadRedirect {
-		u, err := p.presignedDownload(key, presignedDownloadTTL, contentType, filename)
+		u, err := p.presignedDownload(key, presignedDownloadTTL, contentType, downloadName(im, variant, contentType))
 		if err != nil {
 			a.fail(w, r, err)
 			return
@@ -657,10 +650,7 @@ func (a *app) serveFile(w http.ResponseWriter, r *http.Request, im imageRecord, 
 		return
 	}
 	h := w.Header()
-	h.Set("Content-Type", contentType)
-	h.Set("ETag", etag)
-	h.Set("Cache-Control", cacheControl)
-	h.Set("Content-Disposition", mime.FormatMediaType("inline", map[string]string{"filename": filename}))
+	fileHeaders(h, im, variant, contentType, etag, cacheControl)
 	if etagListed(r.Header.Get("If-None-Match"), etag) && r.Header.Get("If-Match") == "" && r.Header.Get("If-Unmodified-Since") == "" {
 		// The client has these bytes (RFC 9110 13.1.2): no store is asked. (With If-Match or
 		// If-Unmodified-Since, which come first, ServeContent decides.)
@@ -689,6 +679,27 @@ func (a *app) serveFile(w http.ResponseWriter, r *http.Request, im imageRecord, 
 	// The file itself (for the filesystem store, an *os.File) goes to ServeContent, and every writer
 	// on the way passes ReadFrom down: the kernel sends the bytes (sendfile), not a copy loop.
 	http.ServeContent(&rangeProblems{ResponseWriter: w, r: r}, r, "", b.modTime, b.ReadSeekCloser)
+}
+
+// downloadName is the file name variant of im is offered under: the image's name, the variant's,
+// and the extension of its type.
+func downloadName(im imageRecord, variant, contentType string) string {
+	filename := im.Name
+	if variant != variantOriginal {
+		filename += "." + variant
+	}
+	if ext := extensionFor(contentType); !strings.HasSuffix(strings.ToLower(filename), ext) {
+		filename += ext
+	}
+	return filename
+}
+
+// fileHeaders sets the headers every answer with a file has: its type, ETag, caching, and its name.
+func fileHeaders(h http.Header, im imageRecord, variant, contentType, etag, cacheControl string) {
+	h.Set("Content-Type", contentType)
+	h.Set("ETag", etag)
+	h.Set("Cache-Control", cacheControl)
+	h.Set("Content-Disposition", mime.FormatMediaType("inline", map[string]string{"filename": downloadName(im, variant, contentType)}))
 }
 
 // maxRanges is the most ranges one download may ask for; with more, the Range header is ignored

@@ -5,6 +5,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -271,7 +272,7 @@ func (a *app) placeVariants(ctx context.Context, im imageRecord, outs []encodedV
 	keys := make([]string, len(outs))
 	for i, v := range outs {
 		placed[i] = v.file
-		placed[i].Key = variantKey(im.FileKey, v.name, v.ext)
+		placed[i].Key = cmp.Or(v.key, variantKey(im.FileKey, v.name, v.ext))
 		keys[i] = placed[i].Key
 	}
 	if err := a.store.recordIntents(ctx, keys...); err != nil {
@@ -279,7 +280,11 @@ func (a *app) placeVariants(ctx context.Context, im imageRecord, outs []encodedV
 	}
 	var wg sync.WaitGroup
 	for i, v := range outs {
-		wg.Go(func() { errs[i] = a.blobs.place(ctx, v.tmpPath, placed[i].Key, v.file.ContentType, v.sha256) })
+		wg.Go(func() {
+			if errs[i] = syncTemp(v); errs[i] == nil {
+				errs[i] = a.blobs.place(ctx, v.tmpPath, placed[i].Key, v.file.ContentType, v.sha256)
+			}
+		})
 	}
 	wg.Wait()
 	variants := map[string]storedVariant{}
@@ -289,6 +294,19 @@ func (a *app) placeVariants(ctx context.Context, im imageRecord, outs []encodedV
 		}
 	}
 	return variants, errors.Join(errs...)
+}
+
+// syncTemp puts v's temp file on the disk if writing it did not: before a row can point at it.
+func syncTemp(v encodedVariant) error {
+	if v.synced {
+		return nil
+	}
+	f, err := os.Open(v.tmpPath)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // placeholderOfVariants is the BlurHash of the thumb_100 among outs (read back from its temp file,

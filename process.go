@@ -63,6 +63,8 @@ type encodedVariant struct {
 	ext     string
 	sha256  string        // hex SHA-256 of the file
 	file    storedVariant // Key is set when the file is placed
+	key     string        // the key to place it at when chosen beforehand (else a fresh one)
+	synced  bool          // its bytes are on the disk (else placing syncs them first)
 }
 
 // Processing paths, as logs and metrics name them.
@@ -306,6 +308,12 @@ func writeVariant(sc *scratch, name string, img image.Image, contentType string,
 
 // writeTemp writes a width×height variant of contentType into a temp file with write.
 func writeTemp(sc *scratch, name string, width, height int, contentType string, write func(io.Writer) error) (encodedVariant, error) {
+	return writeScratch(sc, name, width, height, contentType, true, write)
+}
+
+// writeScratch is writeTemp with the sync chosen: without, the file reaches the disk when it is placed
+// (syncTemp), off the path of a display size's first answer, which is sent while it is stored.
+func writeScratch(sc *scratch, name string, width, height int, contentType string, sync bool, write func(io.Writer) error) (encodedVariant, error) {
 	f, err := sc.createTemp("variant-*")
 	if err != nil {
 		return encodedVariant{}, err
@@ -321,7 +329,7 @@ func writeTemp(sc *scratch, name string, width, height int, contentType string, 
 	if err == nil {
 		size, err = f.Seek(0, io.SeekCurrent)
 	}
-	if err == nil {
+	if err == nil && sync {
 		err = f.Sync() // durable before the row that will point at it commits
 	}
 	if cerr := f.Close(); err == nil {
@@ -332,7 +340,7 @@ func writeTemp(sc *scratch, name string, width, height int, contentType string, 
 		return encodedVariant{}, fmt.Errorf("encode %s: %w", name, err)
 	}
 	return encodedVariant{name: name, tmpPath: f.Name(), ext: extensionFor(contentType), sha256: hex.EncodeToString(sum.Sum(nil)),
-		file: storedVariant{Width: width, Height: height, Size: size, ContentType: contentType}}, nil
+		file: storedVariant{Width: width, Height: height, Size: size, ContentType: contentType}, synced: sync}, nil
 }
 
 // encodeImage writes img as contentType.

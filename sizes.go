@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // displayWidths is the ladder of display widths. A fixed ladder, not any width: nobody can make the
@@ -154,33 +155,6 @@ func (r *renders) do(ctx context.Context, key string, fn func() error) error {
 	return c.err
 }
 
-// displayImage returns im with display size name recorded among its variants, rendering and
-// storing it first when it is not: one render per size in this process (renders), and across
-// replicas the first to record its file wins. It answers 409 before the image is ready.
-func (a *app) displayImage(ctx context.Context, im imageRecord, name string, width int, gray bool) (imageRecord, error) {
-	if _, ok := im.Variants[name]; ok {
-		return im, nil
-	}
-	if im.Status != statusReady {
-		return im, errNotReady(im)
-	}
-	err := a.renders.do(ctx, fmt.Sprint(im.ID, ":", name), func() error {
-		// A fresh context: the render outlives a waiter that gives up, so that the others get it.
-		return a.renderDisplaySize(context.WithoutCancel(ctx), im, name, width, gray)
-	})
-	if err != nil {
-		return im, err
-	}
-	latest, err := a.store.imageByID(ctx, im.OwnerID, im.ID)
-	if err != nil {
-		return im, asImageNotFound(err)
-	}
-	if _, ok := latest.Variants[name]; !ok {
-		return im, errNotReady(latest) // deleted or reprocessed meanwhile
-	}
-	return latest, nil
-}
-
 // errDisplayQuota answers a display size that would take its owner past quota bytes.
 func errDisplayQuota(quota int64) error {
 	return newError(http.StatusRequestEntityTooLarge, "storing this size would take your images past your storage quota of %d bytes", quota)
@@ -188,46 +162,89 @@ func errDisplayQuota(quota int64) error {
 
 // renderDisplaySize makes display size name of im (width pixels wide, of the grayscale when gray)
 // from its original, in one of its owner's render slots and under the memory budget and JOB_TIMEOUT
-// like a job (the wait for either counted in it), stores it under a fresh
-// key recorded as an intent, and records it in the row (counted against the quota). A render that
-// fails marks nothing failed: the image and its variants stay as they were.
-func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string, width int, gray bool) error {
+// like a job (the wait for either counted in it), then stores it under a fresh key recorded as an
+// intent and records it in the row (counted against the quota). With serve, the file is handed to
+// it while it is being stored (the first request's answer need not wait for the disk and the
+// database); the error is then the storing's. A render that fails marks nothing failed: the image
+// and its variants stay as they were.
+func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string, width int, gray bool, serve func(*os.File, storedVariant)) error {
 	log := a.log.With(slog.Int64("image_id", im.ID), slog.String("variant", name))
-	if a.cfg.UserQuota > 0 {
+	if err := a.roomFor(ctx, im.OwnerID, 0); err != nil {
 		// An owner with no room left is refused before the render, not after it: else each request
 		// of theirs would cost a render only to be thrown away.
-		if _, used, err := a.store.accountUsage(ctx, im.OwnerID); err != nil {
-			return err
-		} else if used >= a.cfg.UserQuota {
-			return errDisplayQuota(a.cfg.UserQuota)
-		}
+		return err
 	}
-	fctx, cancel := context.WithTimeout(ctx, a.cfg.JobTimeout)
-	defer cancel()
-	leave, err := a.renders.slot(fctx, im.OwnerID, a.cfg.RendersPerUser)
+	out, err := a.renderSize(ctx, im, name, width, gray)
 	if err != nil {
 		return err
+	}
+	if err := a.roomFor(ctx, im.OwnerID, out.file.Size); err != nil {
+		os.Remove(out.tmpPath)
+		return err
+	}
+	out.key = variantKey(im.FileKey, name, out.ext)
+	var f *os.File
+	if serve != nil {
+		f, _ = os.Open(out.tmpPath) // opened before it is placed (renamed or removed); if not, not served
+	}
+	stored := make(chan error, 1)
+	go func() { stored <- a.storeDisplaySize(ctx, log, im, out) }()
+	if f != nil {
+		v := out.file
+		v.Key = out.key
+		serve(f, v)
+		f.Close()
+	}
+	return <-stored
+}
+
+// roomFor checks that owner can store size more bytes under USER_QUOTA_BYTES (any at all for 0).
+func (a *app) roomFor(ctx context.Context, owner, size int64) error {
+	if a.cfg.UserQuota <= 0 {
+		return nil
+	}
+	_, used, err := a.store.accountUsage(ctx, owner)
+	if err != nil {
+		return err
+	}
+	if used+size > a.cfg.UserQuota || used >= a.cfg.UserQuota {
+		return errDisplayQuota(a.cfg.UserQuota)
+	}
+	return nil
+}
+
+// renderSize renders display size name of im into a temp file, in one of its owner's render slots
+// and under the memory budget and JOB_TIMEOUT.
+func (a *app) renderSize(ctx context.Context, im imageRecord, name string, width int, gray bool) (encodedVariant, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.JobTimeout)
+	defer cancel()
+	leave, err := a.renders.slot(ctx, im.OwnerID, a.cfg.RendersPerUser)
+	if err != nil {
+		return encodedVariant{}, err
 	}
 	defer leave()
-	path, done, err := a.blobs.localCopy(fctx, im.FileKey)
+	path, done, err := a.blobs.localCopy(ctx, im.FileKey)
 	if err != nil {
-		return err
+		return encodedVariant{}, err
 	}
 	defer done()
-	h, err := headerOf(fctx, path)
+	h, err := headerOf(ctx, path)
 	if err != nil {
-		return err
+		return encodedVariant{}, err
 	}
-	out, err := a.renderUnderBudget(fctx, h, path, im.ContentType, name, width, gray)
-	if err != nil {
-		return err
-	}
+	return a.renderUnderBudget(ctx, h, path, im.ContentType, name, width, gray)
+}
+
+// storeDisplaySize places out and records it among im's variants; when it is not recorded (past
+// the quota, another replica's render won, the image changed), its file is removed.
+func (a *app) storeDisplaySize(ctx context.Context, log *slog.Logger, im imageRecord, out encodedVariant) error {
 	placed, err := a.placeVariants(ctx, im, []encodedVariant{out})
 	if err != nil {
 		a.removeVariants(log, placed)
 		return err
 	}
-	recorded, err := a.store.addVariant(ctx, im.ID, name, placed[name], a.cfg.UserQuota)
+	v := placed[out.name]
+	recorded, err := a.store.addVariant(ctx, im.ID, out.name, v, a.cfg.UserQuota)
 	if errors.Is(err, errQuota) {
 		a.removeVariants(log, placed)
 		return errDisplayQuota(a.cfg.UserQuota)
@@ -238,7 +255,7 @@ func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string
 		return err
 	}
 	a.cache.invalidateOnce(ctx, im.OwnerID)
-	log.Info("display size made", slog.Int("width", placed[name].Width), slog.Int64("bytes", placed[name].Size))
+	log.Info("display size made", slog.Int("width", v.Width), slog.Int64("bytes", v.Size))
 	return nil
 }
 
@@ -314,7 +331,7 @@ func renderWidthDCT(ctx context.Context, sc *scratch, path, name string, width i
 	}
 	out = orientImage(out, orient)
 	b := out.Bounds()
-	return writeTemp(sc, name, b.Dx(), b.Dy(), "image/jpeg", func(w io.Writer) error {
+	return writeScratch(sc, name, b.Dx(), b.Dy(), "image/jpeg", false, func(w io.Writer) error {
 		return encodeJPEG(w, out, opts.jpegQuality)
 	})
 }
@@ -398,27 +415,69 @@ func scaleToWidth(ctx context.Context, sc *scratch, src image.Image, name string
 	if err != nil {
 		return encodedVariant{}, err
 	}
-	return writeVariant(sc, name, dst, contentType, quality)
+	return writeScratch(sc, name, width, height, contentType, false, func(w io.Writer) error {
+		return encodeImage(w, dst, contentType, quality)
+	})
 }
 
-// serveDisplaySize answers display size variant of im that is not made yet: made now, then served
-// as recorded; at least as wide as the image, the full-size file itself (never enlarged).
+// serveDisplaySize answers display size variant of im that is not made yet: made now (one render
+// per size in this process, the others asking meanwhile waiting on it; across replicas the first to
+// record its file wins), the request that made it answered from the file as it is being stored, the
+// others from storage once recorded; at least as wide as the image, the full-size file itself (never
+// enlarged). 409 before the image is ready.
 func (a *app) serveDisplaySize(w http.ResponseWriter, r *http.Request, im imageRecord, variant, cacheControl string) {
 	width, gray, _ := displaySize(variant)
 	if width >= im.Width {
 		a.serveFile(w, r, im, fullSizeOf(gray), cacheControl)
 		return
 	}
-	made, err := a.displayImage(r.Context(), im, variant, width, gray)
+	if im.Status != statusReady {
+		a.fail(w, r, errNotReady(im))
+		return
+	}
+	served := false
+	err := a.renders.do(r.Context(), fmt.Sprint(im.ID, ":", variant), func() error {
+		// A fresh context: the render outlives a waiter that gives up, so that the others get it.
+		return a.renderDisplaySize(context.WithoutCancel(r.Context()), im, variant, width, gray, func(f *os.File, v storedVariant) {
+			served = true
+			a.serveRendered(w, r, im, variant, v, f, cacheControl)
+		})
+	})
+	if served {
+		if err != nil {
+			a.log.Warn("a display size was sent but not stored", slog.Int64("image_id", im.ID), slog.String("variant", variant), slog.Any("error", err))
+		}
+		return
+	}
 	if err != nil {
 		a.fail(w, r, a.renderFailure(r.Context(), w, err))
 		return
 	}
-	if made.Variants[variant].Key == "" {
-		a.fail(w, r, errNotReady(made))
+	latest, err := a.store.imageByID(r.Context(), im.OwnerID, im.ID)
+	if err != nil {
+		a.fail(w, r, asImageNotFound(err))
 		return
 	}
-	a.serveFile(w, r, made, variant, cacheControl)
+	if latest.Variants[variant].Key == "" {
+		a.fail(w, r, errNotReady(latest)) // deleted or reprocessed meanwhile
+		return
+	}
+	a.serveFile(w, r, latest, variant, cacheControl)
+}
+
+// serveRendered answers with display size variant of im just rendered into f (v, its key chosen),
+// as serveFile answers a stored one: the same headers, ETag, conditionals and ranges.
+func (a *app) serveRendered(w http.ResponseWriter, r *http.Request, im imageRecord, variant string, v storedVariant, f *os.File, cacheControl string) {
+	etag := keyETag(v.Key)
+	fileHeaders(w.Header(), im, variant, v.ContentType, etag, cacheControl)
+	honouredRange(r, etag)
+	modTime := time.Now()
+	if st, err := f.Stat(); err == nil {
+		modTime = st.ModTime()
+	}
+	http.ServeContent(&rangeProblems{ResponseWriter: w, r: r}, r, "", modTime, f)
+	// Sent now, before the handler waits for the file to be stored.
+	http.NewResponseController(w).Flush()
 }
 
 // renderFailure is the answer to a render that failed with err: an original gone (the image deleted
