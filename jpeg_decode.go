@@ -559,6 +559,7 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 	}
 	br := &dctBits{data: data[:end]}
 	var scratch [64]int16
+	blocks := img.sequentialBlocks(&h, interleaved)
 	rst, eobrun := 0, 0
 	mx, my := 0, 0 // the MCU's column and row, counted (no division per MCU)
 	for mcu := 0; mcu < total; mcu, mx = mcu+1, mx+1 {
@@ -587,7 +588,11 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 				h.comps[i].pred = 0
 			}
 		}
-		if err := img.decodeMCU(br, &h, mx, my, interleaved, &eobrun, &scratch); err != nil {
+		if blocks != nil {
+			if err := img.decodeSequentialMCU(br, blocks, mx, my); err != nil {
+				return 0, err
+			}
+		} else if err := img.decodeMCU(br, &h, mx, my, interleaved, &eobrun, &scratch); err != nil {
 			return 0, err
 		}
 	}
@@ -602,6 +607,59 @@ func (img *dctImage) readScan(ctx context.Context, seg, data []byte, dc, ac *[4]
 		h.comps[i].c.acCounted = !h.comps[i].c.dcOnly && !img.progressive && !img.streaming
 	}
 	return end, nil
+}
+
+// mcuBlock is one block of an interleaved sequential scan's MCU: its component, and where it is
+// among the component's held blocks in the MCU at column 0 (of the MCU row held, when streamed).
+type mcuBlock struct {
+	s     *scanComp
+	at    int         // dy·stride + dx
+	h, v  int         // the component's blocks in an MCU, across and down
+	count *[256]int64 // where its AC symbols are counted, or nil
+	_     [0]func()   // not comparable
+}
+
+// sequentialBlocks lists the blocks of an MCU of scan h when it is an interleaved sequential scan
+// that keeps every coefficient (the common case, decoded by decodeSequentialMCU); nil otherwise.
+func (img *dctImage) sequentialBlocks(h *scanHeader, interleaved bool) []mcuBlock {
+	if img.progressive || !interleaved {
+		return nil
+	}
+	var blocks []mcuBlock
+	for i := range h.comps {
+		s := &h.comps[i]
+		if s.c.dcOnly {
+			return nil
+		}
+		count := &s.c.acFreq
+		if img.streaming {
+			count = nil
+		}
+		for dy := range s.c.v {
+			for dx := range s.c.h {
+				blocks = append(blocks, mcuBlock{s: s, at: dy*s.c.stride + dx, h: s.c.h, v: s.c.v, count: count})
+			}
+		}
+	}
+	return blocks
+}
+
+// decodeSequentialMCU decodes the MCU at column mx, row my of an interleaved sequential scan whose
+// blocks are listed (sequentialBlocks): decodeMCU without its per-block choices.
+func (img *dctImage) decodeSequentialMCU(br *dctBits, blocks []mcuBlock, mx, my int) error {
+	for i := range blocks {
+		bl := &blocks[i]
+		b := bl.at + mx*bl.h
+		if !img.streaming {
+			b += my * bl.v * bl.s.c.stride
+		}
+		last, err := decodeBlock(br, bl.s.dc, bl.s.ac, &bl.s.pred, (*[64]int16)(bl.s.c.coef[b*64:]), bl.count)
+		if err != nil {
+			return err
+		}
+		bl.s.c.last[b] = last
+	}
+	return nil
 }
 
 // decodeMCU decodes the MCU at column mx, row my of scan h (for a scan of one component, a block).
