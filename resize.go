@@ -106,7 +106,7 @@ func resizeRows(ctx context.Context, src image.Image, w, h int) (image.Image, er
 		}
 		line := dst[y*w*ch:][:w*ch]
 		for x, v := range acc {
-			line[x] = uint8(min(max(int32(v+0.5), 0), 255))
+			line[x] = clampSample(float64(v) + 0.5)
 		}
 	}
 	return out, nil

@@ -169,7 +169,7 @@ func errDisplayQuota(quota int64) error {
 // and its variants stay as they were.
 func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string, width int, gray bool, serve func(*os.File, storedVariant)) error {
 	log := a.log.With(slog.Int64("image_id", im.ID), slog.String("variant", name))
-	if err := a.roomFor(ctx, im.OwnerID, 0); err != nil {
+	if err := a.roomFor(ctx, im.OwnerID, 1); err != nil {
 		// An owner with no room left is refused before the render, not after it: else each request
 		// of theirs would cost a render only to be thrown away.
 		return err
@@ -198,7 +198,7 @@ func (a *app) renderDisplaySize(ctx context.Context, im imageRecord, name string
 	return <-stored
 }
 
-// roomFor checks that owner can store size more bytes under USER_QUOTA_BYTES (any at all for 0).
+// roomFor checks that owner can store size more bytes under USER_QUOTA_BYTES.
 func (a *app) roomFor(ctx context.Context, owner, size int64) error {
 	if a.cfg.UserQuota <= 0 {
 		return nil
@@ -207,7 +207,7 @@ func (a *app) roomFor(ctx context.Context, owner, size int64) error {
 	if err != nil {
 		return err
 	}
-	if used+size > a.cfg.UserQuota || used >= a.cfg.UserQuota {
+	if used+size > a.cfg.UserQuota {
 		return errDisplayQuota(a.cfg.UserQuota)
 	}
 	return nil
